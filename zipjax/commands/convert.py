@@ -1,0 +1,19 @@
+"""`zipjax convert FAMILY SRC DST`: PyTorch checkpoint -> converted directory (no torch needed to load it)."""
+from __future__ import annotations
+
+from zipjax.convert import CONVERTERS, get_converter
+
+
+def add_parser(sub):
+  p = sub.add_parser("convert", help="convert a PyTorch checkpoint to a zipjax directory",
+                     description=__doc__)
+  p.add_argument("family", choices=sorted(CONVERTERS), help="model family")
+  p.add_argument("src", help="PyTorch checkpoint (.pt TorchScript archive or state dict)")
+  p.add_argument("dst", help="output directory (written atomically)")
+  return p
+
+
+def run(args) -> int:
+  dst, summary = get_converter(args.family)(args.src, args.dst)
+  print(f"converted {args.src} -> {dst}: {summary}")
+  return 0

@@ -1,0 +1,145 @@
+"""Declared key tables: PyTorch state dict -> Flax variables, with strict checks.
+
+A converter for a model family is a list of `Rule`s. Each rule matches torch keys with a regular expression
+(full match) and names the Flax variable path (collection first, '/'-separated, regex groups allowed) and the
+layout transform. `apply_rules` fails loudly, naming the checkpoint file and the key, on any torch key that no
+rule matches, on any Flax variable left without a value, and on any shape that differs from what the Flax
+module expects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from zipjax.errors import CheckpointError
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """A layout change from a torch tensor to a Flax array (and the inverse of its shape, for messages)."""
+  name: str
+  forward: Callable[[np.ndarray], np.ndarray]
+  torch_shape: Callable[[tuple], tuple]
+
+
+IDENTITY = Transform("identity", lambda w: w, lambda s: tuple(s))
+# nn.Linear.weight [out, in] -> Dense kernel [in, out]; also used for in_proj_weight [3D, D] -> [D, 3D].
+LINEAR = Transform("linear", lambda w: w.T, lambda s: tuple(s)[::-1])
+# nn.Conv2d.weight [out, in, kh, kw] -> Conv kernel [kh, kw, in, out].
+CONV = Transform("conv", lambda w: w.transpose(2, 3, 1, 0),
+                 lambda s: (s[3], s[2], s[0], s[1]))
+DROP = Transform("drop", lambda w: w, lambda s: tuple(s))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """torch key regex (full match) -> Flax path template ('collection/a/b', may use \\1 groups)."""
+  pattern: str
+  target: str
+  transform: Transform = IDENTITY
+
+  def match(self, key: str):
+    m = re.fullmatch(self.pattern, key)
+    if m is None:
+      return None
+    return m.expand(self.target)
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+  """Nested dict -> {'a/b/c': leaf}."""
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      out.update(flatten(v, path))
+    else:
+      out[path] = v
+  return out
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+  """{'a/b/c': leaf} -> nested dict."""
+  tree: dict = {}
+  for path, v in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
+                expected: Mapping[str, tuple], source: str) -> dict:
+  """Maps every torch key through `rules` and checks the result against `expected` shapes.
+
+  Args:
+    state_dict: torch key -> numpy array (any float dtype; upcast to float32).
+    rules: the declared table; the first matching rule wins.
+    expected: Flax path ('params/visual/conv1/kernel') -> shape, from `jax.eval_shape` of the module.
+    source: the checkpoint's name, for error messages.
+
+  Returns:
+    Nested Flax variables {'params': ..., 'batch_stats': ...} of float32 numpy arrays.
+  """
+  rules = list(rules)
+  errors: list[str] = []
+  flat: dict[str, np.ndarray] = {}
+  origin: dict[str, str] = {}
+  seen: set[str] = set()
+  for key, value in state_dict.items():
+    for rule in rules:
+      target = rule.match(key)
+      if target is not None:
+        break
+    else:
+      errors.append(f"key '{key}' {tuple(np.shape(value))} is not in the key table (unexpected key)")
+      continue
+    if rule.transform is DROP:
+      continue
+    if target in flat:
+      errors.append(f"keys '{origin[target]}' and '{key}' both map to '{target}'")
+      continue
+    if target not in expected:
+      errors.append(f"key '{key}' maps to '{target}', which the model does not have (unexpected key)")
+      continue
+    seen.add(target)
+    want = tuple(expected[target])
+    torch_want = rule.transform.torch_shape(want)
+    if tuple(np.shape(value)) != torch_want:
+      errors.append(f"key '{key}': expected shape {torch_want}, found {tuple(np.shape(value))}")
+      continue
+    arr = np.asarray(rule.transform.forward(np.asarray(value)))
+    if np.issubdtype(arr.dtype, np.floating):
+      arr = arr.astype(np.float32)
+    flat[target] = np.ascontiguousarray(arr)
+    origin[target] = key
+  for target in sorted(set(expected) - seen):
+    torch_key = _guess_torch_key(target, rules)
+    errors.append(f"missing key '{torch_key}' (for '{target}', shape {tuple(expected[target])})")
+  if errors:
+    shown = errors[:20]
+    more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+    raise CheckpointError(f"{source}: checkpoint does not match the model:\n  " + "\n  ".join(shown) + more)
+  return unflatten(flat)
+
+
+def _guess_torch_key(target: str, rules: Iterable[Rule]) -> str:
+  """Best-effort inverse of a rule, only for naming a missing key in an error message."""
+  for rule in rules:
+    if rule.transform is DROP:
+      continue
+    tmpl = re.escape(rule.target)
+    # turn \\1, \\2 ... back into capture groups
+    tmpl = re.sub(r"\\\\(\d)", lambda m: r"(?P<g%s>.+?)" % m.group(1), tmpl)
+    m = re.fullmatch(tmpl, target)
+    if m is None:
+      continue
+    key = rule.pattern
+    for name in sorted(m.groupdict(), key=lambda n: int(n[1:])):
+      key = re.sub(r"\([^()]*\)", lambda _: m.group(name), key, count=1)
+    return key.replace("\\.", ".").replace("\\", "")
+  return target

@@ -1,0 +1,1 @@
+"""Jitted kernels with static shapes."""

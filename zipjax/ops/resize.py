@@ -1,0 +1,57 @@
+"""Resizes that reproduce PyTorch's `F.interpolate` exactly (not `jax.image.resize`'s kernels).
+
+Interpolation is written as two small matrices built on the host for the static sizes, applied with einsum,
+so the result is exact, differentiable and cheap for the sizes Zip uses (positional embeddings, similarity
+maps).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=256)
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of torch bilinear interpolation, align_corners=False, no antialias."""
+  # float32 arithmetic, as ATen's area_pixel_compute_source_index for float inputs
+  scale = np.float32(in_size) / np.float32(out_size)
+  dst = np.arange(out_size, dtype=np.float32)
+  src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
+  i0 = np.minimum(src.astype(np.int64), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  w1 = (src - i0.astype(np.float32)).astype(np.float32)
+  w0 = (np.float32(1.0) - w1).astype(np.float32)
+  m = np.zeros((out_size, in_size), np.float32)
+  np.add.at(m, (np.arange(out_size), i0), w0)
+  np.add.at(m, (np.arange(out_size), i1), w1)
+  return m
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Bilinear resize of the two spatial axes of `x` [..., H, W, C] to `size` (torch align_corners=False)."""
+  h, w = x.shape[-3], x.shape[-2]
+  out_h, out_w = size
+  if (h, w) == (out_h, out_w):
+    return x
+  my = jnp.asarray(bilinear_matrix(h, out_h))  # [out_h, h]
+  mx = jnp.asarray(bilinear_matrix(w, out_w))  # [out_w, w]
+  y = jnp.einsum("oh,...hwc->...owc", my, x, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum("pw,...owc->...opc", mx, y, precision=jax.lax.Precision.HIGHEST)
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+  """Source indices of PyTorch's legacy 'nearest' mode: floor(dst * in / out)."""
+  scale = np.float32(in_size) / np.float32(out_size)
+  idx = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(idx, in_size - 1)
+
+
+def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Nearest resize of [..., H, W, C] as torch `F.interpolate(mode='nearest')`."""
+  h, w = x.shape[-3], x.shape[-2]
+  iy = nearest_indices(h, size[0])
+  ix = nearest_indices(w, size[1])
+  return jnp.take(jnp.take(x, iy, axis=-3), ix, axis=-2)
