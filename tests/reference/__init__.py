@@ -1,0 +1,39 @@
+"""The PyTorch / NumPy references the tests compare to.
+
+`openai-clip` and `segment-anything` import torchvision in their package `__init__`, and PyPI's torchvision
+does not import beside the CPU torch build used here, so their model modules are loaded without running the
+package `__init__`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+
+def _bare_package(name: str):
+  """Registers package `name` in sys.modules without executing its __init__.py."""
+  if name in sys.modules and getattr(sys.modules[name], "__zipjax_bare__", False):
+    return sys.modules[name]
+  spec = importlib.util.find_spec(name)
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError(f"reference package {name!r} is not installed (pip install 'zipjax[test]')")
+  pkg = types.ModuleType(name)
+  pkg.__path__ = list(spec.submodule_search_locations)
+  pkg.__zipjax_bare__ = True
+  sys.modules[name] = pkg
+  return pkg
+
+
+def clip_modules():
+  """-> (clip.model, clip.simple_tokenizer) from the openai-clip package."""
+  _bare_package("clip")
+  return importlib.import_module("clip.model"), importlib.import_module("clip.simple_tokenizer")
+
+
+def sam_modules():
+  """-> (segment_anything.modeling, segment_anything.build_sam) from the segment-anything package."""
+  _bare_package("segment_anything")
+  return (importlib.import_module("segment_anything.modeling"),
+          importlib.import_module("segment_anything.build_sam"))
