@@ -5,9 +5,9 @@ Public API (re-exports only; see each module for details).
 __version__ = "0.1.0"
 
 from zipjax.errors import CheckpointError, InputError, ZipjaxError
-
+from zipjax.clip import ClipModel, load_clip
 
 __all__ = [
     "CheckpointError", "InputError", "ZipjaxError",
-
+    "ClipModel", "load_clip",
 ]

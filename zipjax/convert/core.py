@@ -36,16 +36,30 @@ DROP = Transform("drop", lambda w: w, lambda s: tuple(s))
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """torch key regex (full match) -> Flax path template ('collection/a/b', may use \\1 groups)."""
+  """torch key regex (full match) -> Flax path template ('collection/a/b', may use \\1 groups).
+
+  `rename`, if given, is applied to the expanded template (e.g. `flax_path` below, which turns a dotted torch
+  path into the Flax one).
+  """
   pattern: str
   target: str
   transform: Transform = IDENTITY
+  rename: Callable[[str], str] | None = None
 
   def match(self, key: str):
     m = re.fullmatch(self.pattern, key)
     if m is None:
       return None
-    return m.expand(self.target)
+    out = m.expand(self.target)
+    return self.rename(out) if self.rename else out
+
+
+def flax_path(dotted: str) -> str:
+  """The naming convention of zipjax modules: torch 'a.b.3.c' -> Flax 'a/b_3/c'.
+
+  A numeric path component (an nn.Sequential / nn.ModuleList index) joins its parent with '_'.
+  """
+  return re.sub(r"\.(\d+)(?=\.|$)", r"_\1", dotted).replace(".", "/")
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
@@ -73,7 +87,8 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
 
 
 def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
-                expected: Mapping[str, tuple], source: str) -> dict:
+                expected: Mapping[str, tuple], source: str,
+                torch_name: Callable[[str], str] | None = None) -> dict:
   """Maps every torch key through `rules` and checks the result against `expected` shapes.
 
   Args:
@@ -81,6 +96,8 @@ def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
     rules: the declared table; the first matching rule wins.
     expected: Flax path ('params/visual/conv1/kernel') -> shape, from `jax.eval_shape` of the module.
     source: the checkpoint's name, for error messages.
+    torch_name: Flax path -> the torch key expected for it, to name missing keys in errors
+      (default: a best-effort inverse of the rule templates).
 
   Returns:
     Nested Flax variables {'params': ..., 'batch_stats': ...} of float32 numpy arrays.
@@ -115,10 +132,10 @@ def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
     arr = np.asarray(rule.transform.forward(np.asarray(value)))
     if np.issubdtype(arr.dtype, np.floating):
       arr = arr.astype(np.float32)
-    flat[target] = np.ascontiguousarray(arr)
+    flat[target] = np.array(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     origin[target] = key
   for target in sorted(set(expected) - seen):
-    torch_key = _guess_torch_key(target, rules)
+    torch_key = torch_name(target) if torch_name else _guess_torch_key(target, rules)
     errors.append(f"missing key '{torch_key}' (for '{target}', shape {tuple(expected[target])})")
   if errors:
     shown = errors[:20]
