@@ -99,7 +99,7 @@ def markdown_report(result: dict, plots: dict, anchors: bool = True) -> str:
   out += ["", "Numbers are percent. '-' means undefined (no ground truth in that area range).", "",
           "## Comparison", "", markdown_table(*comparison_table(result, anchors))]
   if anchors:
-    out += [""] + [f"> {n}" for n in ANCHOR_NOTES]
+    out += [""] + [f"> - {n}" for n in ANCHOR_NOTES]
   for r in result["runs"]:
     m = r["metrics"]
     out += ["", f"## Run: {r['name']}", "", markdown_table(*stats_table(m))]
