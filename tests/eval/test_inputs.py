@@ -163,3 +163,12 @@ def test_rle_decoder_matches_pycocotools():
   big[500:, 1000:] = 1
   counts = mask_utils.encode(np.asfortranarray(big))["counts"].decode()
   assert rle_counts_from_string(counts).tolist() == [1000 * 1000 + 500] + [500, 500] * 1999 + [500]
+
+
+def test_preloaded_predictions_must_match_the_mode():
+  from zipjax.io.coco import load_ground_truth, load_predictions
+  gt = load_ground_truth(_gt())
+  preds = load_predictions(_preds(), gt, class_agnostic=True, need_segm=False)
+  assert evaluate(gt, preds, class_agnostic=True)["segm"]["AP"] == pytest.approx(1.0)
+  with pytest.raises(InputError, match="class_agnostic=True"):
+    evaluate(gt, preds)

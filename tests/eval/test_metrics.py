@@ -25,6 +25,7 @@ def test_perfect_predictions_give_ap_one(backend):
   gt = _perfect_gt()
   before = copy.deepcopy(gt)
   preds = synth.perfect_predictions(gt)
+  preds_before = copy.deepcopy(preds)
   for agnostic in (False, True):
     r = evaluate(gt, preds, class_agnostic=agnostic, backend=backend)
     for t in ("bbox", "segm"):
@@ -32,7 +33,7 @@ def test_perfect_predictions_give_ap_one(backend):
         assert r[t][name] == pytest.approx(1.0), (t, name, agnostic)
       assert all(p == pytest.approx(1.0) for p in r[t]["pr_curve"]["iou_0.50:0.95"])
     assert r["num_gt"] == 5 and r["num_pred"] == 5 and r["num_images"] == 3
-  assert gt == before  # inputs untouched
+  assert gt == before and preds == preds_before  # inputs untouched
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

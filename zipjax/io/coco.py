@@ -14,7 +14,8 @@ Accepted prediction formats (the `--pred` file of `zipjax eval`, or the same obj
    surrounding and repeated whitespace ignored), otherwise `category_id` read as a ground-truth category id.
 2. A full COCO dataset `{"images", "annotations", "categories"}` whose annotations carry `score` (what the
    zipjax pipeline writes as `annotations.json`). Annotation classes are resolved through the file's own
-   `categories` list by name (`category_name` on an annotation wins). Its images are matched to the
+   `categories` list by name (`category_name` on an annotation wins; without a `categories` list,
+   `category_id` is read as a ground-truth id). Its images are matched to the
    ground-truth images by `file_name` (exact, then basename) when every image has one, otherwise by id.
    The images listed there (with or without detections) are the images the file covers.
 
@@ -76,10 +77,12 @@ class Predictions:
       compressed RLE masks (`counts` as str).
     image_ids: ground-truth ids of the images the file covers (dataset form), or None (results list).
     source: file path or `<memory>`.
+    class_agnostic: whether classes were merged when loading.
   """
   records: list
   image_ids: list | None
   source: str
+  class_agnostic: bool = False
 
 
 def load_json(src, what: str):
@@ -387,6 +390,14 @@ def load_predictions(src, gt: GroundTruth, class_agnostic: bool = False, need_bb
     InputError: naming the file, the record index and its image_id.
   """
   if isinstance(src, Predictions):
+    if src.class_agnostic != bool(class_agnostic):
+      raise InputError(f"{src.source}: predictions were loaded with class_agnostic={src.class_agnostic}, "
+                       f"cannot evaluate them with class_agnostic={bool(class_agnostic)}")
+    for need, key in ((need_segm, "segmentation"), (need_bbox, "bbox")):
+      missing = next((i for i, r in enumerate(src.records) if need and key not in r), None)
+      if missing is not None:
+        raise InputError(f"{src.source}: prediction {missing} (image_id {src.records[missing]['image_id']}): "
+                         f"has no {key}")
     return src
   data, source = load_json(src, "prediction")
   pred_cats, image_map, covered = None, None, None
@@ -472,7 +483,7 @@ def load_predictions(src, gt: GroundTruth, class_agnostic: bool = False, need_bb
     elif need_bbox:
       raise InputError(f"{where}: needs a 'bbox' or a 'segmentation'")
     out.append(norm)
-  return Predictions(records=out, image_ids=covered, source=source)
+  return Predictions(records=out, image_ids=covered, source=source, class_agnostic=bool(class_agnostic))
 
 
 def describe(src: Any) -> str:
