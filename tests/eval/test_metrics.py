@@ -233,3 +233,16 @@ def test_compare_runs_side_by_side():
   assert aps[0] == pytest.approx(1.0) and 0.0 < aps[1] < 1.0 and aps[2] == 0.0
   assert "bbox" not in result["runs"][0]["metrics"]
   assert result["settings"]["iou_types"] == ["segm"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_area_ranges_use_the_mask_area(backend):
+  # A false positive with a small mask but a large box: for mask AP it is small (counts against APs);
+  # for box AP it is large (ignored in the small range, as COCO ignores unmatched out-of-range detections).
+  gt = synth.dataset(n_images=1, categories=("cat",))
+  synth.add_gt(gt, 1, 10, 0, 0, 20, 20)
+  fp = synth.pred(1, 100, 50, 20, 20, 0.9, category_name="cat")
+  fp["bbox"] = [60.0, 10.0, 100.0, 100.0]
+  r = evaluate(gt, [synth.pred(1, 0, 0, 20, 20, 0.5, category_name="cat"), fp], backend=backend)
+  assert r["segm"]["APs"] == pytest.approx(0.5)
+  assert r["bbox"]["APs"] == pytest.approx(1.0)
