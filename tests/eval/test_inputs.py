@@ -45,6 +45,8 @@ def test_unknown_category_name_and_id():
   del preds[0]["category_name"]
   preds[0]["category_id"] = 3
   _raises(_gt(), preds, "prediction 0", "image_id 1", "category_id 3")
+  preds[0]["category_id"] = [10]  # unhashable junk is an InputError too, not a TypeError
+  _raises(_gt(), preds, "prediction 0", "category_id [10]")
 
 
 @pytest.mark.parametrize("counts, why", [

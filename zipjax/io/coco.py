@@ -286,11 +286,13 @@ def load_ground_truth(src) -> GroundTruth:
       raise InputError(f"{source}: annotation {i}: must be an object")
     image_id = ann.get("image_id")
     where = f"{source}: annotation {i} (id {ann.get('id')}, image_id {image_id})"
-    if image_id not in images or not _is_int(image_id):
+    if not _is_int(image_id) or image_id not in images:
       raise InputError(f"{where}: image_id is not in the ground-truth images")
-    if ann.get("category_id") not in cat_ids:
+    if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
       raise InputError(f"{where}: category_id {ann.get('category_id')!r} is not in the categories")
     if "id" in ann:
+      if not _is_int(ann["id"]):
+        raise InputError(f"{where}: annotation id must be an integer")
       if ann["id"] in seen_ids:
         raise InputError(f"{where}: duplicate annotation id")
       seen_ids.add(ann["id"])
@@ -448,7 +450,7 @@ def load_predictions(src, gt: GroundTruth, class_agnostic: bool = False, need_bb
     else:
       name = rec.get("category_name")
       if name is None and pred_cats is not None:
-        if rec.get("category_id") not in pred_cats:
+        if not _is_int(rec.get("category_id")) or rec["category_id"] not in pred_cats:
           raise InputError(f"{where}: category_id {rec.get('category_id')!r} is not in the prediction "
                            "file's categories")
         name = pred_cats[rec["category_id"]]
@@ -459,7 +461,7 @@ def load_predictions(src, gt: GroundTruth, class_agnostic: bool = False, need_bb
         category_id = by_name[normalize_name(name)]
       else:
         category_id = rec.get("category_id")
-        if category_id not in gt_cat_ids or not _is_int(category_id):
+        if not _is_int(category_id) or category_id not in gt_cat_ids:
           raise InputError(f"{where}: category_id {category_id!r} is not a ground-truth category id "
                            "(give category_name, or use --class-agnostic)")
 
