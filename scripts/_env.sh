@@ -12,11 +12,15 @@ if [ ! -x "$PY" ]; then
 fi
 if [ "$(cat "$VENV/.zipjax-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   echo "[zipjax] installing zipjax[$extras] into $VENV (first run takes a few minutes)" >&2
-  "$PY" -m pip install -q --upgrade pip "setuptools<81" wheel >&2
-  case ",$extras," in
-    *,convert,*|*,test,*) "$PY" -m pip install -q "torch==2.13.0" >&2 ;;  # CPU build; never an unpinned torch
-  esac
-  "$PY" -m pip install -q -e "$ROOT[$extras]" >&2
+  log="$VENV/install.log"
+  {
+    "$PY" -m pip install --upgrade pip "setuptools<81" wheel &&
+    case ",$extras," in
+      *,convert,*|*,test,*) "$PY" -m pip install "torch==2.13.0" ;;  # CPU build; never an unpinned torch
+      *) true ;;
+    esac &&
+    "$PY" -m pip install -e "$ROOT[$extras]"
+  } > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "[zipjax] install failed; full log: $log" >&2; exit 1; }
   echo "$stamp_want" > "$VENV/.zipjax-stamp"
 fi
 # tcmalloc makes big CPU runs 1.2-1.6x faster; use it when the system has it.

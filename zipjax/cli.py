@@ -11,6 +11,7 @@ from zipjax.errors import ZipjaxError
 # subcommand name -> module under zipjax.commands
 COMMANDS = {
     "convert": "convert",
+    "embed": "embed",
     "eval": "eval",
 
 }
