@@ -16,7 +16,10 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# this file is named clip.py: keep its folder off sys.path so that `import clip` finds openai-clip
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 CASES = {
     "vit": dict(title="ViT-B/16 surgery @512", arch="ViT-B/16", size=(512, 512)),
