@@ -5,6 +5,7 @@ Public API (re-exports only; see each module for details).
 __version__ = "0.1.0"
 
 from zipjax.errors import CheckpointError, InputError, ZipjaxError
+from zipjax.pipeline.discover import discover, discover_batch, discover_instances
 
 
 __all__ = [
