@@ -118,7 +118,10 @@ def kmeans(x: jax.Array, init: jax.Array, valid: jax.Array | None = None, *, max
     onehot = (labels[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]).astype(jnp.float32)  # [N, K]
     sums = jnp.dot(onehot.T, x, precision=jax.lax.Precision.HIGHEST)  # [K, C]
     counts = jnp.sum(onehot, axis=0)  # [K]
-    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], c)  # [K, C]
+    # XLA rewrites `a / broadcast(b)` as `a * broadcast(1 / b)`, which is not correctly rounded; the barrier
+    # keeps a true division, so means match torch's / NumPy's `sum / count` bit for bit when sums are exact
+    denom = jax.lax.optimization_barrier(jnp.broadcast_to(jnp.maximum(counts, 1.0)[:, None], sums.shape))
+    new = jnp.where(counts[:, None] > 0, sums / denom, c)  # [K, C]
     done = jnp.all(jnp.abs(new - c) <= atol + rtol * jnp.abs(c))
     return it + 1, new, labels, done
 
