@@ -114,3 +114,66 @@ def discover_reference(features: np.ndarray, act: np.ndarray, k: int = 20, max_i
     labels, _ = kmeans_numpy(x, linspace_indices_torch(h * w, k), k, max_iters, rtol, atol)
   ids = labels.reshape(h, w) + 1
   return select_and_build(ids, act, **select_kwargs), ids
+
+
+def synthetic_scene(rng: np.random.Generator, h: int = 48, w: int = 64, c: int = 16, n_objects: int = 4,
+                    touching: bool = True, noise: float = 0.02, activation: str = "planted",
+                    dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+  """Boundary features with planted instances, and a class activation.
+
+  Scene: two or three background segments; `n_objects` rectangles of the target class (the first two touch
+  along an edge when `touching`) and one object of another class; a boundary band (one cell wide, its own
+  prototype) along every object's outline, which is what separates touching instances; `noise` = fraction of
+  cells replaced by one of three noise prototypes. Features are integer-valued (exact float32 sums) and each
+  group of cells shares one vector, so k-means is free of argmin near-ties.
+
+  activation: 'planted' (target objects, outlines included), 'loose' (planted, grown by 2 cells, 5% random
+  flips), 'empty', 'full'.
+
+  Returns:
+    (features dtype [h, w, c], activation bool [h, w]).
+  """
+  protos = rng.integers(-40, 41, (8, c))  # 0-2 background, 3 boundary, 4 target class, 5 other class, 6-7 noise
+  region = np.zeros((h, w), np.int64)
+  if rng.random() < 0.5:
+    region[h // 2:] = 1
+  else:
+    region[:, w // 3:] = 1
+    region[:, 2 * w // 3:] = 2
+  feat = protos[region].copy()
+  objects = np.zeros((h, w), np.int64)  # 0 none, 1.. object index
+  target = []
+  for i in range(n_objects + 1):
+    oh, ow = int(rng.integers(9, 17)), int(rng.integers(9, 17))
+    if i == 1 and touching:  # share the right edge of object 1
+      r0, c0 = prev[0] + int(rng.integers(-3, 4)), prev[3]
+    else:
+      r0, c0 = int(rng.integers(0, h - oh)), int(rng.integers(0, w - ow))
+    r0 = int(np.clip(r0, 0, h - oh))
+    c0 = int(np.clip(c0, 0, w - ow))
+    prev = (r0, c0, r0 + oh, c0 + ow)
+    objects[r0:r0 + oh, c0:c0 + ow] = i + 1
+    cls = 5 if i == n_objects else 4
+    offset = np.zeros(c, np.int64)
+    offset[rng.choice(c, 3, replace=False)] = rng.integers(-6, 7, 3)  # per-object variation
+    feat[objects == i + 1] = protos[cls] + offset
+    if cls == 4:
+      target.append(i + 1)
+  # boundary band: object cells with a 4-neighbour in another object or outside
+  pad = np.pad(objects, 1, constant_values=-1)
+  edge = np.zeros((h, w), bool)
+  for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+    edge |= pad[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] != objects
+  edge &= objects > 0
+  feat[edge] = protos[3]
+  noisy = rng.random((h, w)) < noise
+  feat[noisy] = protos[6 + rng.integers(0, 2, (h, w))][noisy]
+  act = np.isin(objects, target)
+  if activation == "loose":
+    from scipy import ndimage  # pylint: disable=g-import-not-at-top
+    act = ndimage.binary_dilation(act, iterations=2) ^ (rng.random((h, w)) < 0.05)
+  elif activation == "empty":
+    act = np.zeros((h, w), bool)
+  elif activation == "full":
+    act = np.ones((h, w), bool)
+  return feat.astype(dtype), act
