@@ -62,7 +62,24 @@ def test_instance_outputs_are_consistent():
     assert tuple(np.asarray(out["bboxes"][i])) == (rr.min(), cc.min(), rr.max() + 1, cc.max() + 1)
   assert not np.asarray(out["valid"])[n:].any()
   # instances lie inside the union of kept fragments
-  assert not (labels > 0)[~np.asarray(out["fragment_mask"])].any()
+  fmask = np.asarray(out["fragment_mask"])
+  assert not (labels > 0)[~fmask].any()
+  # the padded fragment list: components of whole clusters, in raster order, covering the union exactly
+  from skimage import measure
+  ids = np.asarray(out["cluster_ids"])
+  frags = {k: np.asarray(v) for k, v in out["fragments"].items()}
+  roots = frags["root"][frags["valid"]]
+  assert len(roots) > 0 and np.all(np.diff(roots) > 0) and not frags["valid"][len(roots):].any()
+  covered = np.zeros(ids.shape, bool)
+  for root, area, bbox in zip(roots, frags["area"], frags["bbox"]):
+    r, c = divmod(int(root), ids.shape[1])
+    comp = measure.label(ids == ids[r, c], connectivity=1)
+    comp = comp == comp[r, c]
+    rr, cc = np.nonzero(comp)
+    assert (rr[0], cc[0]) == (r, c) and area == comp.sum()
+    assert tuple(bbox) == (rr.min(), cc.min(), rr.max() + 1, cc.max() + 1)
+    covered |= comp
+  np.testing.assert_array_equal(covered, fmask)
 
 
 @settings(max_examples=10, deadline=None)

@@ -105,6 +105,8 @@ def kmeans(x: jax.Array, init: jax.Array, valid: jax.Array | None = None, *, max
   Returns:
     (labels int32 [N] in 0..K-1, centroids float32 [K, C] after the last update, iterations run int32 []).
   """
+  if max_iters < 1:
+    raise InputError(f"max_iters must be >= 1, got {max_iters}")
   x = x.astype(jnp.float32)
   k = init.shape[0]
   if valid is None:
@@ -131,8 +133,6 @@ def kmeans(x: jax.Array, init: jax.Array, valid: jax.Array | None = None, *, max
 
   n = x.shape[0]
   state = (jnp.int32(0), init.astype(jnp.float32), jnp.zeros((n,), jnp.int32), jnp.bool_(False))
-  if max_iters < 1:
-    raise InputError(f"max_iters must be >= 1, got {max_iters}")
   it, c, labels, _ = jax.lax.while_loop(cond, body, state)
   return labels, c, it
 

@@ -201,17 +201,18 @@ def _select_and_build(ids, activation, p: DiscoverParams):
   cand = candidate_clusters(ids, activation, p)
   frag = select_fragments(ids, activation, cand, p)
   labels, n = build_instances(frag["mask"], p)
-  return labels, n, frag["mask"]
+  return labels, n, frag
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
 def _discover_one(features, activation, p: DiscoverParams) -> dict[str, jax.Array]:
   """Steps 1-4 for one image and one class; padded instance list from `regionprops`."""
   ids, iters = cluster(features, activation, p)
-  labels, n, frag_mask = _select_and_build(ids, activation, p)
+  labels, n, frag = _select_and_build(ids, activation, p)
   props = components.regionprops(labels, p.max_instances)
   return {"labels": labels, "num_instances": n, "areas": props["area"], "bboxes": props["bbox"],
-          "valid": props["valid"], "cluster_ids": ids, "fragment_mask": frag_mask, "kmeans_iters": iters}
+          "valid": props["valid"], "cluster_ids": ids, "fragment_mask": frag["mask"],
+          "fragments": fragments_list(frag["roots"], frag["keep"], p.max_fragments), "kmeans_iters": iters}
 
 
 # ------------------------------------------------------------------------------------------------- public API
@@ -261,7 +262,8 @@ def discover_instances(features, activation, config=None) -> dict[str, jax.Array
   Returns:
     dict: labels int32 [h, w]; num_instances int32 []; areas int32 [max_instances]; bboxes int32
     [max_instances, 4] (min_row, min_col, max_row + 1, max_col + 1) of labels 1..max_instances; valid bool
-    [max_instances]; cluster_ids int32 [h, w] (1..K); fragment_mask bool [h, w]; kmeans_iters int32 [].
+    [max_instances]; cluster_ids int32 [h, w] (1..K); fragment_mask bool [h, w]; fragments: the kept
+    fragments padded to max_fragments (`fragments_list`); kmeans_iters int32 [].
   """
   p = params_from_config(config)
   features, activation = _check(features, activation, p, batched=False)
