@@ -1,5 +1,4 @@
 """Connected components, stats and relabelling vs scipy.ndimage / skimage."""
-import hypothesis.extra.numpy as hnp
 import jax.numpy as jnp
 import numpy as np
 import pytest

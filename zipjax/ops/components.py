@@ -107,7 +107,7 @@ def component_roots(ids: jax.Array, foreground: jax.Array | None = None, *, conn
     return changed
 
   parent, _, _ = jax.lax.while_loop(cond, round_, (parent, jnp.bool_(True), jnp.int32(0)))
-  return parent[:n].reshape(h, w)
+  return parent[:n].reshape(h, w)  # [h, w]
 
 
 @jax.jit
@@ -138,7 +138,8 @@ def root_stats(roots: jax.Array, weight: jax.Array | None = None) -> dict[str, j
   bbox = jnp.where(empty[:, None], 0, jnp.stack([r0, c0, r1, c1], axis=-1))  # [N+1, 4]
   out = {"area": area, "bbox": bbox}
   if weight is not None:
-    out["weight_sum"] = jax.ops.segment_sum(weight.reshape(-1).astype(jnp.int32), seg, num_segments=n + 1)
+    wflat = weight.reshape(-1).astype(jnp.int32)  # [N]
+    out["weight_sum"] = jax.ops.segment_sum(wflat, seg, num_segments=n + 1)
   return out
 
 

@@ -124,7 +124,7 @@ def cluster(features: jax.Array, activation: jax.Array, p: DiscoverParams) -> tu
     init, valid = x[idx], None
   else:
     init, valid = kmeans_ops.semantic_init(
-        x, activation.reshape(-1), p.num_clusters,
+        x, activation.reshape(-1), p.num_clusters,  # activation [h*w]
         min_foreground_clusters=p.semantic_min_foreground_clusters,
         cells_per_cluster=p.semantic_cells_per_cluster,
         background_clusters=p.semantic_background_clusters)
