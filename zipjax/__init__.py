@@ -6,8 +6,10 @@ __version__ = "0.1.0"
 
 from zipjax.errors import CheckpointError, InputError, ZipjaxError
 from zipjax.clip import ClipModel, load_clip
+from zipjax.pipeline.discover import discover, discover_batch, discover_instances
 
 __all__ = [
     "CheckpointError", "InputError", "ZipjaxError",
     "ClipModel", "load_clip",
+    "discover", "discover_batch", "discover_instances",
 ]

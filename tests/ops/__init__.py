@@ -1,0 +1,1 @@
+"""Tests of the jitted kernels in zipjax.ops."""

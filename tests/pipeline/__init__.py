@@ -1,0 +1,1 @@
+"""Tests of the method layer in zipjax.pipeline."""

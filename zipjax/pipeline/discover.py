@@ -1,0 +1,350 @@
+"""Discovery (zip_method.md sections 3-4): k-means clusters -> fragments -> instances, per image and class.
+
+For one image and one class, with boundary features F [h, w, C] and activation act [h, w]:
+  1. cluster ids 1..K = Lloyd k-means on the rows of F (`ops.kmeans`), linspace or semantic initialisation;
+  2. candidate clusters = the `top_k_clusters` most common values of `cluster_id * act` over the whole map,
+     ties by first occurrence in raster order, value 0 skipped (`count_background_in_top_k`: 0 takes one of
+     the places, the released code's quirk);
+  3. fragments = connected components of every whole cluster (all clusters at once: neighbours connect when
+     their cluster ids are equal); keep a fragment of a candidate cluster when
+     activated cells / cells > `min_activated_fraction` and bbox area (exclusive max) / cells < `max_bbox_ratio`;
+  4. instances = connected components of the union of kept fragments, without those under
+     `min_instance_cells` cells, numbered 1..n in raster order of their first cell (0 = background).
+
+The ratios are computed in float32 where the released code uses float64. For a ratio a/n of cell counts and a
+threshold p/q with a small denominator (0.3, 3) the two decide identically: a/n != p/q implies
+|a/n - p/q| >= 1/(q n), far above float32 rounding for any feature map below 2^20 cells, and a/n == p/q rounds
+to the same float as the threshold in both precisions.
+
+Everything is jitted with static shapes; the config becomes a hashable `DiscoverParams` (a static argument).
+`discover_batch` maps over images and classes with `vmap`; with the `linspace` initialisation the k-means
+clustering does not depend on the class and runs once per image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from zipjax import configs
+from zipjax.errors import InputError
+from zipjax.ops import components
+from zipjax.ops import kmeans as kmeans_ops
+from zipjax.ops import resize
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoverParams:
+  """Hashable copy of `config.discover` (a static argument of the jitted functions).
+
+  Attributes:
+    num_clusters: K (maximum K for the semantic initialisation).
+    max_iters: Lloyd iterations at most.
+    rtol: relative tolerance of the allclose stop.
+    atol: absolute tolerance of the allclose stop.
+    init: 'linspace' or 'semantic'.
+    semantic_min_foreground_clusters: see `ops.kmeans.semantic_init`.
+    semantic_cells_per_cluster: see `ops.kmeans.semantic_init`.
+    semantic_background_clusters: see `ops.kmeans.semantic_init`.
+    top_k_clusters: candidate clusters examined (most common activated ids).
+    count_background_in_top_k: value 0 competes for the top_k places (released quirk).
+    min_activated_fraction: keep fragments with activated fraction above this.
+    max_bbox_ratio: keep fragments with bbox area / area below this.
+    min_instance_cells: drop instances with fewer cells.
+    connectivity: 4 or 8.
+    max_instances: length of padded instance lists.
+    max_fragments: length of padded fragment lists.
+    max_cc_iters: cap on connected-component rounds (0 = until converged).
+  """
+  num_clusters: int = 20
+  max_iters: int = 100
+  rtol: float = 1e-5
+  atol: float = 1e-8
+  init: str = "linspace"
+  semantic_min_foreground_clusters: int = 2
+  semantic_cells_per_cluster: int = 256
+  semantic_background_clusters: int = 6
+  top_k_clusters: int = 20
+  count_background_in_top_k: bool = True
+  min_activated_fraction: float = 0.3
+  max_bbox_ratio: float = 3.0
+  min_instance_cells: int = 100
+  connectivity: int = 4
+  max_instances: int = 64
+  max_fragments: int = 512
+  max_cc_iters: int = 0
+
+
+def params_from_config(config: Any = None) -> DiscoverParams:
+  """`DiscoverParams` from a full preset (with `.discover`), its `discover` sub-config, or None (reference)."""
+  if isinstance(config, DiscoverParams):
+    return config
+  if config is None:
+    config = configs.reference()
+  d = config.discover if "discover" in config else config
+  p = DiscoverParams(
+      num_clusters=int(d.num_clusters), max_iters=int(d.max_iters), rtol=float(d.rtol), atol=float(d.atol),
+      init=str(d.init),
+      semantic_min_foreground_clusters=int(d.semantic.min_foreground_clusters),
+      semantic_cells_per_cluster=int(d.semantic.cells_per_cluster),
+      semantic_background_clusters=int(d.semantic.background_clusters),
+      top_k_clusters=int(d.top_k_clusters), count_background_in_top_k=bool(d.count_background_in_top_k),
+      min_activated_fraction=float(d.min_activated_fraction), max_bbox_ratio=float(d.max_bbox_ratio),
+      min_instance_cells=int(d.min_instance_cells), connectivity=int(d.connectivity),
+      max_instances=int(d.max_instances), max_fragments=int(d.max_fragments),
+      max_cc_iters=int(d.max_cc_iters))
+  if p.init not in ("linspace", "semantic"):
+    raise InputError(f"discover.init must be 'linspace' or 'semantic', got {p.init!r}")
+  if p.connectivity not in (4, 8):
+    raise InputError(f"discover.connectivity must be 4 or 8, got {p.connectivity}")
+  if p.num_clusters < 1 or p.max_iters < 1 or p.top_k_clusters < 1:
+    raise InputError("discover.num_clusters, max_iters and top_k_clusters must be >= 1")
+  return p
+
+
+# --------------------------------------------------------------------------------------------- building blocks
+def cluster(features: jax.Array, activation: jax.Array, p: DiscoverParams) -> tuple[jax.Array, jax.Array]:
+  """k-means cluster ids of the feature cells.
+
+  Args:
+    features: float32 [h, w, C].
+    activation: bool [h, w] (used by the semantic initialisation only).
+    p: parameters.
+
+  Returns:
+    (int32 [h, w] cluster ids 1..K, int32 [] Lloyd iterations run).
+  """
+  h, w, c = features.shape
+  x = features.reshape(h * w, c).astype(jnp.float32)  # [h*w, C]
+  if p.init == "linspace":
+    idx = kmeans_ops.linspace_indices(h * w, p.num_clusters)
+    init, valid = x[idx], None
+  else:
+    init, valid = kmeans_ops.semantic_init(
+        x, activation.reshape(-1), p.num_clusters,  # activation [h*w]
+        min_foreground_clusters=p.semantic_min_foreground_clusters,
+        cells_per_cluster=p.semantic_cells_per_cluster,
+        background_clusters=p.semantic_background_clusters)
+  labels, _, iters = kmeans_ops.kmeans(x, init, valid, max_iters=p.max_iters, rtol=p.rtol, atol=p.atol)
+  return (labels + 1).reshape(h, w), iters  # [h, w]
+
+
+def candidate_clusters(ids: jax.Array, activation: jax.Array, p: DiscoverParams) -> jax.Array:
+  """bool [K + 1] indexed by cluster id: the cluster is examined for fragments (index 0 is never)."""
+  k = p.num_clusters
+  n = ids.size
+  values = (ids * activation.astype(ids.dtype)).reshape(-1)  # [h*w], 0 where not activated
+  counts = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), values, num_segments=k + 1)  # [K+1]
+  first = jax.ops.segment_min(jnp.arange(n, dtype=jnp.int32), values, num_segments=k + 1)  # [K+1]
+  present = counts > 0
+  ranked = present if p.count_background_in_top_k else present.at[0].set(False)
+  # rank[v] = number of ranked values ahead of v (more common, or as common and seen earlier)
+  ahead = (counts[None, :] > counts[:, None]) | ((counts[None, :] == counts[:, None]) &
+                                                  (first[None, :] < first[:, None]))  # [K+1, K+1]
+  rank = jnp.sum(ahead & ranked[None, :], axis=1)
+  cand = ranked & (rank < p.top_k_clusters)
+  return cand.at[0].set(False)
+
+
+def select_fragments(ids: jax.Array, activation: jax.Array, candidates: jax.Array,
+                     p: DiscoverParams) -> dict[str, jax.Array]:
+  """Fragments (components of whole clusters) and the selection rule.
+
+  Returns:
+    dict: mask bool [h, w] union of kept fragments; roots int32 [h, w] fragment root per cell; keep bool
+    [h*w + 1] root-indexed kept flag.
+  """
+  h, w = ids.shape
+  n = h * w
+  roots = components.component_roots(ids, connectivity=p.connectivity, max_iters=p.max_cc_iters)
+  st = components.root_stats(roots, activation)
+  area = st["area"]  # [N+1]
+  bbox = st["bbox"]  # [N+1, 4]
+  bbox_area = (bbox[:, 2] - bbox[:, 0]) * (bbox[:, 3] - bbox[:, 1])  # [N+1]
+  safe_area = jnp.maximum(area, 1).astype(jnp.float32)
+  frac = st["weight_sum"].astype(jnp.float32) / safe_area
+  ratio = bbox_area.astype(jnp.float32) / safe_area
+  cluster_of_root = jnp.concatenate([ids.reshape(-1), jnp.zeros((1,), ids.dtype)])  # [N+1]
+  keep = ((area > 0) & candidates[cluster_of_root] & (frac > p.min_activated_fraction) &
+          (ratio < p.max_bbox_ratio))
+  keep = keep.at[n].set(False)
+  mask = keep[roots.reshape(-1)].reshape(h, w)  # [h, w]
+  return {"mask": mask, "roots": roots, "keep": keep}
+
+
+def build_instances(mask: jax.Array, p: DiscoverParams) -> tuple[jax.Array, jax.Array]:
+  """Instances = components of `mask` with at least `min_instance_cells` cells -> (labels [h, w], n)."""
+  mask = mask.astype(bool)
+  roots = components.component_roots(mask, mask, connectivity=p.connectivity, max_iters=p.max_cc_iters)
+  st = components.root_stats(roots)
+  keep = st["area"] >= p.min_instance_cells
+  return components.relabel(roots, keep)
+
+
+def fragments_list(roots: jax.Array, keep: jax.Array, max_fragments: int) -> dict[str, jax.Array]:
+  """Kept fragments as a padded list (raster order of their first cell): root, area and bbox [M, 4]."""
+  n = roots.size
+  (idx,) = jnp.nonzero(keep, size=max_fragments, fill_value=n)  # [M] kept roots in raster order
+  valid = idx < n
+  st = components.root_stats(roots)
+  return {"root": jnp.where(valid, idx, 0), "area": jnp.where(valid, st["area"][idx], 0),
+          "bbox": jnp.where(valid[:, None], st["bbox"][idx], 0), "valid": valid}
+
+
+@functools.partial(jax.jit, static_argnames=("p",))
+def _select_and_build(ids, activation, p: DiscoverParams):
+  """Steps 2-4 for one class given cluster ids."""
+  activation = activation.astype(bool)
+  cand = candidate_clusters(ids, activation, p)
+  frag = select_fragments(ids, activation, cand, p)
+  labels, n = build_instances(frag["mask"], p)
+  return labels, n, frag
+
+
+@functools.partial(jax.jit, static_argnames=("p",))
+def _discover_one(features, activation, p: DiscoverParams) -> dict[str, jax.Array]:
+  """Steps 1-4 for one image and one class; padded instance list from `regionprops`."""
+  ids, iters = cluster(features, activation, p)
+  labels, n, frag = _select_and_build(ids, activation, p)
+  props = components.regionprops(labels, p.max_instances)
+  return {"labels": labels, "num_instances": n, "areas": props["area"], "bboxes": props["bbox"],
+          "valid": props["valid"], "cluster_ids": ids, "fragment_mask": frag["mask"],
+          "fragments": fragments_list(frag["roots"], frag["keep"], p.max_fragments), "kmeans_iters": iters}
+
+
+# ------------------------------------------------------------------------------------------------- public API
+def _check(features, activation, p: DiscoverParams, batched: bool):
+  features = jnp.asarray(features)
+  activation = jnp.asarray(activation)
+  want_f = 4 if batched else 3
+  want_a = 4 if batched else 2
+  name = "discover_batch" if batched else "discover"
+  if features.ndim != want_f:
+    raise InputError(f"{name}: features must have {want_f} dims ({'[B, h, w, C]' if batched else '[h, w, C]'}),"
+                     f" got shape {features.shape}")
+  if activation.ndim != want_a:
+    raise InputError(f"{name}: activation must have {want_a} dims ({'[B, n_cls, h, w]' if batched else '[h, w]'}),"
+                     f" got shape {activation.shape}")
+  spatial = features.shape[-3:-1]
+  if tuple(activation.shape[-2:]) != tuple(spatial):
+    raise InputError(f"{name}: activation {activation.shape} does not match the feature grid {spatial}")
+  if batched and activation.shape[0] != features.shape[0]:
+    raise InputError(f"{name}: batch sizes differ: features {features.shape[0]}, activation {activation.shape[0]}")
+  if not jnp.issubdtype(features.dtype, jnp.floating):
+    raise InputError(f"{name}: features must be floating point, got {features.dtype}")
+  if spatial[0] * spatial[1] < p.num_clusters:
+    raise InputError(f"{name}: {spatial[0]}x{spatial[1]} feature cells are fewer than K={p.num_clusters}")
+  return features, activation.astype(bool)
+
+
+def discover(features, activation, config=None) -> jax.Array:
+  """Instances of one class in one image.
+
+  Args:
+    features: float32 [h, w, C] boundary features.
+    activation: bool [h, w] class activation at feature resolution.
+    config: a preset (`zipjax.configs.reference()` / `zip()`), its `discover` sub-config, or None (reference).
+
+  Returns:
+    int32 [h, w] label map: 0 = background, 1..n = instances in raster order of their first cell.
+  """
+  p = params_from_config(config)
+  features, activation = _check(features, activation, p, batched=False)
+  return _discover_one(features, activation, p)["labels"]
+
+
+def discover_instances(features, activation, config=None) -> dict[str, jax.Array]:
+  """`discover` with its intermediate and padded outputs.
+
+  Returns:
+    dict: labels int32 [h, w]; num_instances int32 []; areas int32 [max_instances]; bboxes int32
+    [max_instances, 4] (min_row, min_col, max_row + 1, max_col + 1) of labels 1..max_instances; valid bool
+    [max_instances]; cluster_ids int32 [h, w] (1..K); fragment_mask bool [h, w]; fragments: the kept
+    fragments padded to max_fragments (`fragments_list`); kmeans_iters int32 [].
+  """
+  p = params_from_config(config)
+  features, activation = _check(features, activation, p, batched=False)
+  return _discover_one(features, activation, p)
+
+
+@functools.partial(jax.jit, static_argnames=("p",))
+def _discover_batch(features, activation, p: DiscoverParams) -> jax.Array:
+  if p.init == "linspace":  # clusters do not depend on the class: once per image
+    ids, _ = jax.vmap(lambda f: cluster(f, None, p))(features)  # [B, h, w]
+    per_class = jax.vmap(lambda i, a: _select_and_build(i, a, p)[0], in_axes=(None, 0))  # over classes
+    return jax.vmap(per_class)(ids, activation)  # [B, n_cls, h, w]
+  one = lambda f, a: _discover_one(f, a, p)["labels"]  # noqa: E731
+  return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(features, activation)  # [B, n_cls, h, w]
+
+
+def discover_batch(features, activation, config=None) -> jax.Array:
+  """`discover` over a batch of images and classes (vmap; works on sharded inputs under jit).
+
+  Args:
+    features: float32 [B, h, w, C].
+    activation: bool [B, n_cls, h, w].
+    config: as for `discover`.
+
+  Returns:
+    int32 [B, n_cls, h, w] label maps.
+  """
+  p = params_from_config(config)
+  features, activation = _check(features, activation, p, batched=True)
+  return _discover_batch(features, activation, p)
+
+
+def discover_batch_fn(config=None):
+  """The jittable batched function `(features [B,h,w,C], activation [B,n_cls,h,w]) -> labels` for `config`,
+  for callers that wrap it in their own `jax.jit` (e.g. with explicit in/out shardings)."""
+  p = params_from_config(config)
+  return functools.partial(_discover_batch, p=p)
+
+
+def activation_from_similarity(similarity, grid_size: tuple[int, int], config=None) -> jax.Array:
+  """Class activation at feature resolution from a full-resolution similarity map.
+
+  `act = resize_nearest(A) > activation_factor * mean(A)` with the mean over the full-resolution map and
+  PyTorch's legacy nearest resize (`src = floor(dst * in / out)`).
+
+  Args:
+    similarity: float [..., H, W] similarity maps (e.g. [n_cls, H, W]).
+    grid_size: (h, w) of the feature grid.
+    config: as for `discover` (uses `discover.activation_factor`).
+
+  Returns:
+    bool [..., h, w].
+  """
+  if config is None:
+    config = configs.reference()
+  d = config.discover if "discover" in config else config
+  a = jnp.asarray(similarity, jnp.float32)
+  if a.ndim < 2:
+    raise InputError(f"similarity must be [..., H, W], got shape {a.shape}")
+  t = jnp.mean(a, axis=(-2, -1), keepdims=True) * jnp.float32(d.activation_factor)
+  iy = resize.nearest_indices(a.shape[-2], grid_size[0])
+  ix = resize.nearest_indices(a.shape[-1], grid_size[1])
+  small = jnp.take(jnp.take(a, iy, axis=-2), ix, axis=-1)  # [..., h, w]
+  return small > t
+
+
+def grid_boxes_to_image(bboxes, grid_size: tuple[int, int], image_size: tuple[int, int], config=None):
+  """Grid bboxes (min_row, min_col, max_row, max_col) -> image boxes (x0, y0, x1, y1) float32.
+
+  `discover.swap_box_scale` (the released code's quirk) scales x by H/h and y by W/w; otherwise x by W/w and
+  y by H/h. `image_size` is (H, W).
+  """
+  if config is None:
+    config = configs.reference()
+  d = config.discover if "discover" in config else config
+  b = jnp.asarray(bboxes, jnp.float32)
+  (h, w), (hh, ww) = grid_size, image_size
+  sx, sy = (hh / h, ww / w) if d.swap_box_scale else (ww / w, hh / h)
+  return jnp.stack([b[..., 1] * sx, b[..., 0] * sy, b[..., 3] * sx, b[..., 2] * sy], axis=-1)  # [..., 4]
+
+
+__all__ = ["DiscoverParams", "params_from_config", "discover", "discover_instances", "discover_batch",
+           "discover_batch_fn", "activation_from_similarity", "grid_boxes_to_image", "cluster",
+           "candidate_clusters", "select_fragments", "build_instances", "fragments_list"]
