@@ -43,6 +43,7 @@ def _save_torchscript(model, path, res):
   traced.save(str(path))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize("arch", [SMALL_VIT, SMALL_RN], ids=["vit", "resnet"])
 def test_torchscript_archive(tmp_path, arch):
   model, ref = _fp16_model(arch)
@@ -142,6 +143,7 @@ def test_sam_checkpoint_is_rejected(tmp_path):
   assert "SAM checkpoint" in _errors(tmp_path, sd, "sam_vit_b.pth")
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_truncated_and_bogus_files(tmp_path):
   src = tmp_path / "full.pt"
   _save_torchscript(make_clip(**SMALL_VIT), src, 32)
@@ -172,7 +174,11 @@ def test_converted_dir_checks(tmp_path):
   assert cli_main(["convert", "clip", str(tmp_path / "missing.pt"), str(tmp_path / "d")]) == 2
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+_BIG = ("RN50x16", "RN50x64", "ViT-L/14", "ViT-L/14@336px")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _BIG else n
+                                  for n in ARCHITECTURES])
 def test_published_architectures_layout(name):
   """Every published architecture: OpenAI's module layout (built on the meta device, no memory) is inferred as
   the named config, and every key maps with the right shape."""
