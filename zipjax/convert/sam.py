@@ -133,7 +133,7 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
     key = f"image_encoder.blocks.{i}.attn.rel_pos_h"
     length, hd = _shape(sd, key, source)
     head_dims.add(hd)
-    if length == 2 * grid - 1:
+    if length == 2 * grid - 1:  # (a window as large as the grid is the same computation as global)
       glob.append(i)
     elif length % 2 == 1:
       windows.add((length + 1) // 2)
