@@ -61,9 +61,7 @@ class SamModel:
       config = SamConfig.from_size(config, **overrides)
     elif overrides:
       config = SamConfig.from_dict(config.to_dict(), **overrides)
-    s = config.img_size
-    variables = jax.jit(Sam(config).init)(jax.random.PRNGKey(seed), jnp.zeros((1, s, s, 3), jnp.float32))
-    return cls(config, variables)
+    return cls(config, random_variables(config, seed))
 
   def with_options(self, **compute) -> "SamModel":
     """Same parameters, other compute options (dtype='bfloat16', fused_attention=True, remat=True)."""
@@ -126,6 +124,33 @@ class SamModel:
       return (jnp.zeros((bshape[0], 0, k, 4 * e, 4 * e), jnp.float32), jnp.zeros((bshape[0], 0, k), jnp.float32))
     return self._boxes[bool(multimask)](self.variables, jnp.asarray(embeddings, jnp.float32),
                                         jnp.asarray(boxes, jnp.float32))
+
+
+def random_variables(config: SamConfig, seed: int = 0) -> dict:
+  """Random parameters for `Sam(config)`, generated on the host with numpy (fast for any size).
+
+  Flax's `init` would compile the whole forward pass plus one RNG kernel per parameter (tens of seconds on
+  CPU even for tiny models); the shapes come from `jax.eval_shape` instead and the values follow
+  segment_anything's PyTorch defaults in spirit: LeCun-normal kernels, zero biases, LayerNorm scale 1 and
+  bias 0, N(0, 1) embeddings and Fourier matrix, zero absolute/relative position tables.
+  """
+  from zipjax.convert.core import unflatten  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.sam import expected_shapes  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for path, shape in sorted(expected_shapes(config).items()):
+    leaf = path.rsplit("/", 1)[-1]
+    if leaf == "kernel":
+      fan_in = int(np.prod(shape[:-1]))
+      value = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in))
+    elif leaf in ("embedding", "positional_encoding_gaussian_matrix"):
+      value = rng.standard_normal(shape, dtype=np.float32)
+    elif leaf == "scale":
+      value = np.ones(shape)
+    else:  # bias, pos_embed, rel_pos_h, rel_pos_w
+      value = np.zeros(shape)
+    flat[path] = value.astype(np.float32)
+  return unflatten(flat)
 
 
 def _check_boxes(boxes: np.ndarray) -> None:
