@@ -71,3 +71,11 @@ def test_bfloat16_and_fused_attention_close_to_float32():
   err = rel_err(bf16.image_embeddings(pixels), want)
   assert err < 5e-2, err  # bfloat16 compute: ~3 significant digits per op
   assert dataclasses.asdict(bf16.config)["dtype"] == "bfloat16"
+  # decoder: fused attention equal to the explicit form, bf16 close
+  emb = model.image_embeddings(pixels)
+  boxes = np.array([[[3, 4, 60, 70], [10, 20, 127, 90]]], np.float32)
+  want_l, want_iou = model.predict_boxes(emb, boxes, multimask=True)
+  got_l, got_iou = fused.predict_boxes(emb, boxes, multimask=True)
+  assert rel_err(got_l, want_l) < RTOL and rel_err(got_iou, want_iou) < RTOL
+  got_l, got_iou = bf16.predict_boxes(emb, boxes, multimask=True)
+  assert rel_err(got_l, want_l) < 5e-2 and rel_err(got_iou, want_iou) < 5e-2
