@@ -16,7 +16,7 @@ def _reduced(size: str, depth: int, glob, img_size: int) -> SamConfig:
                    encoder_global_attn_indexes=glob, img_size=img_size)
 
 
-def _check_encoder(cfg: SamConfig, batch: int, seed: int = 0):
+def _check_encoder(cfg: SamConfig, batch: int, seed: int = 0, also_fused: bool = False):
   sam, model, inferred = torch_and_flax(cfg, seed)
   assert inferred == cfg  # the converter recovered the architecture from shapes alone
   rng = np.random.default_rng(seed)
@@ -26,6 +26,9 @@ def _check_encoder(cfg: SamConfig, batch: int, seed: int = 0):
   assert got.shape == want.shape == (batch, cfg.embedding_size, cfg.embedding_size, cfg.prompt_embed_dim)
   err = rel_err(got, want)
   assert err < RTOL, f"relative error {err:.2e} >= {RTOL}"
+  if also_fused:  # relative positions folded into q/k for jax.nn.dot_product_attention
+    fused = np.asarray(model.with_options(fused_attention=True).image_embeddings(pixels))
+    assert rel_err(fused, want) < RTOL
   return err
 
 
@@ -43,7 +46,7 @@ def test_encoder_vit_l_structure_reduced():
 def test_encoder_vit_h_structure_reduced():
   # ViT-H width 1280 / 16 heads (head dim 80, scale not a power of two); 3 windowed then 1 global;
   # 320 px = 20x20 tokens, padded to 28x28 for the windows.
-  _check_encoder(_reduced("vit_h", 4, (3,), 320), batch=1)
+  _check_encoder(_reduced("vit_h", 4, (3,), 320), batch=1, also_fused=True)
 
 
 @pytest.mark.slow

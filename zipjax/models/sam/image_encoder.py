@@ -59,6 +59,45 @@ def decomposed_rel_pos_bias(q: jax.Array, rel_pos_h: jax.Array, rel_pos_w: jax.A
   return bias.reshape(b, n, h * w, h * w)  # [B, N, HW, HW]
 
 
+def rel_pos_as_qk(q: jax.Array, k: jax.Array, v: jax.Array, rel_pos_h: jax.Array, rel_pos_w: jax.Array,
+                  size: tuple[int, int], scale: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Folds the decomposed relative-position bias into the q.k product, so no [T, S] bias array exists.
+
+  bias[t, s] = rel_h[t, row(s)] + rel_w[t, col(s)], hence
+  q'_t = [scale * q_t, rel_h[t, :], rel_w[t, :]] and k'_s = [k_s, onehot(row(s)), onehot(col(s))] give
+  q'_t . k'_s = scale * q_t . k_s + bias[t, s]. Values are zero-padded to the same head dim (fused kernels
+  want one head dim); both widths are padded to a multiple of 8. Used by the fused-attention path, where it
+  lets flash-style kernels run without materialising the bias.
+
+  Args:
+    q, k, v: [B, H*W, N, D] (q unscaled).
+    rel_pos_h, rel_pos_w: tables [2H-1, D], [2W-1, D].
+    size: (H, W).
+    scale: q.k multiplier.
+
+  Returns:
+    q' [B, HW, N, D'], k' [B, HW, N, D'], v' [B, HW, N, D'] with D' >= D + H + W; attend with scale 1 and
+    keep the first D output channels.
+  """
+  h, w = size
+  b, t, n, d = q.shape
+  r_h = rel_pos_h[rel_pos_index(h, h)].astype(q.dtype)  # [H, kH, D]
+  r_w = rel_pos_w[rel_pos_index(w, w)].astype(q.dtype)  # [W, kW, D]
+  r_q = q.reshape(b, h, w, n, d)  # [B, H, W, N, D]
+  rel_h = jnp.einsum("bhwnc,hkc->bhwnk", r_q, r_h).reshape(b, t, n, h)  # [B, HW, N, kH]
+  rel_w = jnp.einsum("bhwnc,wkc->bhwnk", r_q, r_w).reshape(b, t, n, w)  # [B, HW, N, kW]
+  rows = np.repeat(np.eye(h, dtype=np.float32), w, axis=0)  # [HW, kH]: key s is in row s // W
+  cols = np.tile(np.eye(w, dtype=np.float32), (h, 1))  # [HW, kW]: key s is in column s % W
+  onehot = jnp.asarray(np.concatenate([rows, cols], axis=1), k.dtype)  # [HW, kH + kW]
+  extra = (-(d + h + w)) % 8
+  q2 = jnp.concatenate([q * jnp.asarray(scale, q.dtype), rel_h, rel_w, jnp.zeros((b, t, n, extra), q.dtype)],
+                       axis=-1)  # [B, HW, N, D']
+  k2 = jnp.concatenate([k, jnp.broadcast_to(onehot[None, :, None, :], (b, t, n, h + w)),
+                        jnp.zeros((b, t, n, extra), k.dtype)], axis=-1)  # [B, HW, N, D']
+  v2 = jnp.concatenate([v, jnp.zeros((b, t, n, h + w + extra), v.dtype)], axis=-1)  # [B, HW, N, D']
+  return q2, k2, v2
+
+
 class Attention(nn.Module):
   """Multi-head self-attention on a [B, H, W, C] grid with decomposed relative positions.
 
@@ -66,7 +105,8 @@ class Attention(nn.Module):
     num_heads: heads.
     input_size: (H, W) of the grid the relative tables are sized for.
     dtype: compute dtype.
-    fused: use `jax.nn.dot_product_attention`.
+    fused: use `jax.nn.dot_product_attention`, with the relative positions folded into q and k
+      (`rel_pos_as_qk`) instead of a materialised bias.
   """
   num_heads: int
   input_size: tuple[int, int]
@@ -84,8 +124,12 @@ class Attention(nn.Module):
     qkv = nn.Dense(3 * dim, dtype=self.dtype, name="qkv")(x)  # [B, H, W, 3C]
     qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)  # [B, HW, 3, N, D]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, HW, N, D] each
-    bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, (h, w))  # [B, N, HW, HW]
-    out = attention(q, k, v, head_dim**-0.5, bias=bias, fused=self.fused)  # [B, HW, N, D]
+    if self.fused:
+      q2, k2, v2 = rel_pos_as_qk(q, k, v, rel_pos_h, rel_pos_w, (h, w), head_dim**-0.5)  # [B, HW, N, D']
+      out = attention(q2, k2, v2, 1.0, fused=True)[..., :head_dim]  # [B, HW, N, D]
+    else:
+      bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, (h, w))  # [B, N, HW, HW]
+      out = attention(q, k, v, head_dim**-0.5, bias=bias)  # [B, HW, N, D]
     out = out.reshape(b, h, w, dim)  # [B, H, W, C]
     return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
