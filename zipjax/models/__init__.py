@@ -1,0 +1,1 @@
+"""Pure Flax modules (no I/O). Submodule names mirror the PyTorch state dicts they are converted from."""
