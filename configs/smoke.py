@@ -1,5 +1,5 @@
 """Smoke configuration: the `zip` preset with tiny random-initialisable models of the same families (CLIP ViT
-with CLIP Surgery, CLIP ModifiedResNet) and small inputs, so a run takes seconds per image on 2 CPU cores.
+with CLIP Surgery, CLIP ModifiedResNet, SAM with box prompts) and small inputs, so a run takes seconds per image on 2 CPU cores.
 
   zipjax segment examples/oranges.png --classes orange --random-init --config configs/smoke.py --out /tmp/smoke
 
@@ -23,6 +23,12 @@ def get_config():
   m.boundary = ml_collections.ConfigDict({"checkpoint": m.boundary.checkpoint, "arch": dict(
       embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16, vision_patch_size=None,
       **text)})
+  # SAM: 2 encoder blocks of width 32 at 256 px (16 x 16 embeddings, 64 x 64 low-res masks), narrow decoder
+  m.sam = ml_collections.ConfigDict({"checkpoint": m.sam.checkpoint, "arch": dict(
+      encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
+      img_size=256, window_size=4, prompt_embed_dim=32, mask_in_chans=4, decoder_depth=1, decoder_num_heads=2,
+      decoder_mlp_dim=64, iou_head_hidden_dim=32)})
+  config.sam.max_boxes = 16
   config.semantic.input_size = 224      # 14 x 14 token grid
   config.boundary.input_size = 384      # shorter side; 24 x 32 feature cells for a 4:3 image
   config.discover.min_instance_cells = 8

@@ -156,6 +156,7 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   config.semantic.feature_norm = "channels"
   config.scoring.classification_first = True
   config.scoring.nms = True
+  config.sam.enabled = True       # SAM box refinement; score = sqrt(CLIP probability * SAM IoU)
   d = _discover_reference()
   d.init = "semantic"
   d.num_clusters = 24
