@@ -13,7 +13,7 @@ COMMANDS = {
     "convert": "convert",
     "embed": "embed",
     "eval": "eval",
-
+    "segment": "segment",
 }
 
 
@@ -28,7 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra:  # only commands that declare ACCEPTS_CONFIG_OVERRIDES take `--config.key=value` items
+    module = importlib.import_module(f"zipjax.commands.{COMMANDS[args.command]}")
+    if not getattr(module, "ACCEPTS_CONFIG_OVERRIDES", False) or not all(
+        a.startswith("--config.") or not a.startswith("-") for a in extra):
+      parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.config_overrides = extra
   try:
     return int(args._run(args) or 0)
   except ZipjaxError as e:

@@ -7,8 +7,17 @@ Two presets (see ../shared/zip_method.md):
 - `zip()`: the method as the paper describes it, with the quirks fixed and zipjax's semantic-aware k-means
   initialisation (documented in `zipjax/ops/kmeans.py`).
 
-Each pipeline stage owns one sub-config (`config.discover`, and later `config.semantic`, `config.sam`, ...), so
-stages can be added without touching the others. Every threshold used by a kernel is a field here.
+Each pipeline stage owns one sub-config, so stages can be added without touching the others. Every threshold
+used by a kernel is a field here:
+
+- `config.models`: which checkpoints (manifest names, files or converted dirs) and, for `--random-init`,
+  which architectures (a name of `zipjax.models.clip.ARCHITECTURES` / a SAM size, or a dict of config fields);
+- `config.input`: image decoding limits (`zipjax/io/images.py`);
+- `config.semantic`: CLIP Surgery similarity maps and image-level class scores (`zipjax/pipeline/semantic.py`);
+- `config.boundary`: the boundary-prior input and trunk stage;
+- `config.discover`: k-means, fragments, instances (`zipjax/pipeline/discover.py`);
+- `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/refine.py`);
+- `config.output`: overlays.
 """
 from __future__ import annotations
 
@@ -50,18 +59,104 @@ def _discover_reference() -> ml_collections.ConfigDict:
   return c
 
 
+def _models() -> ml_collections.ConfigDict:
+  """Checkpoints (resolved by `zipjax.weights`) and the architectures `--random-init` builds."""
+  c = ml_collections.ConfigDict()
+  c.semantic = ml_collections.ConfigDict({"checkpoint": "ViT-B/16", "arch": "ViT-B/16"})
+  c.boundary = ml_collections.ConfigDict({"checkpoint": "RN50x64", "arch": "RN50x64"})
+  c.sam = ml_collections.ConfigDict({"checkpoint": "sam_vit_h", "arch": "vit_h"})
+  c.seed = 0                      # random-init seed (the three models get seed, seed + 1, seed + 2)
+  return c
+
+
+def _input() -> ml_collections.ConfigDict:
+  """Image decoding limits (zipjax/io/images.py); images outside them are reported in errors.json."""
+  c = ml_collections.ConfigDict()
+  c.min_side = 32                 # shorter side below this: refused
+  c.max_side = 8192               # longer side above this: refused (no silent downscaling; outputs are in
+  #                                 the original pixel frame)
+  c.max_aspect = 16.0             # long / short side above this: refused (the 2048 short-side resize explodes)
+  return c
+
+
+def _semantic_reference() -> ml_collections.ConfigDict:
+  """CLIP Surgery similarity maps (zip_method.md section 1) and image-level class scores."""
+  c = ml_collections.ConfigDict()
+  c.input_size = 512              # square PIL bicubic resize
+  c.prompt_ensemble = True        # the 85 templates of zipjax/assets/prompt_templates.json; False: "{}" only
+  c.feature_norm = "tokens"       # L2 axis of the image features: 'tokens' (released quirk) or 'channels'
+  c.logit_scale = 100.0           # image-level scores: softmax(logit_scale * cos(CLS, class text))
+  c.text_batch_size = 256         # prompts per text-encoder call
+  return c
+
+
+def _boundary_reference() -> ml_collections.ConfigDict:
+  """Boundary prior (zip_method.md section 2)."""
+  c = ml_collections.ConfigDict()
+  c.input_size = 2048             # shorter side, PIL bicubic, aspect kept
+  c.stage = 3                     # ModifiedResNet layer3
+  return c
+
+
+def _sam_reference() -> ml_collections.ConfigDict:
+  """SAM box refinement (zip_method.md section 5); off in the released code."""
+  c = ml_collections.ConfigDict()
+  c.enabled = False
+  c.multimask = False             # one mask per box
+  c.mask_threshold = 0.0          # logit threshold of the upsampled masks
+  c.max_boxes = 64                # box prompts per image per call (static; padded)
+  return c
+
+
+def _scoring_reference() -> ml_collections.ConfigDict:
+  """Classification first, scores, per-class NMS, top-k."""
+  c = ml_collections.ConfigDict()
+  c.classification_first = False  # True: only classes with prob >= presence_threshold get discovery
+  c.presence_threshold = 0.1      # image-level softmax probability a class needs to be 'present'
+  c.nms = False                   # per-class mask NMS
+  c.nms_threshold = 0.5           # suppress a mask whose mask IoU with a kept one is above this
+  c.min_score = 0.0               # drop instances scoring below this
+  c.max_per_image = 100           # top-k instances per image (all classes together)
+  return c
+
+
+def _output() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.overlays = True               # DIR/overlays/*.png
+  c.overlay_max_side = 1024       # overlays are drawn at most this large (longer side)
+  return c
+
+
 def reference() -> ml_collections.ConfigDict:
-  """The `reference` preset: parity with the released code."""
+  """The `reference` preset: parity with the released code (no classification first, no SAM, no NMS).
+
+  Run: zipjax segment IMAGE --classes a,b --preset reference --out DIR
+  """
   config = ml_collections.ConfigDict()
   config.preset = "reference"
+  config.batch_size = 4           # images per CLIP Surgery call
+  config.models = _models()
+  config.input = _input()
+  config.semantic = _semantic_reference()
+  config.boundary = _boundary_reference()
   config.discover = _discover_reference()
+  config.sam = _sam_reference()
+  config.scoring = _scoring_reference()
+  config.output = _output()
   return config
 
 
 def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
-  """The `zip` preset: the paper's method with the released code's quirks fixed."""
-  config = ml_collections.ConfigDict()
+  """The `zip` preset: the paper's method with the released code's quirks fixed.
+
+  Run: zipjax segment IMAGE --classes a,b --out DIR      (the default preset)
+  """
+  config = reference()
   config.preset = "zip"
+  config.semantic.feature_norm = "channels"
+  config.scoring.classification_first = True
+  config.scoring.nms = True
+  config.sam.enabled = True       # SAM box refinement; score = sqrt(CLIP probability * SAM IoU)
   d = _discover_reference()
   d.init = "semantic"
   d.num_clusters = 24

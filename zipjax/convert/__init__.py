@@ -9,6 +9,7 @@ import importlib
 # family -> "module:function" (imported lazily so that families stay independent)
 CONVERTERS = {
     "clip": "zipjax.convert.clip:convert_file",
+    "sam": "zipjax.convert.sam:convert_file",
 }
 
 

@@ -1,0 +1,234 @@
+"""`zipjax segment INPUT... --classes a,b | --classes-file F --out DIR`: instances of the named classes.
+
+INPUT: image files or folders (their image files, sorted). Writes DIR/results.json (COCO results),
+DIR/annotations.json (a COCO dataset with scores; `zipjax eval --pred` accepts it), DIR/overlays/*.png,
+DIR/errors.json (files that were skipped, with the reason; the run goes on) and DIR/run.json (config, timings),
+every file atomically and after every batch, so a killed run leaves complete files of the images done so far.
+
+Configuration: `--preset reference|zip` (default zip) or `--config FILE` (a configs/*.py file with
+get_config()), then `--config.KEY=VALUE` overrides (e.g. `--config.scoring.nms_threshold=0.6`).
+Weights: names from checkpoints/manifest.json or paths (see zipjax/weights.py), `--random-init` for random
+weights (outputs marked so).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import sys
+import time
+
+from zipjax.errors import InputError
+
+ACCEPTS_CONFIG_OVERRIDES = True
+
+
+def add_parser(sub):
+  import argparse  # pylint: disable=import-outside-toplevel
+  p = sub.add_parser("segment", help="annotation-free instance segmentation of named classes (the Zip method)",
+                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+  cls = p.add_mutually_exclusive_group(required=True)
+  cls.add_argument("--classes", help="comma-separated class names")
+  cls.add_argument("--classes-file", metavar="FILE", help="class names, one per line (# comments)")
+  p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+  p.add_argument("--preset", choices=("reference", "zip"), default=None,
+                 help="configuration preset (default: zip; ignored with --config)")
+  p.add_argument("--config", metavar="FILE", help="a config file with get_config() (e.g. configs/smoke.py)")
+  p.add_argument("--batch-size", type=int, help="images per CLIP Surgery call (config.batch_size)")
+  p.add_argument("--random-init", action="store_true", help="random weights (architectures from config.models)")
+  p.add_argument("--clip-semantic", metavar="CKPT", help="CLIP ViT checkpoint (config.models.semantic.checkpoint)")
+  p.add_argument("--clip-boundary", metavar="CKPT",
+                 help="CLIP ModifiedResNet checkpoint (config.models.boundary.checkpoint)")
+  p.add_argument("--sam", metavar="CKPT", help="SAM checkpoint (config.models.sam.checkpoint)")
+  p.add_argument("--no-overlays", action="store_true", help="do not draw overlays")
+  return p
+
+
+# ------------------------------------------------------------------------------------------------- config
+def load_config_file(path: str):
+  """`get_config()` of a Python config file."""
+  if not os.path.isfile(path):
+    raise InputError(f"--config {path}: file not found")
+  spec = importlib.util.spec_from_file_location(f"_zipjax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    return module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"--config {path}: cannot load get_config() ({type(e).__name__}: {e})") from e
+
+
+def _convert(old, text: str, key: str):
+  if isinstance(old, bool):
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+      return True
+    if low in ("0", "false", "no", "off"):
+      return False
+    raise InputError(f"--config.{key}: expected a boolean, got {text!r}")
+  try:
+    if isinstance(old, int):
+      return int(text)
+    if isinstance(old, float):
+      return float(text)
+  except ValueError:
+    raise InputError(f"--config.{key}: expected {type(old).__name__}, got {text!r}") from None
+  if isinstance(old, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides: list[str]):
+  """Applies `--config.a.b=value` / `--config.a.b value` items to `config` (fields must exist)."""
+  items = list(overrides)
+  i = 0
+  while i < len(items):
+    arg = items[i]
+    if not arg.startswith("--config."):
+      raise InputError(f"unrecognised argument {arg!r}")
+    key, eq, value = arg[len("--config."):].partition("=")
+    if not eq:
+      if i + 1 >= len(items):
+        raise InputError(f"--config.{key}: missing value")
+      value = items[i + 1]
+      i += 1
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+      if part not in node:
+        raise InputError(f"--config.{key}: no field {part!r}")
+      node = node[part]
+    if parts[-1] not in node:
+      raise InputError(f"--config.{key}: no such config field")
+    old = node[parts[-1]]
+    if hasattr(old, "keys"):
+      raise InputError(f"--config.{key} is a group of fields; set its members")
+    with node.unlocked() if hasattr(node, "unlocked") else _null():
+      node[parts[-1]] = _convert(old, value, key)
+    i += 1
+  return config
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+def resolve_config(args):
+  from zipjax import configs  # pylint: disable=import-outside-toplevel
+  config = load_config_file(args.config) if args.config else configs.get_preset(args.preset or "zip")
+  apply_overrides(config, getattr(args, "config_overrides", []) or [])
+  if args.batch_size is not None:
+    if args.batch_size < 1:
+      raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    config.batch_size = args.batch_size
+  for flag, field in (("clip_semantic", "semantic"), ("clip_boundary", "boundary"), ("sam", "sam")):
+    if getattr(args, flag):
+      config.models[field].checkpoint = getattr(args, flag)
+  if args.no_overlays:
+    config.output.overlays = False
+  return config
+
+
+# ------------------------------------------------------------------------------------------------- run
+def run(args) -> int:
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
+  from zipjax.io.atomic import atomic_write_json  # pylint: disable=import-outside-toplevel
+  from zipjax.io.results import RANDOM_NOTE, ResultWriter  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
+
+  t_start = time.perf_counter()
+  config = resolve_config(args)
+  if args.classes_file:
+    try:
+      with open(args.classes_file, encoding="utf-8") as f:
+        lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+      raise InputError(f"--classes-file {args.classes_file}: cannot read ({e})") from e
+    names = images_io.parse_class_names(file_lines=lines)
+  else:
+    names = images_io.parse_class_names(args.classes)
+  paths = images_io.find_images(args.inputs)
+
+  if args.random_init:
+    print(f"NOTE: {RANDOM_NOTE}", file=sys.stderr)
+  seg = build_segmenter(config, random_init=args.random_init)
+  seg.set_classes(names)
+  t_ready = time.perf_counter()
+  info = {"description": "zipjax segment", "preset": str(config.preset), "random_init": bool(args.random_init),
+          "classes": names}
+  if args.random_init:
+    info["note"] = RANDOM_NOTE
+  writer = ResultWriter(args.out, names, info)
+  lim = config.input
+  bs = int(config.batch_size)
+  done = 0
+  with tqdm(total=len(paths), unit="img", desc="segment", disable=None, file=sys.stderr) as bar:
+    for s in range(0, len(paths), bs):
+      batch = []
+      for j, path in enumerate(paths[s:s + bs]):
+        try:
+          img = images_io.load_image(path, int(lim.min_side), int(lim.max_side), float(lim.max_aspect))
+          batch.append((s + j + 1, path, img))
+        except InputError as e:
+          writer.add_error(path, str(e))
+      outs = _segment(seg, batch, writer)
+      for (image_id, path, img), out in zip(batch, outs):
+        if out is None:
+          continue
+        writer.add_image(image_id, path, img, out["instances"])
+        if config.output.overlays:
+          writer.write_overlay(image_id, path, img, out["instances"], int(config.output.overlay_max_side))
+        done += 1
+      writer.flush()
+      bar.update(len(paths[s:s + bs]))
+  elapsed = time.perf_counter() - t_start
+  run_info = {"info": info, "config": config.to_dict(), "images": len(paths), "segmented": done,
+              "skipped": len(writer.errors), "instances": len(writer.results),
+              "seconds": {"total": elapsed, "setup": t_ready - t_start, **seg.timings}}
+  atomic_write_json(os.path.join(args.out, "run.json"), run_info)
+  _summary(names, writer, done, len(paths), elapsed, t_ready - t_start, args.out)
+  return 0
+
+
+def _segment(seg, batch, writer):
+  """Segments a batch; when the batch fails on bad input, image by image so one bad image is isolated."""
+  if not batch:
+    return []
+  try:
+    return seg.segment([img for _, _, img in batch])
+  except InputError:
+    if len(batch) == 1:
+      _, path, _ = batch[0]
+      import traceback  # pylint: disable=import-outside-toplevel
+      writer.add_error(path, str(sys.exc_info()[1]) or traceback.format_exc(limit=1))
+      return [None]
+  outs = []
+  for item in batch:
+    outs.extend(_segment(seg, [item], writer))
+  return outs
+
+
+def _summary(names, writer, done, total, elapsed, setup, out_dir):
+  per_class = {n: 0 for n in names}
+  for r in writer.results:
+    per_class[names[r["category_id"] - 1]] += 1
+  print(f"segmented {done}/{total} images in {elapsed:.1f}s (setup {setup:.1f}s, "
+        f"{done / max(elapsed - setup, 1e-9):.2f} images/s after setup); {len(writer.results)} instances")
+  for n, c in per_class.items():
+    print(f"  {n}: {c}")
+  if writer.errors:
+    print(f"{len(writer.errors)} file(s) skipped, see {os.path.join(out_dir, 'errors.json')}:")
+    for e in writer.errors[:5]:
+      print(f"  {e['path']}: {e['reason']}")
+  print(f"outputs in {out_dir}: results.json, annotations.json, errors.json, run.json"
+        f"{', overlays/' if os.path.isdir(os.path.join(out_dir, 'overlays')) else ''}")

@@ -1,0 +1,195 @@
+"""Segment Anything `.pth` (plain state dict) -> Flax variables for `zipjax.models.sam.Sam`.
+
+The architecture is inferred from shapes: ViT width and patch from `patch_embed.proj.weight`, image size from
+`pos_embed`, depth from the block indices, head dim (hence heads) and the global/windowed pattern from each
+block's relative-position table, decoder widths from their linear layers. Every key must match the declared
+table and every shape must equal what the Flax module expects (`jax.eval_shape`, no initialisation), or a
+CheckpointError names the file and the key.
+
+Attributes:
+  SAM_RULES: the declared key table.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zipjax.convert.core import CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Rule, apply_rules, flatten
+from zipjax.errors import CheckpointError
+
+FAMILY = "sam"
+
+_IE = r"image_encoder\."
+_PE = r"prompt_encoder\."
+_MD = r"mask_decoder\."
+_TR = r"mask_decoder\.transformer\."
+_ATTN = r"(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
+_PROJ = r"(q_proj|k_proj|v_proj|out_proj)"
+
+SAM_RULES = [
+    # image encoder
+    Rule(_IE + r"patch_embed\.proj\.weight", "params/image_encoder/patch_embed/proj/kernel", CONV),
+    Rule(_IE + r"patch_embed\.proj\.bias", "params/image_encoder/patch_embed/proj/bias"),
+    Rule(_IE + r"pos_embed", "params/image_encoder/pos_embed"),
+    Rule(_IE + r"blocks\.(\d+)\.(norm1|norm2)\.weight", r"params/image_encoder/blocks_\1/\2/scale"),
+    Rule(_IE + r"blocks\.(\d+)\.(norm1|norm2)\.bias", r"params/image_encoder/blocks_\1/\2/bias"),
+    Rule(_IE + r"blocks\.(\d+)\.attn\.(qkv|proj)\.weight", r"params/image_encoder/blocks_\1/attn/\2/kernel",
+         LINEAR),
+    Rule(_IE + r"blocks\.(\d+)\.attn\.(qkv|proj)\.bias", r"params/image_encoder/blocks_\1/attn/\2/bias"),
+    Rule(_IE + r"blocks\.(\d+)\.attn\.(rel_pos_h|rel_pos_w)", r"params/image_encoder/blocks_\1/attn/\2"),
+    Rule(_IE + r"blocks\.(\d+)\.mlp\.(lin1|lin2)\.weight", r"params/image_encoder/blocks_\1/mlp/\2/kernel",
+         LINEAR),
+    Rule(_IE + r"blocks\.(\d+)\.mlp\.(lin1|lin2)\.bias", r"params/image_encoder/blocks_\1/mlp/\2/bias"),
+    Rule(_IE + r"neck\.([02])\.weight", r"params/image_encoder/neck_\1/kernel", CONV),
+    Rule(_IE + r"neck\.([13])\.weight", r"params/image_encoder/neck_\1/scale"),
+    Rule(_IE + r"neck\.([13])\.bias", r"params/image_encoder/neck_\1/bias"),
+    # prompt encoder
+    Rule(_PE + r"pe_layer\.positional_encoding_gaussian_matrix",
+         "params/prompt_encoder/pe_layer/positional_encoding_gaussian_matrix"),
+    Rule(_PE + r"point_embeddings\.([0-3])\.weight", r"params/prompt_encoder/point_embeddings_\1/embedding"),
+    Rule(_PE + r"(not_a_point_embed|no_mask_embed)\.weight", r"params/prompt_encoder/\1/embedding"),
+    Rule(_PE + r"mask_downscaling\.([036])\.weight", r"params/prompt_encoder/mask_downscaling_\1/kernel", CONV),
+    Rule(_PE + r"mask_downscaling\.([036])\.bias", r"params/prompt_encoder/mask_downscaling_\1/bias"),
+    Rule(_PE + r"mask_downscaling\.([14])\.weight", r"params/prompt_encoder/mask_downscaling_\1/scale"),
+    Rule(_PE + r"mask_downscaling\.([14])\.bias", r"params/prompt_encoder/mask_downscaling_\1/bias"),
+    # mask decoder
+    Rule(_MD + r"(iou_token|mask_tokens)\.weight", r"params/mask_decoder/\1/embedding"),
+    Rule(_MD + r"output_upscaling\.([03])\.weight", r"params/mask_decoder/output_upscaling_\1/kernel",
+         CONV_TRANSPOSE),
+    Rule(_MD + r"output_upscaling\.([03])\.bias", r"params/mask_decoder/output_upscaling_\1/bias"),
+    Rule(_MD + r"output_upscaling\.1\.weight", "params/mask_decoder/output_upscaling_1/scale"),
+    Rule(_MD + r"output_upscaling\.1\.bias", "params/mask_decoder/output_upscaling_1/bias"),
+    Rule(_MD + r"output_hypernetworks_mlps\.(\d+)\.layers\.(\d+)\.weight",
+         r"params/mask_decoder/output_hypernetworks_mlps_\1/layers_\2/kernel", LINEAR),
+    Rule(_MD + r"output_hypernetworks_mlps\.(\d+)\.layers\.(\d+)\.bias",
+         r"params/mask_decoder/output_hypernetworks_mlps_\1/layers_\2/bias"),
+    Rule(_MD + r"iou_prediction_head\.layers\.(\d+)\.weight",
+         r"params/mask_decoder/iou_prediction_head/layers_\1/kernel", LINEAR),
+    Rule(_MD + r"iou_prediction_head\.layers\.(\d+)\.bias", r"params/mask_decoder/iou_prediction_head/layers_\1/bias"),
+    # two-way transformer
+    Rule(_TR + r"layers\.(\d+)\." + _ATTN + r"\." + _PROJ + r"\.weight",
+         r"params/mask_decoder/transformer/layers_\1/\2/\3/kernel", LINEAR),
+    Rule(_TR + r"layers\.(\d+)\." + _ATTN + r"\." + _PROJ + r"\.bias",
+         r"params/mask_decoder/transformer/layers_\1/\2/\3/bias"),
+    Rule(_TR + r"layers\.(\d+)\.(norm[1-4])\.weight", r"params/mask_decoder/transformer/layers_\1/\2/scale"),
+    Rule(_TR + r"layers\.(\d+)\.(norm[1-4])\.bias", r"params/mask_decoder/transformer/layers_\1/\2/bias"),
+    Rule(_TR + r"layers\.(\d+)\.mlp\.(lin1|lin2)\.weight", r"params/mask_decoder/transformer/layers_\1/mlp/\2/kernel",
+         LINEAR),
+    Rule(_TR + r"layers\.(\d+)\.mlp\.(lin1|lin2)\.bias", r"params/mask_decoder/transformer/layers_\1/mlp/\2/bias"),
+    Rule(_TR + r"final_attn_token_to_image\." + _PROJ + r"\.weight",
+         r"params/mask_decoder/transformer/final_attn_token_to_image/\1/kernel", LINEAR),
+    Rule(_TR + r"final_attn_token_to_image\." + _PROJ + r"\.bias",
+         r"params/mask_decoder/transformer/final_attn_token_to_image/\1/bias"),
+    Rule(_TR + r"norm_final_attn\.weight", "params/mask_decoder/transformer/norm_final_attn/scale"),
+    Rule(_TR + r"norm_final_attn\.bias", "params/mask_decoder/transformer/norm_final_attn/bias"),
+]
+
+
+def _describe_foreign(sd: Mapping[str, np.ndarray]) -> str:
+  keys = list(sd)
+  if any(k.startswith("visual.") for k in keys) or "text_projection" in sd or "logit_scale" in sd:
+    return "it looks like a CLIP checkpoint (visual.*, text_projection), not Segment Anything"
+  if any(k.startswith("image_encoder.trunk.") for k in keys) or any(k.startswith("sam_mask_decoder.")
+                                                                    for k in keys):
+    return "it looks like a SAM 2 checkpoint, which zipjax does not support (needs SAM v1 vit_b/l/h)"
+  if any(k.startswith("model.") or k.startswith("module.") for k in keys):
+    return "its keys carry a 'model.'/'module.' prefix; save the bare SAM state dict"
+  shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+  return f"expected image_encoder.*, prompt_encoder.*, mask_decoder.* keys; found {shown or 'no keys'}"
+
+
+def _shape(sd, key, source):
+  if key not in sd:
+    raise CheckpointError(f"{source}: missing key '{key}', needed to infer the SAM architecture")
+  return tuple(np.shape(sd[key]))
+
+
+def _count(sd, prefix: str) -> int:
+  idx = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+  return max(idx) + 1 if idx else 0
+
+
+def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
+  """Architecture from the state dict's shapes -> SamConfig (compute options from `overrides`)."""
+  from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
+  if not any(k.startswith("image_encoder.") for k in sd) or not any(k.startswith("mask_decoder.") for k in sd):
+    raise CheckpointError(f"{source}: not a Segment Anything checkpoint: {_describe_foreign(sd)}")
+  d, _, p, p2 = _shape(sd, "image_encoder.patch_embed.proj.weight", source)
+  pos = _shape(sd, "image_encoder.pos_embed", source)
+  if len(pos) != 4 or pos[1] != pos[2] or pos[3] != d or p != p2:
+    raise CheckpointError(f"{source}: key 'image_encoder.pos_embed' has shape {pos}, expected "
+                          f"(1, G, G, {d}) for patch_embed width {d}")
+  grid = pos[1]
+  depth = _count(sd, "image_encoder.blocks.")
+  if depth == 0:
+    raise CheckpointError(f"{source}: no 'image_encoder.blocks.N.*' keys")
+  glob, windows, head_dims = [], set(), set()
+  for i in range(depth):
+    key = f"image_encoder.blocks.{i}.attn.rel_pos_h"
+    length, hd = _shape(sd, key, source)
+    head_dims.add(hd)
+    if length == 2 * grid - 1:  # (a window as large as the grid is the same computation as global)
+      glob.append(i)
+    elif length % 2 == 1:
+      windows.add((length + 1) // 2)
+    else:
+      raise CheckpointError(f"{source}: key '{key}' has shape {(length, hd)}; its length must be 2*S-1")
+  if len(head_dims) != 1 or len(windows) > 1:
+    raise CheckpointError(f"{source}: inconsistent relative-position tables across blocks "
+                          f"(head dims {sorted(head_dims)}, windows {sorted(windows)})")
+  hd = head_dims.pop()
+  if d % hd:
+    raise CheckpointError(f"{source}: head dim {hd} (from rel_pos_h) does not divide width {d}")
+  window = windows.pop() if windows else 14
+  out_chans = _shape(sd, "image_encoder.neck.0.weight", source)[0]
+  mlp_ratio = _shape(sd, "image_encoder.blocks.0.mlp.lin1.weight", source)[0] / d
+  mask_in = _shape(sd, "prompt_encoder.mask_downscaling.3.weight", source)[0]
+  dec_depth = _count(sd, "mask_decoder.transformer.layers.")
+  dec_mlp = _shape(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight", source)[0]
+  num_tokens = _shape(sd, "mask_decoder.mask_tokens.weight", source)[0]
+  iou_depth = _count(sd, "mask_decoder.iou_prediction_head.layers.")
+  iou_hidden = _shape(sd, "mask_decoder.iou_prediction_head.layers.0.weight", source)[0]
+  try:
+    return SamConfig(
+        encoder_embed_dim=d, encoder_depth=depth, encoder_num_heads=d // hd, encoder_global_attn_indexes=glob,
+        img_size=grid * p, patch_size=p, window_size=window, mlp_ratio=mlp_ratio, prompt_embed_dim=out_chans,
+        mask_in_chans=mask_in, decoder_depth=dec_depth, decoder_mlp_dim=dec_mlp,
+        num_multimask_outputs=num_tokens - 1, iou_head_depth=iou_depth, iou_head_hidden_dim=iou_hidden,
+        **overrides)
+  except ValueError as e:
+    raise CheckpointError(f"{source}: inferred an impossible SAM architecture: {e}") from e
+
+
+def expected_shapes(config) -> dict[str, tuple]:
+  """Flax path -> shape of every variable of `Sam(config)`, by `jax.eval_shape` (nothing is computed)."""
+  from zipjax.models.sam.sam import Sam  # pylint: disable=import-outside-toplevel
+  s = config.img_size
+  shapes = jax.eval_shape(Sam(config).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, s, s, 3),
+                                                                                         jnp.float32))
+  return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, **overrides):
+  """State dict (numpy) -> (SamConfig, nested float32 numpy variables)."""
+  config = infer_config(sd, source, **overrides)
+  variables = apply_rules(sd, SAM_RULES, expected_shapes(config), source)
+  return config, variables
+
+
+def convert_file(src, dst) -> tuple[str, str]:
+  """`python -m zipjax convert sam SRC DST`: official `.pth` -> converted directory."""
+  from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
+  src = os.fspath(src)
+  sd = read_state_dict(src)
+  config, variables = convert_state_dict(sd, src)
+  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src))
+  n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
+  name = config.size_name() or (f"custom (width {config.encoder_embed_dim}, depth {config.encoder_depth}, "
+                                f"image {config.img_size})")
+  return out, f"SAM {name}, {n / 1e6:.1f}M parameters"

@@ -1,0 +1,109 @@
+"""Layers shared by SAM's image encoder, prompt encoder and mask decoder.
+
+Attributes:
+  LN_EPS_ENCODER: epsilon of the image encoder's LayerNorms and of every LayerNorm2d (1e-6).
+  LN_EPS_DEFAULT: epsilon of the two-way transformer's nn.LayerNorm (PyTorch default, 1e-5).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LN_EPS_ENCODER = 1e-6
+LN_EPS_DEFAULT = 1e-5
+
+Dtype = Any
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm over the last axis with PyTorch's two-pass variance (`mean((x - mean)^2)`).
+
+  Also serves as SAM's LayerNorm2d: on NHWC arrays the channel axis is last, so normalising it is exactly
+  LayerNorm2d's normalisation over dim 1 of NCHW.
+  """
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """torch.nn.GELU() default: the exact (erf) form."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+class MLPBlock(nn.Module):
+  """`segment_anything.modeling.common.MLPBlock`: lin1 -> act -> lin2.
+
+  Attributes:
+    mlp_dim: hidden width.
+    act: 'gelu' (image encoder) or 'relu' (two-way transformer).
+    dtype: compute dtype.
+  """
+  mlp_dim: int
+  act: str = "gelu"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out_dim = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x)
+    x = gelu(x) if self.act == "gelu" else jax.nn.relu(x)
+    return nn.Dense(out_dim, dtype=self.dtype, name="lin2")(x)
+
+
+class ConvTransposeStride(nn.Module):
+  """`nn.ConvTranspose2d(in, out, kernel_size=k, stride=k)` (kernel equal to stride, no padding), NHWC.
+
+  With kernel == stride the output patches do not overlap, so each input pixel writes one k x k patch:
+  `y[b, k*i + a, k*j + c, o] = sum_ch x[b, i, j, ch] * kernel[a, c, ch, o] + bias[o]`.
+  The kernel is stored as [kh, kw, in, out]; the converter maps PyTorch's [in, out, kh, kw] to it by a plain
+  transpose (no spatial flip, unlike `flax.linen.ConvTranspose` with `transpose_kernel=False`).
+
+  Attributes:
+    features: output channels.
+    kernel_size: k (also the stride).
+    dtype: compute dtype.
+  """
+  features: int
+  kernel_size: int = 2
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    b, h, w, c = x.shape
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jnp.einsum("bijc,uvco->biujvo", x, kernel)  # [B, H, k, W, k, O]
+    y = y.reshape(b, h * k, w * k, self.features)  # [B, kH, kW, O]
+    return y + bias
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, bias: jax.Array | None = None,
+              fused: bool = False) -> jax.Array:
+  """Multi-head softmax attention on [B, T, N, D] queries and [B, S, N, D] keys/values -> [B, T, N, D].
+
+  Args:
+    q: queries [B, T, N, D].
+    k: keys [B, S, N, D].
+    v: values [B, S, N, D].
+    scale: multiplier of q.k (1/sqrt(D) in SAM).
+    bias: optional additive logits bias [B, N, T, S] (relative positions).
+    fused: use `jax.nn.dot_product_attention` (cuDNN/flash kernels on GPU); otherwise the explicit form,
+      with logits and softmax in float32.
+
+  Returns:
+    [B, T, N, D] in the dtype of `v`.
+  """
+  if fused:
+    if bias is not None:
+      bias = bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+  logits = jnp.einsum("btnd,bsnd->bnts", q * jnp.asarray(scale, q.dtype), k,
+                      preferred_element_type=jnp.float32)  # [B, N, T, S]
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bnts,bsnd->btnd", probs, v)  # [B, T, N, D]
