@@ -22,8 +22,8 @@ import urllib.request
 
 from zipjax.errors import CheckpointError
 
-MANIFEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints",
-                        "manifest.json")
+# zipjax/assets/manifest.json links to checkpoints/manifest.json; a built wheel carries a copy of it.
+MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "manifest.json")
 
 
 def cache_dir() -> str:
