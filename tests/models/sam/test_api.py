@@ -184,3 +184,30 @@ def test_random_init_model():
   assert zsam.SamModel.random("vit_b", encoder_depth=1, encoder_global_attn_indexes=(0,), img_size=224,
                               window_size=7).config.encoder_embed_dim == 768
   assert zipjax.load_sam is zsam.load_sam
+
+
+def test_segment_boxes_end_to_end_matches_segment_anything_flow():
+  """uint8 image + boxes in original pixels -> masks at the original size, as SamPredictor would do."""
+  sam, model, _ = _tiny()
+  transforms = _sam_transforms()
+  rng = np.random.default_rng(9)
+  image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
+  boxes = np.array([[10, 5, 80, 60], [0, 0, 149, 89], [100, 30, 140, 85]], np.float32)
+  masks, iou, logits = model.segment_boxes(image, boxes, multimask=True)
+
+  rl = transforms.ResizeLongestSide(128)
+  resized = rl.apply_image(image)
+  x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].contiguous().float())
+  t_boxes = torch.from_numpy(rl.apply_boxes(boxes, image.shape[:2])).float()
+  sparse, dense = sam.prompt_encoder(points=None, boxes=t_boxes, masks=None)
+  want_logits, want_iou = sam.mask_decoder(sam.image_encoder(x), sam.prompt_encoder.get_dense_pe(), sparse, dense,
+                                           True)
+  want_full = sam.postprocess_masks(want_logits, resized.shape[:2], image.shape[:2]).numpy()
+  assert masks.shape == want_full.shape == (3, 3, 90, 150) and masks.dtype == bool
+  assert rel_err(logits, want_logits) < RTOL
+  assert rel_err(iou, want_iou) < RTOL
+  decided = np.abs(want_full) > 1e-5 * np.abs(want_full).max()  # skip logits within rounding of 0
+  assert decided.mean() > 0.99
+  np.testing.assert_array_equal(np.asarray(masks)[decided], want_full[decided] > 0)
+  with pytest.raises(InputError, match=r"boxes must be \[M, 4\]"):
+    model.segment_boxes(image, boxes[None])
