@@ -211,3 +211,27 @@ def test_segment_boxes_end_to_end_matches_segment_anything_flow():
   np.testing.assert_array_equal(np.asarray(masks)[decided], want_full[decided] > 0)
   with pytest.raises(InputError, match=r"boxes must be \[M, 4\]"):
     model.segment_boxes(image, boxes[None])
+
+
+def test_config_table_and_validation():
+  for name, (dim, depth, heads, glob) in {"vit_b": (768, 12, 12, (2, 5, 8, 11)),
+                                          "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+                                          "vit_h": (1280, 32, 16, (7, 15, 23, 31))}.items():
+    cfg = SamConfig.from_size(name)
+    assert (cfg.encoder_embed_dim, cfg.encoder_depth, cfg.encoder_num_heads,
+            cfg.encoder_global_attn_indexes) == (dim, depth, heads, glob)
+    assert (cfg.img_size, cfg.patch_size, cfg.window_size, cfg.embedding_size) == (1024, 16, 14, 64)
+    assert cfg.size_name() == name and SamConfig.from_size(name[-1]) == cfg
+    assert SamConfig.from_dict(cfg.to_dict()) == cfg
+    assert "dtype" not in cfg.to_dict(with_compute=False)
+  assert SamConfig.tiny().size_name() is None
+  with pytest.raises(ValueError, match="unknown SAM size"):
+    SamConfig.from_size("vit_x")
+  with pytest.raises(ValueError, match="dtype"):
+    SamConfig.tiny(dtype="int8")
+  with pytest.raises(ValueError, match="fused_attention"):
+    SamConfig.tiny(fused_attention="flash")
+  with pytest.raises(ValueError, match="outside depth"):
+    SamConfig.tiny(encoder_global_attn_indexes=(4,))
+  with pytest.raises(ValueError, match="unknown SAM config fields"):
+    SamConfig.from_dict({"encoder_width": 3})
