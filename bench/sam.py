@@ -175,7 +175,8 @@ def gpu_bench(args) -> None:
   peak = next((v for k, v in PEAK_BF16.items() if k in dev.device_kind), None)
   achieved = flops / med
   stats = dev.memory_stats() or {}
-  print(f"\n{dev.platform.upper()} {dev.device_kind}: {args.gpu_size} encoder bf16 (fused attention {cfg.fused_attention}), batch {b}")
+  print(f"\n{dev.platform.upper()} {dev.device_kind}: {args.gpu_size} encoder bf16 "
+        f"(fused attention {cfg.fused_attention}), batch {b}")
   print(f"  {b / med:.2f} images/s ({med * 1e3:.1f} ms per batch), analytic {flops / b / 1e12:.3f} TFLOP/image "
         f"(XLA cost analysis {xla_flops / b / 1e12:.3f}), {achieved / 1e12:.1f} TFLOP/s"
         + (f" = {100 * achieved / peak:.1f}% of bf16 peak {peak / 1e12:.0f}" if peak else " (peak unknown)"))
@@ -215,8 +216,8 @@ def main(argv=None) -> int:
         return 1
       res[fw] = json.loads(line[-1][len("RESULT "):])
     t, f = res["torch"], res["flax"]
-    print(f"SAM {args.size} on CPU ({os.cpu_count()} cores, torch threads {t['threads']}), median of {args.runs} "
-          f"warm runs, random weights (seed 0), float32")
+    print(f"SAM {args.size} on CPU ({os.cpu_count()} cores, torch threads {t['threads']}), "
+          f"median of {args.runs} warm runs, random weights (seed 0), float32")
     print(f"{'part':34s} {'torch eager':>12s} {'flax jit':>12s} {'torch/flax':>11s}")
     print(f"{'image encoder, 1 x 1024x1024':34s} {t['encoder_s']:11.3f}s {f['encoder_s']:11.3f}s "
           f"{t['encoder_s'] / f['encoder_s']:10.2f}x")
@@ -224,7 +225,8 @@ def main(argv=None) -> int:
           f"{t['decoder_s'] / f['decoder_s']:10.2f}x")
     print(f"{'peak RSS of the process':34s} {t['peak_rss_mb']:10.0f}MB {f['peak_rss_mb']:10.0f}MB "
           f"{t['peak_rss_mb'] / f['peak_rss_mb']:10.2f}x")
-    print(f"flax compile (first call): encoder {f['encoder_compile_s']:.1f}s, decoder {f['decoder_compile_s']:.1f}s; "
+    print(f"flax compile (lower+compile): encoder {f['encoder_compile_s']:.1f}s, "
+          f"decoder {f['decoder_compile_s']:.1f}s; "
           f"XLA temp buffers: encoder {f['encoder_temp_mb']:.0f}MB, decoder {f['decoder_temp_mb']:.0f}MB")
     print("(the flax process also built the torch model once to get the same random weights; its RSS "
           "includes that)")

@@ -121,7 +121,8 @@ class SamModel:
       _check_boxes(np.asarray(boxes))
     k = cfg.num_multimask_outputs if multimask else 1
     if bshape[1] == 0:
-      return (jnp.zeros((bshape[0], 0, k, 4 * e, 4 * e), jnp.float32), jnp.zeros((bshape[0], 0, k), jnp.float32))
+      return (jnp.zeros((bshape[0], 0, k, 4 * e, 4 * e), jnp.float32),
+              jnp.zeros((bshape[0], 0, k), jnp.float32))
     return self._boxes[bool(multimask)](self.variables, jnp.asarray(embeddings, jnp.float32),
                                         jnp.asarray(boxes, jnp.float32))
 

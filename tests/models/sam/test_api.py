@@ -33,7 +33,8 @@ def _sam_transforms():
   fn.to_pil_image = Image.fromarray
   tv, tvt = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
   tv.transforms, tvt.functional = tvt, fn
-  sys.modules.update({"torchvision": tv, "torchvision.transforms": tvt, "torchvision.transforms.functional": fn})
+  sys.modules.update({"torchvision": tv, "torchvision.transforms": tvt,
+                      "torchvision.transforms.functional": fn})
   try:
     sys.modules.pop("segment_anything.utils.transforms", None)
     sys.modules.pop("segment_anything.utils", None)
@@ -166,10 +167,14 @@ def test_jitted_once_per_shape_and_end_to_end_tiny():
     want_l, want_iou = sam.mask_decoder(t_emb[i:i + 1], sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
     assert rel_err(logits[i], want_l) < RTOL
     assert rel_err(iou[i], want_iou) < RTOL
-  compiled = (model._boxes[True]._cache_size(), model._embed._cache_size())  # pylint: disable=protected-access
+
+  def cache_sizes():  # compiled executables held by the jitted functions
+    return model._boxes[True]._cache_size(), model._embed._cache_size()  # pylint: disable=protected-access
+
+  compiled = cache_sizes()
   model.predict_boxes(emb + 1.0, boxes + 1.0, multimask=True)
   model.image_embeddings(pixels * 2)
-  assert (model._boxes[True]._cache_size(), model._embed._cache_size()) == compiled  # pylint: disable=protected-access
+  assert cache_sizes() == compiled
 
 
 def test_random_init_model():
@@ -200,8 +205,8 @@ def test_segment_boxes_end_to_end_matches_segment_anything_flow():
   x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].contiguous().float())
   t_boxes = torch.from_numpy(rl.apply_boxes(boxes, image.shape[:2])).float()
   sparse, dense = sam.prompt_encoder(points=None, boxes=t_boxes, masks=None)
-  want_logits, want_iou = sam.mask_decoder(sam.image_encoder(x), sam.prompt_encoder.get_dense_pe(), sparse, dense,
-                                           True)
+  want_logits, want_iou = sam.mask_decoder(sam.image_encoder(x), sam.prompt_encoder.get_dense_pe(), sparse,
+                                           dense, True)
   want_full = sam.postprocess_masks(want_logits, resized.shape[:2], image.shape[:2]).numpy()
   assert masks.shape == want_full.shape == (3, 3, 90, 150) and masks.dtype == bool
   assert rel_err(logits, want_logits) < RTOL
