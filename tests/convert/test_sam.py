@@ -69,6 +69,9 @@ def test_round_trip_cli_convert_then_load(torch_sam, pth, tmp_path, capsys):
     outs.append((np.asarray(emb), np.asarray(logits), np.asarray(iou)))
   for a, b in zip(*outs):
     np.testing.assert_array_equal(a, b)  # converted dir == direct .pth, bit for bit
+  assert zipjax.load_sam(dst, dtype="bfloat16", remat=True).config.dtype == "bfloat16"
+  with pytest.raises(ValueError, match="only compute options"):
+    zipjax.load_sam(dst, img_size=256)
 
 
 def test_converted_dir_loads_without_torch(pth, tmp_path):
