@@ -13,7 +13,7 @@ coordinates outside [0, img_size] are clamped to it (segment_anything would extr
 encoding there instead; inside the frame the two agree exactly). M = 0 boxes returns empty outputs.
 
 Attributes:
-  SamModel: parameters + jitted encoder/decoder functions.
+  SamModel: parameters + jitted encoder/decoder functions; `segment_boxes` runs the whole flow for one image.
   load_sam: `.pth` file or converted directory -> SamModel.
   preprocess_image: host-side resize (PIL bilinear, as segment_anything) + normalise + pad.
   apply_boxes: box coordinates from the original image to the padded input frame.
@@ -121,9 +121,29 @@ class SamModel:
       _check_boxes(np.asarray(boxes))
     k = cfg.num_multimask_outputs if multimask else 1
     if bshape[1] == 0:
-      return (jnp.zeros((bshape[0], 0, k, 4 * e, 4 * e), jnp.float32), jnp.zeros((bshape[0], 0, k), jnp.float32))
+      return (jnp.zeros((bshape[0], 0, k, 4 * e, 4 * e), jnp.float32),
+              jnp.zeros((bshape[0], 0, k), jnp.float32))
     return self._boxes[bool(multimask)](self.variables, jnp.asarray(embeddings, jnp.float32),
                                         jnp.asarray(boxes, jnp.float32))
+
+  def segment_boxes(self, image, boxes, multimask: bool = False):
+    """One RGB uint8 image [H, W, 3] and xyxy boxes [M, 4] in its pixels -> masks at the original size.
+
+    The whole segment_anything flow: `preprocess_image`, `image_embeddings`, `apply_boxes`,
+    `predict_boxes`, `postprocess_masks`.
+
+    Returns:
+      masks bool [M, K, H, W], IoU predictions [M, K], low-res logits [M, K, 256, 256].
+    """
+    s = self.config.img_size
+    pixels, input_size, original_size = preprocess_image(image, s)
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+      raise InputError(f"boxes must be [M, 4] xyxy in image pixels, got shape {boxes.shape}")
+    emb = self.image_embeddings(pixels[None])
+    logits, iou = self.predict_boxes(emb, apply_boxes(boxes, original_size, s)[None], multimask=multimask)
+    masks = postprocess_masks(logits[0], input_size, original_size, img_size=s)
+    return masks, iou[0], logits[0]
 
 
 def random_variables(config: SamConfig, seed: int = 0) -> dict:
@@ -176,6 +196,10 @@ def load_sam(src, **compute) -> SamModel:
     **compute: compute options of SamConfig (dtype='bfloat16', fused_attention=True, remat=True).
   """
   from zipjax.convert.store import is_converted_dir, load_converted  # pylint: disable=import-outside-toplevel
+  bad = set(compute) - set(SamConfig.COMPUTE_FIELDS)
+  if bad:
+    raise ValueError(f"load_sam takes only compute options {SamConfig.COMPUTE_FIELDS}, not {sorted(bad)} "
+                     "(the architecture comes from the checkpoint)")
   src = os.fspath(src)
   if is_converted_dir(src):
     cfg_dict, variables = load_converted(src, "sam")

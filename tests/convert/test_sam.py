@@ -69,6 +69,9 @@ def test_round_trip_cli_convert_then_load(torch_sam, pth, tmp_path, capsys):
     outs.append((np.asarray(emb), np.asarray(logits), np.asarray(iou)))
   for a, b in zip(*outs):
     np.testing.assert_array_equal(a, b)  # converted dir == direct .pth, bit for bit
+  assert zipjax.load_sam(dst, dtype="bfloat16", remat=True).config.dtype == "bfloat16"
+  with pytest.raises(ValueError, match="only compute options"):
+    zipjax.load_sam(dst, img_size=256)
 
 
 def test_converted_dir_loads_without_torch(pth, tmp_path):
@@ -114,7 +117,8 @@ def test_unexpected_key_is_an_error(torch_sam, tmp_path):
   sd = state_dict_numpy(torch_sam)
   sd["mask_decoder.extra_head.weight"] = np.zeros((3, 3), np.float32)
   path = _save(tmp_path, sd)
-  with pytest.raises(CheckpointError, match=r"'mask_decoder.extra_head.weight' \(3, 3\) is not in the key table"):
+  with pytest.raises(CheckpointError,
+                     match=r"'mask_decoder.extra_head.weight' \(3, 3\) is not in the key table"):
     zipjax.load_sam(path)
 
 
@@ -162,4 +166,5 @@ def test_fp16_checkpoint_upcast(torch_sam, tmp_path):
   model = zipjax.load_sam(str(path))
   leaf = model.variables["params"]["image_encoder"]["blocks_0"]["attn"]["qkv"]["kernel"]
   assert leaf.dtype == np.float32
-  np.testing.assert_array_equal(np.asarray(leaf), sd["image_encoder.blocks.0.attn.qkv.weight"].float().numpy().T)
+  want = sd["image_encoder.blocks.0.attn.qkv.weight"].float().numpy().T
+  np.testing.assert_array_equal(np.asarray(leaf), want)

@@ -33,7 +33,8 @@ def _sam_transforms():
   fn.to_pil_image = Image.fromarray
   tv, tvt = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
   tv.transforms, tvt.functional = tvt, fn
-  sys.modules.update({"torchvision": tv, "torchvision.transforms": tvt, "torchvision.transforms.functional": fn})
+  sys.modules.update({"torchvision": tv, "torchvision.transforms": tvt,
+                      "torchvision.transforms.functional": fn})
   try:
     sys.modules.pop("segment_anything.utils.transforms", None)
     sys.modules.pop("segment_anything.utils", None)
@@ -166,10 +167,14 @@ def test_jitted_once_per_shape_and_end_to_end_tiny():
     want_l, want_iou = sam.mask_decoder(t_emb[i:i + 1], sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
     assert rel_err(logits[i], want_l) < RTOL
     assert rel_err(iou[i], want_iou) < RTOL
-  compiled = (model._boxes[True]._cache_size(), model._embed._cache_size())  # pylint: disable=protected-access
+
+  def cache_sizes():  # compiled executables held by the jitted functions
+    return model._boxes[True]._cache_size(), model._embed._cache_size()  # pylint: disable=protected-access
+
+  compiled = cache_sizes()
   model.predict_boxes(emb + 1.0, boxes + 1.0, multimask=True)
   model.image_embeddings(pixels * 2)
-  assert (model._boxes[True]._cache_size(), model._embed._cache_size()) == compiled  # pylint: disable=protected-access
+  assert cache_sizes() == compiled
 
 
 def test_random_init_model():
@@ -184,3 +189,54 @@ def test_random_init_model():
   assert zsam.SamModel.random("vit_b", encoder_depth=1, encoder_global_attn_indexes=(0,), img_size=224,
                               window_size=7).config.encoder_embed_dim == 768
   assert zipjax.load_sam is zsam.load_sam
+
+
+def test_segment_boxes_end_to_end_matches_segment_anything_flow():
+  """uint8 image + boxes in original pixels -> masks at the original size, as SamPredictor would do."""
+  sam, model, _ = _tiny()
+  transforms = _sam_transforms()
+  rng = np.random.default_rng(9)
+  image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
+  boxes = np.array([[10, 5, 80, 60], [0, 0, 149, 89], [100, 30, 140, 85]], np.float32)
+  masks, iou, logits = model.segment_boxes(image, boxes, multimask=True)
+
+  rl = transforms.ResizeLongestSide(128)
+  resized = rl.apply_image(image)
+  x = sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].contiguous().float())
+  t_boxes = torch.from_numpy(rl.apply_boxes(boxes, image.shape[:2])).float()
+  sparse, dense = sam.prompt_encoder(points=None, boxes=t_boxes, masks=None)
+  want_logits, want_iou = sam.mask_decoder(sam.image_encoder(x), sam.prompt_encoder.get_dense_pe(), sparse,
+                                           dense, True)
+  want_full = sam.postprocess_masks(want_logits, resized.shape[:2], image.shape[:2]).numpy()
+  assert masks.shape == want_full.shape == (3, 3, 90, 150) and masks.dtype == bool
+  assert rel_err(logits, want_logits) < RTOL
+  assert rel_err(iou, want_iou) < RTOL
+  decided = np.abs(want_full) > 1e-5 * np.abs(want_full).max()  # skip logits within rounding of 0
+  assert decided.mean() > 0.99
+  np.testing.assert_array_equal(np.asarray(masks)[decided], want_full[decided] > 0)
+  with pytest.raises(InputError, match=r"boxes must be \[M, 4\]"):
+    model.segment_boxes(image, boxes[None])
+
+
+def test_config_table_and_validation():
+  for name, (dim, depth, heads, glob) in {"vit_b": (768, 12, 12, (2, 5, 8, 11)),
+                                          "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+                                          "vit_h": (1280, 32, 16, (7, 15, 23, 31))}.items():
+    cfg = SamConfig.from_size(name)
+    assert (cfg.encoder_embed_dim, cfg.encoder_depth, cfg.encoder_num_heads,
+            cfg.encoder_global_attn_indexes) == (dim, depth, heads, glob)
+    assert (cfg.img_size, cfg.patch_size, cfg.window_size, cfg.embedding_size) == (1024, 16, 14, 64)
+    assert cfg.size_name() == name and SamConfig.from_size(name[-1]) == cfg
+    assert SamConfig.from_dict(cfg.to_dict()) == cfg
+    assert "dtype" not in cfg.to_dict(with_compute=False)
+  assert SamConfig.tiny().size_name() is None
+  with pytest.raises(ValueError, match="unknown SAM size"):
+    SamConfig.from_size("vit_x")
+  with pytest.raises(ValueError, match="dtype"):
+    SamConfig.tiny(dtype="int8")
+  with pytest.raises(ValueError, match="fused_attention"):
+    SamConfig.tiny(fused_attention="flash")
+  with pytest.raises(ValueError, match="outside depth"):
+    SamConfig.tiny(encoder_global_attn_indexes=(4,))
+  with pytest.raises(ValueError, match="unknown SAM config fields"):
+    SamConfig.from_dict({"encoder_width": 3})

@@ -13,7 +13,8 @@ from zipjax.models.sam.sam import Sam, SamConfig
 
 # Full-size prompt encoder and decoder (256 channels, 64x64 embedding, 1024 frame) behind a tiny encoder
 # (the encoder is not run here; it only has to exist for the converter).
-DECODER_CFG = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,))
+DECODER_CFG = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                        encoder_global_attn_indexes=(1,))
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,7 +50,8 @@ def test_decoder_parity(kind, multimask):
   emb = rng.standard_normal((64, 64, 256)).astype(np.float32)
 
   t_points = None if points is None else (torch.from_numpy(points[0]), torch.from_numpy(points[1]))
-  t_sparse, t_dense = sam.prompt_encoder(points=t_points, boxes=None if boxes is None else torch.from_numpy(boxes),
+  t_boxes = None if boxes is None else torch.from_numpy(boxes)
+  t_sparse, t_dense = sam.prompt_encoder(points=t_points, boxes=t_boxes,
                                          masks=None if masks is None else nchw(masks))
   want_masks, want_iou = sam.mask_decoder(image_embeddings=nchw(emb[None]),
                                           image_pe=sam.prompt_encoder.get_dense_pe(),

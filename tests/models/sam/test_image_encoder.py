@@ -82,3 +82,21 @@ def test_bfloat16_and_fused_attention_close_to_float32():
   assert rel_err(got_l, want_l) < RTOL and rel_err(got_iou, want_iou) < RTOL
   got_l, got_iou = bf16.predict_boxes(emb, boxes, multimask=True)
   assert rel_err(got_l, want_l) < 5e-2 and rel_err(got_iou, want_iou) < 5e-2
+
+
+def test_remat_gives_the_same_gradients():
+  import jax
+  import jax.numpy as jnp
+  from zipjax.sam import SamModel
+  # one windowed block (window 3 on 4x4 tokens, padded) keeps the two backward compiles short
+  cfg = SamConfig.tiny(encoder_depth=1, encoder_global_attn_indexes=(), img_size=64, encoder_embed_dim=32,
+                       encoder_num_heads=2, prompt_embed_dim=32)
+  model = SamModel.random(cfg, seed=0)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 64, 64, 3)), jnp.float32)
+  loss = lambda m: (lambda v: jnp.sum(m.embed_fn(v, x) ** 2))  # noqa: E731
+  g_plain = jax.jit(jax.grad(loss(model)))(model.variables)
+  g_remat = jax.jit(jax.grad(loss(model.with_options(remat=True))))(model.variables)
+  leaves = jax.tree_util.tree_leaves(g_plain)
+  assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+  for a, b in zip(leaves, jax.tree_util.tree_leaves(g_remat)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6 * float(jnp.abs(a).max()))

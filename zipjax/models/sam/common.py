@@ -82,7 +82,7 @@ class ConvTransposeStride(nn.Module):
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, bias: jax.Array | None = None,
-              fused: bool = False) -> jax.Array:
+              fused: bool | str = False) -> jax.Array:
   """Multi-head softmax attention on [B, T, N, D] queries and [B, S, N, D] keys/values -> [B, T, N, D].
 
   Args:
@@ -91,8 +91,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, bias: jax.
     v: values [B, S, N, D].
     scale: multiplier of q.k (1/sqrt(D) in SAM).
     bias: optional additive logits bias [B, N, T, S] (relative positions).
-    fused: use `jax.nn.dot_product_attention` (cuDNN/flash kernels on GPU); otherwise the explicit form,
-      with logits and softmax in float32.
+    fused: use `jax.nn.dot_product_attention`: True for JAX's default implementation (XLA), or an
+      implementation name ('xla', 'cudnn'); False: the explicit form, with logits and softmax in float32.
 
   Returns:
     [B, T, N, D] in the dtype of `v`.
@@ -100,7 +100,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, bias: jax.
   if fused:
     if bias is not None:
       bias = bias.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+    impl = None if fused is True else fused
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=impl)
   logits = jnp.einsum("btnd,bsnd->bnts", q * jnp.asarray(scale, q.dtype), k,
                       preferred_element_type=jnp.float32)  # [B, N, T, S]
   if bias is not None:

@@ -111,7 +111,7 @@ class Attention(nn.Module):
   num_heads: int
   input_size: tuple[int, int]
   dtype: Dtype = jnp.float32
-  fused: bool = False
+  fused: bool | str = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -126,7 +126,7 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, HW, N, D] each
     if self.fused:
       q2, k2, v2 = rel_pos_as_qk(q, k, v, rel_pos_h, rel_pos_w, (h, w), head_dim**-0.5)  # [B, HW, N, D']
-      out = attention(q2, k2, v2, 1.0, fused=True)[..., :head_dim]  # [B, HW, N, D]
+      out = attention(q2, k2, v2, 1.0, fused=self.fused)[..., :head_dim]  # [B, HW, N, D]
     else:
       bias = decomposed_rel_pos_bias(q, rel_pos_h, rel_pos_w, (h, w))  # [B, N, HW, HW]
       out = attention(q, k, v, head_dim**-0.5, bias=bias)  # [B, HW, N, D]
@@ -168,14 +168,14 @@ class Block(nn.Module):
     window_size: window side (0 = global attention).
     input_size: (H, W) of the token grid.
     dtype: compute dtype.
-    fused: fused attention.
+    fused: fused attention (True or a `jax.nn.dot_product_attention` implementation name).
   """
   num_heads: int
   mlp_ratio: float
   window_size: int
   input_size: tuple[int, int]
   dtype: Dtype = jnp.float32
-  fused: bool = False
+  fused: bool | str = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -229,7 +229,8 @@ class ImageEncoderViT(nn.Module):
     mlp_ratio: MLP hidden width / embed dim.
     out_chans: neck output channels.
     dtype: compute dtype (parameters stay float32).
-    fused_attention: use `jax.nn.dot_product_attention`.
+    fused_attention: use `jax.nn.dot_product_attention` (True: JAX's default implementation; or 'xla' /
+      'cudnn').
     remat: rematerialise each block in the backward pass (`nn.remat`).
   """
   img_size: int = 1024
@@ -242,7 +243,7 @@ class ImageEncoderViT(nn.Module):
   mlp_ratio: float = 4.0
   out_chans: int = 256
   dtype: Dtype = jnp.float32
-  fused_attention: bool = False
+  fused_attention: bool | str = False
   remat: bool = False
 
   @nn.compact

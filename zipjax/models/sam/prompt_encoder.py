@@ -149,6 +149,6 @@ class PromptEncoder(nn.Module):
       dense = self._embed_masks(masks)
     else:
       h, w = self.image_embedding_size
-      dense = jnp.broadcast_to(self.no_mask_embed.embedding.reshape(1, 1, 1, -1),
+      dense = jnp.broadcast_to(self.no_mask_embed.embedding.reshape(1, 1, 1, -1),  # [1, 1, 1, C]
                                (n, h, w, self.embed_dim))  # [N, h, w, C]
     return sparse, dense

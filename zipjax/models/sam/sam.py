@@ -50,7 +50,9 @@ class SamConfig:
     iou_head_depth: 3.
     iou_head_hidden_dim: 256.
     dtype: compute dtype name ('float32' default and parity reference, 'bfloat16'); parameters stay float32.
-    fused_attention: use `jax.nn.dot_product_attention`.
+    fused_attention: use `jax.nn.dot_product_attention`: True (JAX's default implementation, XLA) or an
+      implementation name, 'xla' or 'cudnn' (GPU flash kernels, bf16/fp16 only). A name applies to the image
+      encoder; the mask decoder's tiny token attention then uses the XLA implementation.
     remat: rematerialise encoder blocks (for training / memory).
   """
   encoder_embed_dim: int = 768
@@ -70,7 +72,7 @@ class SamConfig:
   iou_head_depth: int = 3
   iou_head_hidden_dim: int = 256
   dtype: str = "float32"
-  fused_attention: bool = False
+  fused_attention: bool | str = False
   remat: bool = False
 
   # Fields that describe compute, not weights: not stored with converted checkpoints.
@@ -79,6 +81,8 @@ class SamConfig:
   def __post_init__(self):
     object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in
                                                                   self.encoder_global_attn_indexes))
+    if self.fused_attention not in (False, True, "xla", "cudnn"):
+      raise ValueError(f"fused_attention must be a bool, 'xla' or 'cudnn', got {self.fused_attention!r}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     if self.img_size % self.patch_size:
@@ -165,7 +169,7 @@ class Sam(nn.Module):
         transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
         iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
-        transformer_mlp_dim=cfg.decoder_mlp_dim, dtype=dt, fused_attention=cfg.fused_attention)
+        transformer_mlp_dim=cfg.decoder_mlp_dim, dtype=dt, fused_attention=bool(cfg.fused_attention))
 
   def embed_images(self, pixels: jax.Array) -> jax.Array:
     """Normalised, padded pixels [B, S, S, 3] -> image embeddings [B, S/16, S/16, C] float32."""
