@@ -4,6 +4,8 @@
   shrinking), then ToTensor + Normalize with CLIP's mean/std.
 - Boundary-prior input: torchvision `Resize(2048, BICUBIC)` on a PIL image: shorter side 2048, longer side
   `int(2048 * long / short)` (truncated), same normalisation.
+- SAM input (segment_anything's ResizeLongestSide + Sam.preprocess): longest side 1024 (PIL bilinear on uint8),
+  normalised with SAM's mean/std on 0-255 values, zero-padded bottom/right to 1024 x 1024.
 All outputs are NHWC-ready float32 arrays [H, W, 3].
 """
 from __future__ import annotations
@@ -11,8 +13,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from zipjax.errors import InputError
+
 CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), np.float32)
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # on 0-255 values
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def _as_pil(image) -> Image.Image:
@@ -57,3 +63,36 @@ def clip_surgery_input(image, size: int = 512) -> np.ndarray:
 def boundary_input(image, size: int = 2048) -> np.ndarray:
   """The boundary-prior (RN50x64) input: shorter side `size`, bicubic, normalised -> [H', W', 3]."""
   return normalize(resize_shorter_side(image, size))
+
+
+def get_preprocess_shape(old_h: int, old_w: int, long_side: int = 1024) -> tuple[int, int]:
+  """(h, w) after resizing the longest side to `long_side` (segment_anything's rounding)."""
+  scale = long_side * 1.0 / max(old_h, old_w)
+  return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [h, w, 3], PIL bilinear (what segment_anything's torchvision call does)."""
+  h, w = get_preprocess_shape(image.shape[0], image.shape[1], long_side)
+  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def sam_input(image, img_size: int = 1024):
+  """RGB uint8 [H, W, 3] -> (pixels float32 [S, S, 3], input_size (h, w), original_size (H, W)).
+
+  Resize the longest side to S (PIL bilinear on uint8), normalise with SAM's mean/std on 0-255 values,
+  zero-pad bottom/right to S x S (padding after normalisation, as `Sam.preprocess`).
+  """
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+    raise InputError(f"image must be RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
+  if min(image.shape[:2]) == 0:
+    raise InputError(f"image is empty: shape {image.shape}")
+  resized = resize_longest_side(image, img_size)
+  h, w = resized.shape[:2]
+  mean = np.asarray(SAM_PIXEL_MEAN, np.float32)
+  std = np.asarray(SAM_PIXEL_STD, np.float32)
+  x = (resized.astype(np.float32) - mean) / std  # [h, w, 3]
+  out = np.zeros((img_size, img_size, 3), np.float32)
+  out[:h, :w] = x
+  return out, (h, w), tuple(image.shape[:2])

@@ -29,11 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax.errors import CheckpointError, InputError
+from zipjax.models.random_init import random_variables as shared_random_variables
 from zipjax.models.sam.sam import Sam, SamConfig
 from zipjax.ops.resize import bilinear_matrix
+# host-side preprocessing lives in zipjax/preprocess.py; re-exported here as part of the SAM API
+from zipjax.preprocess import SAM_PIXEL_MEAN as PIXEL_MEAN  # noqa: F401
+from zipjax.preprocess import SAM_PIXEL_STD as PIXEL_STD  # noqa: F401
+from zipjax.preprocess import get_preprocess_shape, resize_longest_side  # noqa: F401
+from zipjax.preprocess import sam_input as preprocess_image
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0
 
 
@@ -149,28 +153,15 @@ class SamModel:
 def random_variables(config: SamConfig, seed: int = 0) -> dict:
   """Random parameters for `Sam(config)`, generated on the host with numpy (fast for any size).
 
-  Flax's `init` would compile the whole forward pass plus one RNG kernel per parameter (tens of seconds on
-  CPU even for tiny models); the shapes come from `jax.eval_shape` instead and the values follow
-  segment_anything's PyTorch defaults in spirit: LeCun-normal kernels, zero biases, LayerNorm scale 1 and
-  bias 0, N(0, 1) embeddings and Fourier matrix, zero absolute/relative position tables.
+  Flax's `init` would compile the whole forward pass (tens of seconds on CPU even for tiny models). Values
+  follow segment_anything's PyTorch defaults in spirit: LeCun-normal kernels, zero biases, LayerNorm scale 1,
+  N(0, 1) embeddings and Fourier matrix, zero absolute/relative position tables.
   """
-  from zipjax.convert.core import unflatten  # pylint: disable=import-outside-toplevel
   from zipjax.convert.sam import expected_shapes  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for path, shape in sorted(expected_shapes(config).items()):
-    leaf = path.rsplit("/", 1)[-1]
-    if leaf == "kernel":
-      fan_in = int(np.prod(shape[:-1]))
-      value = rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in))
-    elif leaf in ("embedding", "positional_encoding_gaussian_matrix"):
-      value = rng.standard_normal(shape, dtype=np.float32)
-    elif leaf == "scale":
-      value = np.ones(shape)
-    else:  # bias, pos_embed, rel_pos_h, rel_pos_w
-      value = np.zeros(shape)
-    flat[path] = value.astype(np.float32)
-  return unflatten(flat)
+  return shared_random_variables(
+      expected_shapes(config), seed,
+      std={"embedding": 1.0, "positional_encoding_gaussian_matrix": 1.0},
+      zeros=("pos_embed", "rel_pos_h", "rel_pos_w"))
 
 
 def _check_boxes(boxes: np.ndarray) -> None:
@@ -223,40 +214,6 @@ def load_sam(src, **compute) -> SamModel:
 
 
 # ---------------------------------------------------------------------------------------------- host side
-def get_preprocess_shape(old_h: int, old_w: int, long_side: int = 1024) -> tuple[int, int]:
-  """(h, w) after resizing the longest side to `long_side` (segment_anything's rounding)."""
-  scale = long_side * 1.0 / max(old_h, old_w)
-  return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
-
-
-def resize_longest_side(image: np.ndarray, long_side: int = 1024) -> np.ndarray:
-  """uint8 [H, W, 3] -> uint8 [h, w, 3], PIL bilinear (what segment_anything's torchvision call does)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  h, w = get_preprocess_shape(image.shape[0], image.shape[1], long_side)
-  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-
-def preprocess_image(image, img_size: int = 1024):
-  """RGB uint8 [H, W, 3] -> (pixels float32 [S, S, 3], input_size (h, w), original_size (H, W)).
-
-  Resize the longest side to S (PIL bilinear on uint8), normalise with SAM's mean/std on 0-255 values,
-  zero-pad bottom/right to S x S (padding after normalisation, as `Sam.preprocess`).
-  """
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-    raise InputError(f"image must be RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
-  if min(image.shape[:2]) == 0:
-    raise InputError(f"image is empty: shape {image.shape}")
-  resized = resize_longest_side(image, img_size)
-  h, w = resized.shape[:2]
-  mean = np.asarray(PIXEL_MEAN, np.float32)
-  std = np.asarray(PIXEL_STD, np.float32)
-  x = (resized.astype(np.float32) - mean) / std  # [h, w, 3]
-  out = np.zeros((img_size, img_size, 3), np.float32)
-  out[:h, :w] = x
-  return out, (h, w), tuple(image.shape[:2])
-
-
 def apply_boxes(boxes, original_size: tuple[int, int], img_size: int = 1024) -> np.ndarray:
   """xyxy boxes [..., 4] in the original image -> the resized/padded input frame (float32)."""
   old_h, old_w = original_size

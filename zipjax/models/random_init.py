@@ -13,13 +13,23 @@ import numpy as np
 from zipjax.convert.core import unflatten
 
 
-def random_variables(shapes: Mapping[str, tuple], seed: int = 0) -> dict:
-  """'collection/path' -> shape  ==>  nested float32 numpy variables."""
+def random_variables(shapes: Mapping[str, tuple], seed: int = 0, std: Mapping[str, float] | None = None,
+                     zeros: tuple[str, ...] = ()) -> dict:
+  """'collection/path' -> shape  ==>  nested float32 numpy variables.
+
+  `std` maps leaf names to the standard deviation of their normal draw (overriding the defaults above);
+  leaves named in `zeros` are zero.
+  """
+  std = dict(std or {})
   rng = np.random.default_rng(seed)
   flat = {}
   for path, shape in sorted(shapes.items()):
     leaf = path.rsplit("/", 1)[-1]
-    if leaf in ("scale", "var"):
+    if leaf in zeros:
+      arr = np.zeros(shape, np.float32)
+    elif leaf in std:
+      arr = rng.standard_normal(shape, np.float32) * np.float32(std[leaf])
+    elif leaf in ("scale", "var"):
       arr = np.ones(shape, np.float32)
     elif leaf in ("bias", "mean"):
       arr = np.zeros(shape, np.float32)
