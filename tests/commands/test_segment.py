@@ -140,3 +140,17 @@ def test_unknown_override_rejected(tmp_path, capsys):
                  "--config", SMOKE, "--out", str(tmp_path / "o"), "--config.scoring.nope=1"])
   assert rc == 2
   assert "no such config field" in capsys.readouterr().err
+
+
+def test_compilation_cache_persists_executables(tmp_path):
+  """A run fills <cache>/xla; ZIPJAX_XLA_CACHE=0 leaves it alone (subprocesses: jax config is global)."""
+  import subprocess
+  import sys
+  cmd = [sys.executable, "-m", "zipjax", "segment", os.path.join(ROOT, "examples", "oranges.png"), "--classes",
+         "orange", "--random-init", "--config", SMOKE, "--no-overlays"]
+  for flag, cache in (("0", tmp_path / "off"), ("1", tmp_path / "on")):
+    env = dict(os.environ, ZIPJAX_CACHE=str(cache), ZIPJAX_XLA_CACHE=flag, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    subprocess.run(cmd + ["--out", str(tmp_path / f"out{flag}")], check=True, env=env, cwd=ROOT,
+                   capture_output=True)
+  assert not (tmp_path / "off" / "xla").exists()
+  assert len(os.listdir(tmp_path / "on" / "xla")) > 0
