@@ -38,6 +38,12 @@ AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
 _MAX_RLE_DIGITS = 7  # 35 bits: COCO RLE counts are 32-bit unsigned
 
 
+
+def _raise_if(where: str, problem: str | None) -> None:
+  """An InputError naming the record when a check found a problem."""
+  if problem:
+    raise InputError(f"{where}: {problem}")
+
 def normalize_name(name: str) -> str:
   """Class-name key used to match predicted classes to ground-truth categories."""
   return " ".join(str(name).split()).casefold()
@@ -304,14 +310,10 @@ def load_ground_truth(src) -> GroundTruth:
            "iscrowd": iscrowd}
     seg = ann.get("segmentation")
     if seg is not None and seg != []:
-      problem = segmentation_problem(seg, img["height"], img["width"])
-      if problem:
-        raise InputError(f"{where}: {problem}")
+      _raise_if(where, segmentation_problem(seg, img["height"], img["width"]))
       out["segmentation"] = seg
     if "bbox" in ann:
-      problem = _bbox_problem(ann["bbox"])
-      if problem:
-        raise InputError(f"{where}: {problem}")
+      _raise_if(where, _bbox_problem(ann["bbox"]))
       out["bbox"] = [float(v) for v in ann["bbox"]]
     elif "segmentation" in out:
       out["bbox"] = rle_bbox(to_compressed_rle(seg, img["height"], img["width"]))
@@ -469,16 +471,12 @@ def load_predictions(src, gt: GroundTruth, class_agnostic: bool = False, need_bb
     norm = {"image_id": image_id, "category_id": category_id, "score": float(score)}
     seg = rec.get("segmentation")
     if seg is not None:
-      problem = segmentation_problem(seg, img["height"], img["width"])
-      if problem:
-        raise InputError(f"{where}: {problem}")
+      _raise_if(where, segmentation_problem(seg, img["height"], img["width"]))
       norm["segmentation"] = to_compressed_rle(seg, img["height"], img["width"])
     elif need_segm:
       raise InputError(f"{where}: has no segmentation (mask AP needs one; use --iou-type bbox for boxes only)")
     if "bbox" in rec:
-      problem = _bbox_problem(rec["bbox"])
-      if problem:
-        raise InputError(f"{where}: {problem}")
+      _raise_if(where, _bbox_problem(rec["bbox"]))
       norm["bbox"] = [float(v) for v in rec["bbox"]]
     elif "segmentation" in norm:
       norm["bbox"] = rle_bbox(norm["segmentation"])
