@@ -38,11 +38,11 @@ AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
 _MAX_RLE_DIGITS = 7  # 35 bits: COCO RLE counts are 32-bit unsigned
 
 
-
 def _raise_if(where: str, problem: str | None) -> None:
   """An InputError naming the record when a check found a problem."""
   if problem:
     raise InputError(f"{where}: {problem}")
+
 
 def normalize_name(name: str) -> str:
   """Class-name key used to match predicted classes to ground-truth categories."""
