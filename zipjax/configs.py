@@ -33,6 +33,7 @@ def _discover_reference() -> ml_collections.ConfigDict:
   c.rtol = 1e-5                   # stop when allclose(new, old, rtol, atol) (torch.allclose semantics)
   c.atol = 1e-8
   c.init = "linspace"             # 'linspace': rows round(linspace(0, h*w-1, K)); 'semantic': see kmeans.py
+  c.center_features = False       # True: distances on mean-shifted features (less float32 cancellation)
   # semantic-aware initialisation (init == 'semantic' only)
   c.semantic = ml_collections.ConfigDict()
   c.semantic.min_foreground_clusters = 2    # seeds drawn from activated cells, at least
@@ -159,6 +160,7 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   config.sam.enabled = True       # SAM box refinement; score = sqrt(CLIP probability * SAM IoU)
   d = _discover_reference()
   d.init = "semantic"
+  d.center_features = True
   d.num_clusters = 24
   d.count_background_in_top_k = False  # every activated cluster can be a candidate
   d.top_k_clusters = 24

@@ -136,3 +136,21 @@ def test_semantic_init_rejects_bad_config():
   with pytest.raises(InputError):
     km.semantic_init(x, jnp.ones(10, bool), 4, min_foreground_clusters=1, cells_per_cluster=4,
                      background_clusters=4)
+
+
+def test_centering_survives_a_large_common_component():
+  """Raw CNN features share a big common component; |x|^2 - 2x.c + |c|^2 in float32 then cancels away the
+  small distances that separate clusters. With `center=True` the assignment equals a float64 Lloyd loop."""
+  rng = np.random.default_rng(3)
+  k, c = 6, 64
+  centres = rng.standard_normal((k, c)).astype(np.float32) * 0.05
+  member = rng.integers(0, k, 600)
+  x = (1000.0 + centres[member] + 0.004 * rng.standard_normal((600, c))).astype(np.float32)  # [N, C]
+  init_idx = np.array([int(np.flatnonzero(member == j)[0]) for j in range(k)])
+  want, _ = ref.kmeans_numpy(x, init_idx, k, max_iters=50)
+  labels, _, _ = km.kmeans(jnp.asarray(x), jnp.asarray(x[init_idx]), max_iters=50, center=True)
+  np.testing.assert_array_equal(np.asarray(labels), want)
+  assert len(np.unique(want)) == k
+  assert all(len(np.unique(member[want == j])) == 1 for j in range(k))  # it recovers the planted clusters
+  plain, _, _ = km.kmeans(jnp.asarray(x), jnp.asarray(x[init_idx]), max_iters=50, center=False)
+  assert np.mean(np.asarray(plain) != want) > 0.05  # the uncentred float32 expansion does lose it here

@@ -89,9 +89,10 @@ def assign(x: jax.Array, centroids: jax.Array, valid: jax.Array | None = None) -
   return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iters", "rtol", "atol"))
+@functools.partial(jax.jit, static_argnames=("max_iters", "rtol", "atol", "center"))
 def kmeans(x: jax.Array, init: jax.Array, valid: jax.Array | None = None, *, max_iters: int = 100,
-           rtol: float = 1e-5, atol: float = 1e-8) -> tuple[jax.Array, jax.Array, jax.Array]:
+           rtol: float = 1e-5, atol: float = 1e-8,
+           center: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Lloyd k-means from given initial centroids.
 
   Args:
@@ -101,6 +102,10 @@ def kmeans(x: jax.Array, init: jax.Array, valid: jax.Array | None = None, *, max
     max_iters: at most this many assignment + update steps.
     rtol: relative tolerance of the allclose stop.
     atol: absolute tolerance of the allclose stop.
+    center: compute the assignment distances on data shifted by its mean. Distances (and so, in exact
+      arithmetic, the assignment) are unchanged, but |x|^2 - 2 x.c + |c|^2 loses far less to float32
+      cancellation when the features share a large common component (as raw CNN features do). Centroid
+      updates and the stop rule still use the unshifted values. Off = the released code's arithmetic.
 
   Returns:
     (labels int32 [N] in 0..K-1, centroids float32 [K, C] after the last update, iterations run int32 []).
@@ -111,11 +116,14 @@ def kmeans(x: jax.Array, init: jax.Array, valid: jax.Array | None = None, *, max
   k = init.shape[0]
   if valid is None:
     valid = jnp.ones((k,), bool)
-  x_sq = jnp.sum(x * x, axis=-1)  # [N]
+  shift = jnp.mean(x, axis=0) if center else jnp.zeros((x.shape[-1],), jnp.float32)  # [C]
+  xs = x - shift if center else x  # [N, C]
+  xs_sq = jnp.sum(xs * xs, axis=-1)  # [N]
 
   def body(state):
     it, c, _, _ = state
-    d = jnp.where(valid[None, :], _sq_distances(x, x_sq, c), jnp.inf)  # [N, K]
+    cs = c - shift if center else c  # [K, C]
+    d = jnp.where(valid[None, :], _sq_distances(xs, xs_sq, cs), jnp.inf)  # [N, K]
     labels = jnp.argmin(d, axis=-1).astype(jnp.int32)  # [N]
     onehot = (labels[:, None] == jnp.arange(k, dtype=jnp.int32)[None, :]).astype(jnp.float32)  # [N, K]
     sums = jnp.dot(onehot.T, x, precision=jax.lax.Precision.HIGHEST)  # [K, C]

@@ -58,6 +58,7 @@ class DiscoverParams:
     max_instances: length of padded instance lists.
     max_fragments: length of padded fragment lists.
     max_cc_iters: cap on connected-component rounds (0 = until converged).
+    center_features: k-means distances on mean-shifted features (see `ops.kmeans.kmeans`).
   """
   num_clusters: int = 20
   max_iters: int = 100
@@ -76,6 +77,7 @@ class DiscoverParams:
   max_instances: int = 64
   max_fragments: int = 512
   max_cc_iters: int = 0
+  center_features: bool = False
 
 
 def params_from_config(config: Any = None) -> DiscoverParams:
@@ -95,7 +97,7 @@ def params_from_config(config: Any = None) -> DiscoverParams:
       min_activated_fraction=float(d.min_activated_fraction), max_bbox_ratio=float(d.max_bbox_ratio),
       min_instance_cells=int(d.min_instance_cells), connectivity=int(d.connectivity),
       max_instances=int(d.max_instances), max_fragments=int(d.max_fragments),
-      max_cc_iters=int(d.max_cc_iters))
+      max_cc_iters=int(d.max_cc_iters), center_features=bool(d.center_features))
   if p.init not in ("linspace", "semantic"):
     raise InputError(f"discover.init must be 'linspace' or 'semantic', got {p.init!r}")
   if p.connectivity not in (4, 8):
@@ -128,7 +130,8 @@ def cluster(features: jax.Array, activation: jax.Array, p: DiscoverParams) -> tu
         min_foreground_clusters=p.semantic_min_foreground_clusters,
         cells_per_cluster=p.semantic_cells_per_cluster,
         background_clusters=p.semantic_background_clusters)
-  labels, _, iters = kmeans_ops.kmeans(x, init, valid, max_iters=p.max_iters, rtol=p.rtol, atol=p.atol)
+  labels, _, iters = kmeans_ops.kmeans(x, init, valid, max_iters=p.max_iters, rtol=p.rtol, atol=p.atol,
+                                         center=p.center_features)
   return (labels + 1).reshape(h, w), iters  # [h, w]
 
 
