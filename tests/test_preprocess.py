@@ -49,3 +49,11 @@ def test_modes_are_converted_to_rgb():
   np.testing.assert_array_equal(pp.normalize(rgba), pp.normalize(Image.new("RGB", (5, 5), (10, 20, 30))))
   with pytest.raises(ValueError, match="uint8"):
     pp.normalize(np.zeros((4, 4), np.float32))
+
+
+@pytest.mark.parametrize("wh,multiple,expected", [((640, 480), 128, (2688, 2048)), ((480, 640), 128, (2048, 2688)),
+                                                  ((640, 427), 128, (3072, 2048)), ((640, 480), 0, (2730, 2048)),
+                                                  ((100, 100), 128, (2048, 2048))])
+def test_shorter_side_with_size_multiple(wh, multiple, expected):
+  """zipjax's bucketing option: the longer side rounded to the nearest multiple, the shorter side exact."""
+  assert pp.resize_shorter_side(_image(*wh), 2048, multiple).size == expected

@@ -55,6 +55,9 @@ def _discover_reference() -> ml_collections.ConfigDict:
   c.max_fragments = 512           # fragment lists (debug outputs) are padded to this
   # label propagation loop of the connected components kernel (0 = until converged, the default)
   c.max_cc_iters = 0
+  # pad the number of classes sent to discovery to a power of two (padded rows are dropped), so a varying
+  # number of present classes compiles a handful of programs instead of one per count
+  c.pad_classes = False
   # box coordinates in image space: the released code swaps the x / y scale factors
   c.swap_box_scale = True
   return c
@@ -96,6 +99,9 @@ def _boundary_reference() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.input_size = 2048             # shorter side, PIL bicubic, aspect kept
   c.stage = 3                     # ModifiedResNet layer3
+  # > 0: round the longer side to a multiple of this many pixels (aspect changes by < multiple/2 px), so
+  # images of similar aspect share one compiled trunk; 0 = the exact released size
+  c.size_multiple = 0
   return c
 
 
@@ -158,9 +164,11 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   config.scoring.classification_first = True
   config.scoring.nms = True
   config.sam.enabled = True       # SAM box refinement; score = sqrt(CLIP probability * SAM IoU)
+  config.boundary.size_multiple = 128  # 8 feature cells: few distinct trunk shapes over a dataset
   d = _discover_reference()
   d.init = "semantic"
   d.center_features = True
+  d.pad_classes = True
   d.num_clusters = 24
   d.count_background_in_top_k = False  # every activated cluster can be a candidate
   d.top_k_clusters = 24

@@ -42,10 +42,17 @@ def resize_square(image, size: int = 512) -> Image.Image:
   return _as_pil(image).resize((size, size), Image.BICUBIC)
 
 
-def resize_shorter_side(image, size: int = 2048) -> Image.Image:
-  """PIL bicubic resize of the shorter side to `size`, as torchvision `Resize(size, BICUBIC)`."""
+def resize_shorter_side(image, size: int = 2048, multiple: int = 0) -> Image.Image:
+  """PIL bicubic resize of the shorter side to `size`, as torchvision `Resize(size, BICUBIC)`.
+
+  With `multiple` > 0 the longer side is then rounded to the nearest multiple of it (at least one multiple),
+  which bounds the number of distinct input shapes over a dataset (zipjax's option, not the original's).
+  """
   img = _as_pil(image)
   new = shorter_side_size(img.width, img.height, size)
+  if multiple > 0:
+    long_side = max(multiple, int(round(max(new) / multiple)) * multiple)
+    new = (long_side, new[1]) if new[0] >= new[1] else (new[0], long_side)
   return img if new == img.size else img.resize(new, Image.BICUBIC)
 
 
@@ -60,9 +67,9 @@ def clip_surgery_input(image, size: int = 512) -> np.ndarray:
   return normalize(resize_square(image, size))
 
 
-def boundary_input(image, size: int = 2048) -> np.ndarray:
+def boundary_input(image, size: int = 2048, multiple: int = 0) -> np.ndarray:
   """The boundary-prior (RN50x64) input: shorter side `size`, bicubic, normalised -> [H', W', 3]."""
-  return normalize(resize_shorter_side(image, size))
+  return normalize(resize_shorter_side(image, size, multiple))
 
 
 def get_preprocess_shape(old_h: int, old_w: int, long_side: int = 1024) -> tuple[int, int]:

@@ -105,3 +105,22 @@ def test_reference_preset_matches_torch_numpy_pipeline(models, seed):
     np.testing.assert_allclose(g["box"], box, rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(g["mask"], mask)
     assert g["score"] == pytest.approx(float(ref["probs"][c]), rel=1e-4)
+
+
+def test_padding_classes_changes_nothing(models):
+  """`discover.pad_classes` (3 classes run as 4) returns exactly the unpadded result."""
+  _, _, jvit, jrn = models
+  image = scene(0)
+  outs = []
+  for pad in (False, True):
+    config = _config()
+    config.discover.pad_classes = pad
+    seg = Segmenter(config, jvit, jrn)
+    seg.set_classes(NAMES)
+    outs.append(seg.segment([image])[0])
+  assert len(NAMES) == 3 and outs[0]["labels"].shape[0] == 3
+  np.testing.assert_array_equal(outs[0]["labels"], outs[1]["labels"])
+  assert len(outs[0]["instances"]) == len(outs[1]["instances"]) > 0
+  for a, b in zip(outs[0]["instances"], outs[1]["instances"]):
+    assert (a["category"], a["score"], a["box"]) == (b["category"], b["score"], b["box"])
+    np.testing.assert_array_equal(a["mask"], b["mask"])

@@ -151,17 +151,23 @@ class Segmenter:
     if present.size == 0:
       return out
     t = time.perf_counter()
-    sim = semantic.upsample(sim_grid[..., jnp.asarray(present)], (hh, ww))  # [H, W, k]
+    rows = present
+    if cfg.discover.pad_classes:  # repeat the first class up to a power of two; padded rows are dropped
+      k_pad = 1 << (len(present) - 1).bit_length()
+      rows = np.concatenate([present, np.full(k_pad - len(present), present[0])])
+    sim = semantic.upsample(sim_grid[..., jnp.asarray(rows)], (hh, ww))  # [H, W, k_pad]
     t = self._tick("similarity", t, sim)
-    bpix = preprocess.boundary_input(image, cfg.boundary.input_size)[None]  # [1, H', W', 3]
+    bpix = preprocess.boundary_input(image, cfg.boundary.input_size,
+                                     int(cfg.boundary.size_multiple))[None]  # [1, H', W', 3]
     t = self._tick("preprocess", t)
     feats = self.boundary_clip.trunk_features(bpix, int(cfg.boundary.stage))  # [1, h, w, C]
     t = self._tick("boundary", t, feats)
     h, w = feats.shape[1:3]
     act = discover_lib.activation_from_similarity(jnp.moveaxis(sim, -1, 0), (h, w), cfg)  # [k, h, w]
-    labels = discover_lib.discover_batch(feats, act[None], cfg)[0]  # [k, h, w]
-    bbox, valid = _instance_props(labels, self.discover_params.max_instances)  # [k, M, 4], [k, M]
-    labels, bbox, valid = np.asarray(labels), np.asarray(bbox), np.asarray(valid)
+    labels = discover_lib.discover_batch(feats, act[None], cfg)[0]  # [k_pad, h, w]
+    bbox, valid = _instance_props(labels, self.discover_params.max_instances)  # [k_pad, M, 4], [k_pad, M]
+    k = len(present)
+    labels, bbox, valid = np.asarray(labels)[:k], np.asarray(bbox)[:k], np.asarray(valid)[:k]
     t = self._tick("discover", t)
     out["labels"], out["grid"] = labels, (h, w)
     boxes = np.asarray(discover_lib.grid_boxes_to_image(bbox, (h, w), (hh, ww), cfg))  # [k, M, 4]
