@@ -61,10 +61,7 @@ def _torch(case: dict, runs: int, q):
   if case["arch"].startswith("ViT"):
     fn = lambda: surgery_encode(model.visual, x)
   else:
-    v = model.visual
-    def fn():
-      y = v.avgpool(v.relu3(v.bn3(v.conv3(v.relu2(v.bn2(v.conv2(v.relu1(v.bn1(v.conv1(x))))))))))
-      return v.layer3(v.layer2(v.layer1(y)))
+    fn = lambda: resnet_stages(model.visual, x, last=3)[-1]
   t0 = time.perf_counter()
   fn()
   first = time.perf_counter() - t0

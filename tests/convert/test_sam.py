@@ -91,25 +91,26 @@ def test_converted_dir_loads_without_torch(pth, tmp_path):
   assert res.stdout.strip() == "ok False"
 
 
-def test_missing_key_names_file_and_key(torch_sam, tmp_path):
-  sd = state_dict_numpy(torch_sam)
-  del sd["mask_decoder.transformer.layers.1.norm3.weight"]
+def _load_error(tmp_path, sd) -> str:
+  """Saves `sd`, loads it with load_sam, and returns the CheckpointError message (which must name the file)."""
   path = _save(tmp_path, sd)
   with pytest.raises(CheckpointError) as e:
     zipjax.load_sam(path)
-  msg = str(e.value)
-  assert path in msg
+  assert path in str(e.value)
+  return str(e.value)
+
+
+def test_missing_key_names_file_and_key(torch_sam, tmp_path):
+  sd = state_dict_numpy(torch_sam)
+  del sd["mask_decoder.transformer.layers.1.norm3.weight"]
+  msg = _load_error(tmp_path, sd)
   assert "missing key 'mask_decoder.transformer.layers.1.norm3.weight'" in msg
 
 
 def test_misshapen_key_names_expected_and_found(torch_sam, tmp_path):
   sd = state_dict_numpy(torch_sam)
   sd["image_encoder.blocks.2.mlp.lin2.weight"] = np.zeros((64, 200), np.float32)
-  path = _save(tmp_path, sd)
-  with pytest.raises(CheckpointError) as e:
-    zipjax.load_sam(path)
-  msg = str(e.value)
-  assert path in msg
+  msg = _load_error(tmp_path, sd)
   assert "key 'image_encoder.blocks.2.mlp.lin2.weight': expected shape (64, 256), found (64, 200)" in msg
 
 

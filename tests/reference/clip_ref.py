@@ -97,8 +97,8 @@ def surgery_encode(visual, x: torch.Tensor, surgery_depth: int = 6) -> torch.Ten
 
 
 @torch.no_grad()
-def resnet_stages(visual, x: torch.Tensor) -> list[torch.Tensor]:
-  """Outputs of the stem and of layer1..layer4 of OpenAI's ModifiedResNet, NCHW."""
+def resnet_stages(visual, x: torch.Tensor, last: int = 4) -> list[torch.Tensor]:
+  """Outputs of the stem and of layer1..layer`last` of OpenAI's ModifiedResNet, NCHW."""
   v = visual
   x = x.type(v.conv1.weight.dtype)
   x = v.relu1(v.bn1(v.conv1(x)))
@@ -106,7 +106,7 @@ def resnet_stages(visual, x: torch.Tensor) -> list[torch.Tensor]:
   x = v.relu3(v.bn3(v.conv3(x)))
   x = v.avgpool(x)
   outs = [x]
-  for layer in (v.layer1, v.layer2, v.layer3, v.layer4):
+  for layer in (v.layer1, v.layer2, v.layer3, v.layer4)[:last]:
     x = layer(x)
     outs.append(x)
   return outs

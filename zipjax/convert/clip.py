@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from zipjax.convert.core import CONV, DROP, IDENTITY, LINEAR, Rule, apply_rules, flax_path
+from zipjax.convert.core import CONV, DROP, IDENTITY, LINEAR, Rule, apply_rules, flatten, flax_path
 from zipjax.convert.store import save_converted
 from zipjax.errors import CheckpointError
 from zipjax.models.clip import CLIPConfig, variable_shapes
@@ -122,13 +122,6 @@ def convert_file(src, dst) -> tuple[str, str]:
   dst = save_converted(dst, "clip", config.to_dict(), variables, source=os.path.basename(os.fspath(src)))
   kind = f"ViT-{config.vision_width}w/{config.vision_patch_size}" if config.is_vit else \
       f"ModifiedResNet{list(config.vision_layers)} width {config.vision_width}"
-  n = sum(int(np.prod(v.shape)) for v in _leaves(variables))
+  n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
   return dst, f"CLIP {kind}, embed dim {config.embed_dim}, {n / 1e6:.1f}M values"
 
-
-def _leaves(tree):
-  for v in tree.values():
-    if isinstance(v, dict):
-      yield from _leaves(v)
-    else:
-      yield v

@@ -19,6 +19,20 @@ def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(hd) + mask) v, softmax in float32.
+
+  q: [B, Nq, H, hd], k/v: [B, N, H, hd] -> [B, Nq, H, hd].
+  """
+  hd = q.shape[-1]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)  # [B, H, Nq, N]
+  if mask is not None:
+    logits = logits + mask
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, Nq, H, hd]
+
+
 class MultiheadAttention(nn.Module):
   """torch.nn.MultiheadAttention (batch-first here) with its parameter names.
 
@@ -49,11 +63,7 @@ class MultiheadAttention(nn.Module):
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(hd) + mask) v, then out_proj. q: [B, Nq, H, hd], k/v: [B, N, H, hd] -> [B, Nq, D]."""
     b, nq, h, hd = q.shape
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)  # [B, H, Nq, N]
-    if mask is not None:
-      logits = logits + mask
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, Nq, H, hd]
+    out = dot_product_attention(q, k, v, mask)  # [B, Nq, H, hd]
     return self.out_proj(out.reshape(b, nq, h * hd))  # [B, Nq, D]
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:

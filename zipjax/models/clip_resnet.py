@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipjax.models.clip_layers import dot_product_attention
 from zipjax.ops.resize import resize_bilinear
 
 BN_EPS = 1e-5
@@ -95,9 +96,7 @@ class AttentionPool2d(nn.Module):
     q = q.reshape(b, 1, self.heads, hd)  # [B, 1, H, hd]
     k = k.reshape(b, -1, self.heads, hd)  # [B, 1 + HW, H, hd]
     v = v.reshape(b, -1, self.heads, hd)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (hd ** -0.5)  # [B, H, 1, 1 + HW]
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, c)  # [B, C]
+    out = dot_product_attention(q, k, v).reshape(b, c)  # [B, C]
     return nn.Dense(self.output_dim, dtype=self.dtype, name="c_proj")(out)
 
 
