@@ -13,6 +13,7 @@ COMMANDS = {
     "convert": "convert",
     "embed": "embed",
     "eval": "eval",
+    "gallery": "gallery",
     "segment": "segment",
 }
 

@@ -1,0 +1,569 @@
+"""`build_gallery(run_dir)`: a static HTML gallery of a zipjax output folder (segment, label, detect, a round).
+
+Inputs read: `run_dir/annotations.json` (required; indexed in one streaming pass, `zipjax.gallery.source`),
+`errors.json` and `run.json` (optional: a missing one is fine, an unreadable one is reported on the index page
+and on stderr, the build goes on), the images named by `file_name`, and with `gt` a COCO ground-truth file
+(indexed the same way). Overlays are not used.
+
+Work and memory:
+  * the whole run: one pass over each JSON file; per-class counts and score histograms from the compact
+    annotation table (numbers only);
+  * shown images (at most `max_images`; a larger run is sampled deterministically: the images whose file
+    names have the smallest SHA-1 hashes, kept in file order, so the choice does not depend on the order or
+    on the other images' presence): their annotation records are read back from the file, one chunk of images
+    at a time, rendered by a thread pool, and their pages written before the next chunk is read;
+  * thumbnails and display copies are cached by content (`zipjax.gallery.render` keys): a re-run renders only
+    what changed and rewrites no thumbnail; pages, the index and the static assets are rewritten only when
+    their bytes change; files of the output folder's `thumbs/`, `images/` and `pages/` that the new gallery
+    does not reference are removed.
+Every file is written atomically. Output layout: `index.html`, `static/{gallery.css,gallery.js}`,
+`pages/<image id>.html`, `thumbs/<key>.jpg`, `images/<key>.jpg`.
+
+Image paths: `file_name` as is when absolute; a relative one is looked up under `images_root` when given
+(only there), else under the root recorded by the run (`images_root` / `image_root` / `images_dir` /
+`image_dir` in annotations.json's `info` or in run.json, top level or its `info`; as given and relative to
+the run folder), then the current directory, the run folder and its parent; the first existing file wins.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import heapq
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zipjax.errors import InputError
+from zipjax.gallery import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_IMAGES, DEFAULT_THUMB_SIZE
+from zipjax.gallery import match as match_lib
+from zipjax.gallery import render, site
+from zipjax.gallery.source import CocoIndex
+from zipjax.io.atomic import atomic_write_bytes
+
+CHUNK = 64
+VERSION = f"v{render.RENDER_VERSION}"
+_ROOT_KEYS = ("images_root", "image_root", "images_dir", "image_dir")
+_GT_COLOURS = {"matched": (47, 191, 74), "miss": (229, 56, 59), "crowd": (154, 154, 154)}
+_PRUNE = {"thumbs": re.compile(r"^[0-9a-f]{32}\.jpg$"), "images": re.compile(r"^[0-9a-f]{32}\.jpg$"),
+          "pages": re.compile(r"^\d+\.html$")}
+_TMP = re.compile(r"^\..+\.tmp-")
+
+
+@dataclasses.dataclass
+class GalleryResult:
+  """What a build did.
+
+  Attributes:
+    index: absolute path of index.html.
+    url: its file:// URL.
+    shown: images with a page.
+    total: images in the run.
+    thumbs_rendered: thumbnails drawn by this build.
+    thumbs_reused: thumbnails found in the cache.
+    displays_rendered: display copies written by this build.
+    displays_reused: display copies found in the cache.
+    missing: shown images whose file was missing or unreadable.
+    seconds: wall time of the build.
+  """
+  index: str
+  url: str
+  shown: int
+  total: int
+  thumbs_rendered: int = 0
+  thumbs_reused: int = 0
+  displays_rendered: int = 0
+  displays_reused: int = 0
+  missing: int = 0
+  seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def find_annotations(run_dir: str) -> str:
+  """`run_dir/annotations.json`, or an InputError that names the output folders found below `run_dir`."""
+  if not os.path.isdir(run_dir):
+    raise InputError(f"{run_dir}: not a folder (expected a zipjax output folder holding annotations.json)")
+  path = os.path.join(run_dir, "annotations.json")
+  if os.path.isfile(path):
+    return path
+  below = sorted(str(p.parent) for pattern in ("*/annotations.json", "*/*/annotations.json")
+                 for p in Path(run_dir).glob(pattern))
+  hint = (f"; output folders below it: {', '.join(below[:6])}{' ...' if len(below) > 6 else ''} "
+          "(build one gallery per folder)") if below else ""
+  raise InputError(f"{run_dir}: no annotations.json (not a zipjax output folder){hint}")
+
+
+def read_json_optional(path: str, what: str):
+  """(object or None, problem or None) for an optional JSON file."""
+  if not os.path.exists(path):
+    return None, None
+  try:
+    with open(path, "rb") as f:
+      return json.load(f), None
+  except (OSError, ValueError) as e:
+    return None, f"{path}: cannot read {what} ({type(e).__name__}: {e})"
+
+
+def read_errors(run_dir: str) -> tuple[list, str | None]:
+  obj, problem = read_json_optional(os.path.join(run_dir, "errors.json"), "the list of skipped files")
+  if obj is None:
+    return [], problem
+  if not isinstance(obj, list):
+    return [], f"{os.path.join(run_dir, 'errors.json')}: expected a list of {{path, reason}}"
+  out, bad = [], 0
+  for e in obj:
+    if isinstance(e, dict) and "path" in e:
+      out.append({"path": str(e["path"]), "reason": str(e.get("reason", ""))})
+    else:
+      bad += 1
+  return out, (f"errors.json: {bad} entr{'y' if bad == 1 else 'ies'} without a path left out" if bad else None)
+
+
+def image_roots(run_dir: str, info: dict, run_info, images_root: str | None) -> list:
+  """Folders a relative `file_name` is looked up in, in order (see the module docstring)."""
+  if images_root:
+    if not os.path.isdir(images_root):
+      raise InputError(f"--images-root {images_root}: not a folder")
+    return [images_root]
+  roots = []
+  sources = [info]
+  if isinstance(run_info, dict):
+    sources += [run_info, run_info.get("info")]
+  for src in sources:
+    if not isinstance(src, dict):
+      continue
+    for key in _ROOT_KEYS:
+      v = src.get(key)
+      if isinstance(v, str) and v:
+        roots += [v] if os.path.isabs(v) else [v, os.path.join(run_dir, v)]
+  roots += [os.getcwd(), run_dir, os.path.dirname(os.path.abspath(run_dir))]
+  seen, out = set(), []
+  for r in roots:
+    a = os.path.abspath(r)
+    if a not in seen:
+      seen.add(a)
+      out.append(r)
+  return out
+
+
+def resolve_image(file_name: str | None, roots: list) -> tuple[str | None, str | None]:
+  """(path, why missing or None)."""
+  if not file_name:
+    return None, "the annotations give no file_name"
+  if os.path.isabs(file_name):
+    return file_name, None if os.path.isfile(file_name) else f"image missing: {file_name} not found"
+  for r in roots:
+    p = os.path.join(r, file_name)
+    if os.path.isfile(p):
+      return p, None
+  tried = ", ".join(os.path.abspath(r) for r in roots)
+  return (os.path.join(roots[0], file_name) if roots else file_name,
+          f"image missing: {file_name} not found (looked in {tried}; --images-root DIR sets the folder)")
+
+
+def sample_images(images: list, max_images: int | None) -> list:
+  """Positions of the images shown: all, or the `max_images` with the smallest SHA-1 of their file name (ties
+  by position), in file order."""
+  if max_images is None or len(images) <= max_images:
+    return list(range(len(images)))
+  keyed = ((hashlib.sha1(im["name"].encode("utf-8")).digest(), i) for i, im in enumerate(images))
+  return sorted(i for _, i in heapq.nsmallest(max_images, keyed))
+
+
+def gt_image_mapping(pred_images: list, gt_images: list) -> list:
+  """Per prediction image, the position of its ground-truth image or None: by file_name (exact, then an
+  unambiguous basename) when the prediction images have file names, else by id."""
+  by_file, by_base, ambiguous, by_id = {}, {}, set(), {}
+  for j, im in enumerate(gt_images):
+    by_id[im["id"]] = j
+    if im["file_name"]:
+      by_file.setdefault(im["file_name"], j)
+      base = os.path.basename(im["file_name"])
+      if base in by_base:
+        ambiguous.add(base)
+      by_base[base] = j
+  use_names = bool(by_file) and all(im["file_name"] for im in pred_images)
+  out = []
+  for im in pred_images:
+    if use_names:
+      name = im["file_name"]
+      base = os.path.basename(name)
+      out.append(by_file.get(name, by_base.get(base) if base not in ambiguous else None))
+    else:
+      out.append(by_id.get(im["id"]))
+  return out
+
+
+def write_if_changed(path: str, data: bytes) -> bool:
+  """Atomically writes `data` unless `path` already holds exactly it; True when written."""
+  try:
+    with open(path, "rb") as f:
+      if f.read() == data:
+        return False
+  except OSError:
+    pass
+  atomic_write_bytes(path, data)
+  return True
+
+
+def _static(name: str) -> bytes:
+  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", name), "rb") as f:
+    return f.read()
+
+
+# ------------------------------------------------------------------------------------------------ build
+class _Builder:
+  """One gallery build (see `build_gallery`).
+
+  Attributes:
+    run_dir, out: input and output folders.
+    index: the annotations' `CocoIndex`; gt: the ground truth's or None.
+    roots: image lookup folders.
+    names, colours, cat_pos: category id -> name, (r, g, b), position in the class table.
+    thumb_size, image_size: longer sides of thumbnails and display copies.
+    class_agnostic: ignore classes when matching to the ground truth.
+  """
+
+  def __init__(self, run_dir, out, index, gt, gt_map, roots, thumb_size, image_size, class_agnostic):
+    self.run_dir, self.out, self.index, self.gt, self.gt_map = run_dir, out, index, gt, gt_map
+    self.roots, self.thumb_size, self.image_size = roots, thumb_size, image_size
+    self.class_agnostic = class_agnostic
+    cats = index.categories
+    self.names = {c["id"]: c["name"] for c in cats}
+    self.colours = {c["id"]: render.class_colour(i) for i, c in enumerate(cats)}
+    self.cat_pos = {c["id"]: i for i, c in enumerate(cats)}
+    self.gt_names = {c["id"]: c["name"] for c in gt.categories} if gt else {}
+
+  def prepare(self, pos: int) -> dict:
+    """Main thread: reads the image's records (file access is sequential) and resolves its path."""
+    im = self.index.images[pos]
+    records, ann_hash = self.index.records(pos)
+    job = {"pos": pos, "image": im, "records": records, "ann_hash": ann_hash, "gt_pos": None, "gt_records": None}
+    job["path"], job["missing"] = resolve_image(im["file_name"], self.roots)
+    if self.gt is not None:
+      job["gt_pos"] = self.gt_map[pos]
+      if job["gt_pos"] is not None:
+        job["gt_records"], _ = self.gt.records(job["gt_pos"])
+    return job
+
+  def process(self, job: dict) -> dict:
+    """Worker thread: normalises the instances, renders what the cache lacks, matches to the ground truth."""
+    from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
+    im = job["image"]
+    w, h = im["width"], im["height"]
+    where = im["name"]
+    insts, problems = render.normalize_instances(job["records"], h, w, where)
+    res = {"job": job, "insts": insts, "problems": problems, "thumb_new": False, "display_new": False}
+    missing = job["missing"]
+    try:
+      stamp = render.image_stamp(job["path"], missing)
+    except OSError as e:
+      missing = f"image unreadable: {job['path']} ({e})"
+      stamp = render.image_stamp(job["path"], missing)
+    drawn = sorted({i.category_id for i in insts})
+    classes = [(self.names[c], render.hex_colour(self.colours[c])) for c in drawn]
+    tkey = render.thumb_key(stamp, job["ann_hash"], self.thumb_size, classes)
+    tpath = os.path.join(self.out, "thumbs", tkey + ".jpg")
+    dkey = None if missing else render.display_key(stamp, self.image_size)
+    dpath = os.path.join(self.out, "images", f"{dkey}.jpg") if dkey else None
+    need_thumb = not os.path.isfile(tpath)
+    need_display = dpath is not None and not os.path.isfile(dpath)
+    arr = None
+    if not missing and (need_thumb or need_display):
+      try:
+        arr = images_io.load_image(job["path"], min_side=1, max_side=1 << 20, max_aspect=float("inf"))
+      except InputError as e:
+        missing = f"image unreadable: {job['path']} ({e})"
+        dkey = dpath = None
+        need_display = False
+        stamp = render.image_stamp(job["path"], missing)
+        tkey = render.thumb_key(stamp, job["ann_hash"], self.thumb_size, classes)
+        tpath = os.path.join(self.out, "thumbs", tkey + ".jpg")
+        need_thumb = not os.path.isfile(tpath)
+    if need_thumb:
+      atomic_write_bytes(tpath, render.render_thumbnail(arr, w, h, insts, self.colours, self.names,
+                                                        self.thumb_size))
+      res["thumb_new"] = True
+    display = None
+    if dpath:
+      if need_display:
+        data, dw, dh = render.render_display(arr, self.image_size)
+        atomic_write_bytes(dpath, data)
+        res["display_new"] = True
+      else:
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+        with Image.open(dpath) as d:
+          dw, dh = d.size
+      display = {"key": dkey, "w": dw, "h": dh}
+    res.update(missing=missing, thumb=tkey, display=display)
+    if self.gt is not None and job["gt_pos"] is not None:
+      gim = self.gt.images[job["gt_pos"]]
+      gt_insts, gt_problems = render.normalize_instances(job["gt_records"], gim["height"], gim["width"],
+                                                         f"ground truth {gim['name']}")
+      problems += gt_problems
+      if (gim["height"], gim["width"]) != (h, w):
+        problems.append(f"{where}: the ground-truth image is {gim['width']}x{gim['height']}, the annotated one "
+                        f"{w}x{h}; not matched")
+        res["gt_insts"], res["match"] = gt_insts, None
+      else:
+        res["gt_insts"] = gt_insts
+        res["match"] = match_lib.match_image(insts, [self.names[i.category_id] for i in insts], gt_insts,
+                                             [self.gt_names.get(g.category_id, "") for g in gt_insts],
+                                             class_agnostic=self.class_agnostic)
+    return res
+
+  # ------------------------------------------------------------------------------------------ pages
+  def page(self, res: dict, position: int, total: int, prev_id, next_id) -> str:
+    job, insts = res["job"], res["insts"]
+    im = job["image"]
+    w, h = im["width"], im["height"]
+    display = res["display"]
+    canvas = (display["w"], display["h"]) if display else render.fit(w, h, min(self.image_size, 1024))
+    notes = list(res["problems"])
+    if res["missing"]:
+      notes.insert(0, res["missing"] + " (the instances are drawn on a blank canvas)")
+    elif display and render.fit(w, h, self.image_size) != (display["w"], display["h"]):
+      notes.insert(0, f"the image file's shape differs from the annotated {w}x{h}; masks are stretched to it")
+    meta = [f"{w} &times; {h} px", f"image id {im['id']}", f"{len(insts)} instance(s)"]
+    if job["path"] and not res["missing"]:
+      meta.append(f'<a href="{site.esc(Path(os.path.abspath(job["path"])).as_uri())}">original file</a> '
+                  f'({site.esc(job["path"])})')
+    match = res.get("match")
+    pred_rows, pred_data = [], []
+    for j, inst in enumerate(insts):
+      colour = render.hex_colour(render.class_colour(j))
+      name = self.names[inst.category_id]
+      row = {"k": j, "colour": colour, "name": name, "score": inst.score, "area": inst.area, "box": inst.bbox}
+      if match is not None:
+        st, g, iou = match.pred[j]
+        row["status"] = st
+        row["match"] = {"tp": f"TP: GT #{(g or 0) + 1} ({iou:.2f})", "fp": f"FP (best {iou:.2f})",
+                        "ignored": f"crowd region #{(g or 0) + 1} ({iou:.2f}), ignored"}[st]
+      elif self.gt is not None:
+        row["status"], row["match"] = "ignored", "not in the ground truth"
+      pred_rows.append(row)
+      label = name + (f" {inst.score:.2f}" if inst.score is not None else "")
+      pred_data.append({"k": j, "rle": inst.rle, "box": inst.bbox, "color": colour, "label": label})
+    gt_rows, gt_data, gt_summary = None, [], None
+    if self.gt is not None:
+      gt_rows = []
+      if job["gt_pos"] is None:
+        gt_summary = "This image is not in the ground truth."
+      elif match is None:
+        gt_summary = "The ground-truth image has another size; not matched."
+      else:
+        gt_summary = (f'Against the ground truth ({match.iou_type} IoU &ge; {match_lib.IOU_THRESHOLD}, greedy by '
+                      f'score): <span class="tp">{match.tp} true positive(s)</span>, <span class="miss">{match.fn}'
+                      f' miss(es)</span>, <span class="fp">{match.fp} false positive(s)</span>'
+                      + (f", {match.ignored} on crowd regions" if match.ignored else "") + ".")
+      for j, g in enumerate(res.get("gt_insts") or []):
+        st, p, iou = match.gt[j] if match is not None else ("crowd" if g.iscrowd else "miss", None, 0.0)
+        name = self.gt_names.get(g.category_id, f"category {g.category_id}")
+        gt_rows.append({"k": j, "colour": render.hex_colour(_GT_COLOURS[st]), "name": name, "score": None,
+                        "area": g.area, "box": g.bbox, "status": st,
+                        "match": {"matched": f"prediction #{(p or 0) + 1} ({iou:.2f})", "miss": "miss",
+                                  "crowd": "crowd region"}[st]})
+        gt_data.append({"k": j, "rle": g.rle, "box": g.bbox, "color": render.hex_colour(_GT_COLOURS[st]),
+                        "label": f"{name}" + (" (miss)" if st == "miss" else "")})
+    data = {"width": w, "height": h, "canvas": list(canvas), "pred": pred_data}
+    if gt_rows is not None:
+      data["gt"] = gt_data
+    ctx = {"title": im["name"], "position": position, "total": total,
+           "prev": f"{prev_id}.html" if prev_id is not None else None,
+           "next": f"{next_id}.html" if next_id is not None else None,
+           "meta": meta, "notes": notes, "width": w, "height": h, "canvas": canvas,
+           "display": {"src": f"../images/{display['key']}.jpg", "w": display["w"], "h": display["h"]}
+           if display else None, "missing": res["missing"], "pred": pred_rows, "gt": gt_rows,
+           "gt_summary": gt_summary, "data": data}
+    return site.page_html(ctx)
+
+  def figure(self, res: dict) -> dict:
+    job, im = res["job"], res["job"]["image"]
+    tw, th = render.fit(im["width"], im["height"], self.thumb_size)
+    m = res.get("match")
+    return {"id": im["id"], "name": im["name"], "page": f"pages/{im['id']}.html",
+            "thumb": f"thumbs/{res['thumb']}.jpg", "tw": tw, "th": th, "missing": bool(res["missing"]),
+            "inst": [(self.cat_pos[i.category_id], i.score) for i in res["insts"]],
+            "match": {"tp": m.tp, "fp": m.fp, "fn": m.fn, "ignored": m.ignored} if m is not None else None}
+
+
+def class_stats(index: CocoIndex) -> tuple[list, tuple]:
+  """Per class: count, images, mean score, score histogram; and the histogram range."""
+  t = index.table
+  cats = index.categories
+  ids = np.array([c["id"] for c in cats], np.int64)
+  order = np.argsort(ids)
+  pos = order[np.searchsorted(ids[order], t.category)] if len(t) else np.zeros(0, np.int64)  # [A]
+  n_cls = len(cats)
+  counts = np.bincount(pos, minlength=n_cls)
+  pairs = np.unique(t.image * max(n_cls, 1) + pos)
+  images = np.bincount(pairs % max(n_cls, 1), minlength=n_cls) if len(pairs) else np.zeros(n_cls, np.int64)
+  lo, hi = site.histogram_range(t.score)
+  out = []
+  for i, c in enumerate(cats):
+    s = t.score[pos == i]
+    fin = s[np.isfinite(s)]
+    out.append({"pos": i, "id": c["id"], "name": c["name"], "colour": render.hex_colour(render.class_colour(i)),
+                "count": int(counts[i]), "images": int(images[i]), "mean": float(fin.mean()) if fin.size else None,
+                "hist": site.histogram_counts(s, lo, hi)})
+  return out, (lo, hi)
+
+
+def _prune(out: str, keep: dict) -> int:
+  removed = 0
+  for sub, pattern in _PRUNE.items():
+    d = os.path.join(out, sub)
+    if not os.path.isdir(d):
+      continue
+    for name in os.listdir(d):
+      if (pattern.match(name) and name not in keep[sub]) or _TMP.match(name):
+        try:
+          os.unlink(os.path.join(d, name))
+          removed += 1
+        except OSError:
+          pass
+  return removed
+
+
+def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES, gt=None, images_root=None,
+                  class_agnostic: bool = False, thumb_size: int = DEFAULT_THUMB_SIZE,
+                  image_size: int = DEFAULT_IMAGE_SIZE, workers: int | None = None, progress=None) -> GalleryResult:
+  """Writes the gallery of the zipjax output folder `run_dir` into `out` (default `run_dir/gallery`).
+
+  Args:
+    run_dir: folder with annotations.json (+ errors.json, run.json).
+    out: output folder.
+    max_images: images with a page at most (None: all); a larger run is sampled by file-name hash.
+    gt: a COCO ground-truth file: ground truth drawn beside the predictions, per-image match counts.
+    images_root: folder that relative `file_name`s are under (else looked up, see the module docstring).
+    class_agnostic: match predictions to ground truth of any class.
+    thumb_size: longer side of thumbnails (px).
+    image_size: longer side of the display copies on the image pages (px).
+    workers: rendering threads (default min(4, CPUs)).
+    progress: optional callable(done, total) after each chunk.
+
+  Returns:
+    A `GalleryResult`.
+  """
+  t0 = time.perf_counter()
+  run_dir = os.fspath(run_dir)
+  if max_images is not None and max_images < 1:
+    raise InputError(f"--max-images must be >= 1, got {max_images}")
+  for name, v in (("--thumb-size", thumb_size), ("--image-size", image_size)):
+    if not 16 <= v <= 8192:
+      raise InputError(f"{name} must be between 16 and 8192 px, got {v}")
+  ann_path = find_annotations(run_dir)
+  out = os.path.abspath(os.fspath(out) if out else os.path.join(run_dir, "gallery"))
+  index = CocoIndex(ann_path)
+  gt_index = None
+  try:
+    if gt is not None:
+      gt_index = CocoIndex(os.fspath(gt))
+    return _build(run_dir, out, index, gt_index, max_images, images_root, class_agnostic, thumb_size,
+                  image_size, workers, progress, t0)
+  finally:
+    index.close()
+    if gt_index is not None:
+      gt_index.close()
+
+
+def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnostic, thumb_size, image_size,
+           workers, progress, t0) -> GalleryResult:
+  from zipjax.io.results import RANDOM_NOTE  # pylint: disable=import-outside-toplevel
+  run_info, run_problem = read_json_optional(os.path.join(run_dir, "run.json"), "the run record")
+  errors, errors_problem = read_errors(run_dir)
+  for p in (run_problem, errors_problem):
+    if p:
+      print(f"zipjax gallery: warning: {p}", file=sys.stderr)
+  roots = image_roots(run_dir, index.info, run_info, images_root)
+  images = index.images
+  shown = sample_images(images, max_images)
+  gt_map = gt_image_mapping(images, gt_index.images) if gt_index is not None else None
+  b = _Builder(run_dir, out, index, gt_index, gt_map, roots, thumb_size, image_size, class_agnostic)
+  for sub in ("thumbs", "images", "pages", "static"):
+    os.makedirs(os.path.join(out, sub), exist_ok=True)
+  write_if_changed(os.path.join(out, "static", "gallery.css"), _static("gallery.css"))
+  write_if_changed(os.path.join(out, "static", "gallery.js"), _static("gallery.js"))
+
+  result = GalleryResult(index=os.path.join(out, "index.html"), url=Path(out, "index.html").as_uri(),
+                         shown=len(shown), total=len(images))
+  figures, problems = [], list(index.problems) + ([f"ground truth: {p}" for p in gt_index.problems]
+                                                  if gt_index is not None else [])
+  if run_problem:
+    problems.append(run_problem)
+  keep = {"thumbs": set(), "images": set(), "pages": set()}
+  gt_tot = {"tp": 0, "fp": 0, "fn": 0, "ignored": 0, "images": 0, "unmatched": 0}
+  ids = [images[p]["id"] for p in shown]
+  n_workers = workers or min(4, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=n_workers) as pool:
+    for c0 in range(0, len(shown), CHUNK):
+      jobs = [b.prepare(p) for p in shown[c0:c0 + CHUNK]]
+      for k, res in enumerate(pool.map(b.process, jobs)):
+        n = c0 + k
+        page = b.page(res, n + 1, len(shown), ids[n - 1] if n else None, ids[n + 1] if n + 1 < len(ids) else None)
+        name = f"{res['job']['image']['id']}.html"
+        write_if_changed(os.path.join(out, "pages", name), page.encode("utf-8"))
+        keep["pages"].add(name)
+        keep["thumbs"].add(res["thumb"] + ".jpg")
+        if res["display"]:
+          keep["images"].add(res["display"]["key"] + ".jpg")
+        result.thumbs_rendered += res["thumb_new"]
+        result.thumbs_reused += not res["thumb_new"]
+        if res["display"]:
+          result.displays_rendered += res["display_new"]
+          result.displays_reused += not res["display_new"]
+        result.missing += bool(res["missing"])
+        problems.extend(res["problems"])
+        figures.append(b.figure(res))
+        if gt_index is not None:
+          m = res.get("match")
+          if m is None:
+            gt_tot["unmatched"] += res["job"]["gt_pos"] is None
+          else:
+            gt_tot["images"] += 1
+            for key in ("tp", "fp", "fn", "ignored"):
+              gt_tot[key] += getattr(m, key)
+      if progress:
+        progress(min(c0 + CHUNK, len(shown)), len(shown))
+
+  classes, hist_range = class_stats(index)
+  t = index.table
+  n_with = int(np.count_nonzero(np.diff(t.starts)))
+  summary = [f"{len(images)} image(s)", f"{n_with} with instances", f"{len(t)} instance(s)",
+             f"{len(classes)} class(es)", f"{len(errors)} skipped file(s)"]
+  info = index.info
+  if info.get("description"):
+    summary.insert(0, str(info["description"]) + (f" (preset {info['preset']})" if info.get("preset") else ""))
+  warnings = []
+  if info.get("random_init"):
+    warnings.append(str(info.get("note") or RANDOM_NOTE))
+  if result.missing:
+    warnings.append(f"{result.missing} of the shown images are missing or unreadable; their pages say which")
+  sampling = None
+  if len(shown) < len(images):
+    sampling = (f"Showing {len(shown)} of {len(images)} images: a deterministic sample (the file names with the "
+                f"smallest SHA-1 hashes; --max-images {max_images}). Class counts and histograms cover all "
+                f"{len(images)} images.")
+  gt_ctx = None
+  if gt_index is not None:
+    gt_ctx = dict(gt_tot, source=os.fspath(gt_index.path),
+                  rule=f"Rule: mask IoU >= {match_lib.IOU_THRESHOLD} (box IoU for outputs without masks), "
+                       "predictions taken in decreasing score each match the best unmatched ground truth of "
+                       + ("any class" if class_agnostic else "the same class name") + "; crowd regions ignored.")
+  ctx = {"title": f"zipjax gallery: {os.path.basename(os.path.abspath(run_dir))}",
+         "source": os.path.abspath(run_dir), "summary": summary, "warnings": warnings, "problems": problems,
+         "sampling": sampling, "classes": classes, "hist_range": hist_range, "gt": gt_ctx, "figures": figures,
+         "errors": errors, "errors_note": errors_problem, "version": VERSION}
+  write_if_changed(result.index, site.index_html(ctx).encode("utf-8"))
+  _prune(out, keep)
+  result.seconds = time.perf_counter() - t0
+  return result
+
+
+__all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "build_gallery", "find_annotations", "image_roots",
+           "resolve_image", "sample_images", "gt_image_mapping", "class_stats"]
