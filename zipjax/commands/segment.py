@@ -251,3 +251,5 @@ def _summary(names, writer, done, total, elapsed, setup, out_dir):
       print(f"  {e['path']}: {e['reason']}")
   print(f"outputs in {out_dir}: results.json, annotations.json, errors.json, run.json"
         f"{', overlays/' if os.path.isdir(os.path.join(out_dir, 'overlays')) else ''}")
+  from zipjax.gallery import gallery_hint  # pylint: disable=import-outside-toplevel
+  print(gallery_hint(out_dir))

@@ -47,6 +47,7 @@ from zipjax.gallery.source import CocoIndex
 from zipjax.io.atomic import atomic_write_bytes
 
 CHUNK = 64
+MIN_CANVAS = 800
 VERSION = f"v{render.RENDER_VERSION}"
 _ROOT_KEYS = ("images_root", "image_root", "images_dir", "image_dir")
 _GT_COLOURS = {"matched": (47, 191, 74), "miss": (229, 56, 59), "crowd": (154, 154, 154)}
@@ -323,7 +324,7 @@ class _Builder:
     im = job["image"]
     w, h = im["width"], im["height"]
     display = res["display"]
-    canvas = (display["w"], display["h"]) if display else render.fit(w, h, min(self.image_size, 1024))
+    canvas = canvas_size(w, h, display, self.image_size)
     notes = list(res["problems"])
     if res["missing"]:
       notes.insert(0, res["missing"] + " (the instances are drawn on a blank canvas)")
@@ -390,6 +391,15 @@ class _Builder:
             "thumb": f"thumbs/{res['thumb']}.jpg", "tw": tw, "th": th, "missing": bool(res["missing"]),
             "inst": [(self.cat_pos[i.category_id], i.score) for i in res["insts"]],
             "match": {"tp": m.tp, "fp": m.fp, "fn": m.fn, "ignored": m.ignored} if m is not None else None}
+
+
+def canvas_size(width: int, height: int, display: dict | None, image_size: int) -> tuple[int, int]:
+  """Pixel size of an image page's instance layers: the display copy's size (or the annotated size fitted to
+  `image_size`), enlarged so that the longer side is at least MIN_CANVAS (small images: masks drawn as crisp
+  blocks, labels legible)."""
+  cw, ch = (display["w"], display["h"]) if display else render.fit(width, height, image_size)
+  s = max(1.0, MIN_CANVAS / max(cw, ch))
+  return max(1, round(cw * s)), max(1, round(ch * s))
 
 
 def class_stats(index: CocoIndex) -> tuple[list, tuple]:

@@ -217,7 +217,8 @@ def page_html(ctx: dict) -> str:
                f'<button data-all="{key}" data-on="0">all off</button></p>\n</div>\n')
   out.append("</div>\n")
   for key, label, rows in sets:
-    out.append(_instance_table(key, label, rows, ctx["gt"] is not None))
+    out.append(_instance_table(key, "instances" if key == "pred" else "ground-truth instances", rows,
+                               ctx["gt"] is not None))
   out.append(f'<script type="application/json" id="page-data">{script_json(ctx["data"])}</script>\n')
   out.append('<script src="../static/gallery.js"></script>\n</body>\n</html>\n')
   return "".join(out)
@@ -226,13 +227,14 @@ def page_html(ctx: dict) -> str:
 def _stage(key: str, ctx: dict) -> str:
   cw, ch = ctx["canvas"]
   style = f"aspect-ratio: {cw} / {ch}; max-width: {cw}px"
+  up = ' upscaled' if ctx["display"] and ctx["display"]["w"] < cw else ""
   inner = ""
   if ctx["display"]:
     d = ctx["display"]
     inner = f'<img src="{esc(d["src"])}" width="{d["w"]}" height="{d["h"]}" alt="">'
   else:
     inner = f'<div class="missing">{esc(ctx["missing"] or "image missing")}</div>'
-  return f'<div class="stage" id="stage-{key}" style="{style}">{inner}</div>\n'
+  return f'<div class="stage{up}" id="stage-{key}" style="{style}">{inner}</div>\n'
 
 
 def _instance_table(key: str, label: str, rows: list, with_gt: bool) -> str:

@@ -177,7 +177,7 @@
     var lw = Math.max(2, Math.round(cw / 500));
     ctx.lineWidth = lw; ctx.strokeStyle = inst.color;
     ctx.strokeRect(x0 + lw / 2, y0 + lw / 2, Math.max(0, bw - lw), Math.max(0, bh - lw));
-    var fs = Math.max(12, Math.round(cw / 70));
+    var fs = Math.max(14, Math.round(cw / 55));
     ctx.font = fs + "px sans-serif";
     var tw = ctx.measureText(inst.label).width + 6;
     ctx.fillStyle = inst.color; ctx.fillRect(x0, y0, tw, fs + 4);
@@ -222,6 +222,7 @@
     document.body.dataset.ready = "1";
   }
 
+  window.zipjaxGallery = {rleRuns: rleRuns, decodeMask: decodeMask};  // for tests
   if (document.body.classList.contains("index")) initIndex();
   else if (document.body.classList.contains("page")) initPage();
 })();
