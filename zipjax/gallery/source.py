@@ -105,10 +105,11 @@ class _Scanner:
           break
       except json.JSONDecodeError as e:
         # more data can only help when the value ran into the end of the buffer
-        at_end = e.pos >= len(self.buf) - 8 or e.msg.startswith("Unterminated")
-        if self.eof or not at_end:
+        unterminated = e.msg.startswith("Unterminated")
+        if self.eof or not (unterminated or e.pos >= len(self.buf) - 8):
+          truncated = self.eof and (unterminated or e.pos >= len(self.buf.rstrip()))
           self.pos = max(self.pos, min(e.pos, len(self.buf)))
-          raise self.error("the file ends in the middle of a value (truncated?)" if at_end else e.msg) from None
+          raise self.error("the file ends in the middle of a value (truncated?)" if truncated else e.msg) from None
       if not self._fill():
         continue  # eof now set: one last attempt with what there is
       grow += 1
@@ -359,18 +360,16 @@ class CocoIndex:
     return out
 
   def records(self, i: int) -> tuple[list, str]:
-    """`(records, content_hash)` of image position `i`: parsed annotation dicts and a sha1 of their bytes."""
-    raws = self.raw_records(i)
-    h = hashlib.sha1()
+    """`(records, content_hash)` of image position `i`: the parsed annotation dicts (file order) and a sha1 of
+    their canonical JSON (sorted keys, no spaces), so re-indenting the file does not change it."""
     out = []
-    for raw in raws:
-      h.update(len(raw).to_bytes(8, "little"))
-      h.update(raw)
+    for raw in self.raw_records(i):
       try:
         out.append(json.loads(raw.decode("utf-8")))
       except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{self.path}: the file changed while the gallery was reading it ({e})") from None
-    return out, h.hexdigest()
+    canon = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return out, hashlib.sha1(canon.encode("utf-8")).hexdigest()
 
   def close(self) -> None:
     self._f.close()
