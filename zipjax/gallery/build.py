@@ -16,7 +16,8 @@ Work and memory:
     what changed and rewrites no thumbnail; pages, the index and the static assets are rewritten only when
     their bytes change; files of the output folder's `thumbs/`, `images/` and `pages/` that the new gallery
     does not reference are removed.
-Every file is written atomically. Output layout: `index.html`, `static/{gallery.css,gallery.js}`,
+Every file is written atomically (`zipjax.io.atomic`; the files of a chunk of images together, with one sync).
+Output layout: `index.html`, `static/{gallery.css,gallery.js}`,
 `pages/<image id>.html`, `thumbs/<key>.jpg`, `images/<key>.jpg`.
 
 Image paths: `file_name` as is when absolute; a relative one is looked up under `images_root` when given
@@ -44,7 +45,7 @@ from zipjax.gallery import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_IMAGES, DEFAULT_THUMB
 from zipjax.gallery import match as match_lib
 from zipjax.gallery import render, site
 from zipjax.gallery.source import CocoIndex
-from zipjax.io.atomic import atomic_write_bytes
+from zipjax.io.atomic import atomic_write_bytes, atomic_write_many
 
 CHUNK = 64
 MIN_CANVAS = 800
@@ -200,14 +201,21 @@ def gt_image_mapping(pred_images: list, gt_images: list) -> list:
   return out
 
 
+def unchanged(path: str, data: bytes) -> bool:
+  """True when `path` already holds exactly `data`."""
+  try:
+    if os.path.getsize(path) != len(data):
+      return False
+    with open(path, "rb") as f:
+      return f.read() == data
+  except OSError:
+    return False
+
+
 def write_if_changed(path: str, data: bytes) -> bool:
   """Atomically writes `data` unless `path` already holds exactly it; True when written."""
-  try:
-    with open(path, "rb") as f:
-      if f.read() == data:
-        return False
-  except OSError:
-    pass
+  if unchanged(path, data):
+    return False
   atomic_write_bytes(path, data)
   return True
 
@@ -259,7 +267,8 @@ class _Builder:
     w, h = im["width"], im["height"]
     where = im["name"]
     insts, problems = render.normalize_instances(job["records"], h, w, where)
-    res = {"job": job, "insts": insts, "problems": problems, "thumb_new": False, "display_new": False}
+    res = {"job": job, "insts": insts, "problems": problems, "thumb_new": False, "display_new": False,
+           "files": []}
     missing = job["missing"]
     try:
       stamp = render.image_stamp(job["path"], missing)
@@ -287,14 +296,14 @@ class _Builder:
         tpath = os.path.join(self.out, "thumbs", tkey + ".jpg")
         need_thumb = not os.path.isfile(tpath)
     if need_thumb:
-      atomic_write_bytes(tpath, render.render_thumbnail(arr, w, h, insts, self.colours, self.names,
-                                                        self.thumb_size))
+      res["files"].append((tpath, render.render_thumbnail(arr, w, h, insts, self.colours, self.names,
+                                                          self.thumb_size)))
       res["thumb_new"] = True
     display = None
     if dpath:
       if need_display:
         data, dw, dh = render.render_display(arr, self.image_size)
-        atomic_write_bytes(dpath, data)
+        res["files"].append((dpath, data))
         res["display_new"] = True
       else:
         from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -513,11 +522,15 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
   with concurrent.futures.ThreadPoolExecutor(max_workers=n_workers) as pool:
     for c0 in range(0, len(shown), CHUNK):
       jobs = [b.prepare(p) for p in shown[c0:c0 + CHUNK]]
+      batch = []  # this chunk's new files, written together (one sync)
       for k, res in enumerate(pool.map(b.process, jobs)):
         n = c0 + k
         page = b.page(res, n + 1, len(shown), ids[n - 1] if n else None, ids[n + 1] if n + 1 < len(ids) else None)
         name = f"{res['job']['image']['id']}.html"
-        write_if_changed(os.path.join(out, "pages", name), page.encode("utf-8"))
+        batch.extend(res.pop("files"))
+        page_path, page_bytes = os.path.join(out, "pages", name), page.encode("utf-8")
+        if not unchanged(page_path, page_bytes):
+          batch.append((page_path, page_bytes))
         keep["pages"].add(name)
         keep["thumbs"].add(res["thumb"] + ".jpg")
         if res["display"]:
@@ -538,6 +551,7 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
             gt_tot["images"] += 1
             for key in ("tp", "fp", "fn", "ignored"):
               gt_tot[key] += getattr(m, key)
+      atomic_write_many(batch)
       if progress:
         progress(min(c0 + CHUNK, len(shown)), len(shown))
 
