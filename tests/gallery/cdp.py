@@ -170,10 +170,14 @@ class Browser:
         raise BrowserError(f"timed out waiting for {expression!r}")
       time.sleep(0.05)
 
-  def wait_for_images(self) -> None:
-    """Waits until every visible <img> has loaded (or failed)."""
-    self.eval("Promise.all(Array.from(document.images).filter(i => i.offsetParent !== null && !i.complete)"
-              ".map(i => new Promise(r => { i.onload = i.onerror = r; })))", await_promise=True)
+  def wait_for_images(self, timeout_ms: int = 10000) -> None:
+    """Waits until every <img> shown in the viewport has loaded or failed (lazy images further down the page
+    are not requested, so they are not waited for)."""
+    self.eval("Promise.race([new Promise(r => setTimeout(r, %d)), Promise.all(Array.from(document.images)"
+              ".filter(i => { const b = i.getBoundingClientRect(); return i.offsetParent !== null && !i.complete"
+              " && b.bottom > 0 && b.top < innerHeight && b.right > 0 && b.left < innerWidth; })"
+              ".map(i => new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))])"
+              % timeout_ms, await_promise=True)
 
   def rect(self, selector: str) -> dict:
     """The element's bounding box in CSS px of the viewport: {x, y, width, height}."""
