@@ -9,8 +9,8 @@ Run from the repository root:
 
 Inputs are synthetic (tests/gallery/synth.py): small noisy RGB PNGs with 0-4 elliptical instances each, an
 annotations.json as `zipjax segment` writes it, errors.json and run.json. Every build runs in a fresh
-subprocess (`python -c ... build_gallery(...)`), so the peak RSS column is that build's process (the baseline
-row is the same process importing zipjax and building nothing); times are the build's own wall time, without
+subprocess (`python -c ... build_gallery(...)`), so the peak RSS column (VmHWM) is that build's process (the
+baseline row is the same process importing zipjax and building nothing); times are the build's own wall time, without
 the interpreter start. The rebuild row re-runs the same command on the same output folder: thumbnails and
 display copies are found in the cache, pages are compared and not rewritten. Baseline for the ratio = the
 first build.
@@ -41,7 +41,13 @@ args = json.loads(sys.argv[1])
 t = time.perf_counter()
 res = build_gallery(**args) if args else None
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+def hwm_mb():  # peak RSS of this process image (ru_maxrss would include the forking parent's, Linux keeps it)
+  try:
+    with open("/proc/self/status") as f:
+      return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+  except (OSError, StopIteration):
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": dt, "rss_mb": hwm_mb(),
                   "rendered": res.thumbs_rendered if res else 0, "reused": res.thumbs_reused if res else 0,
                   "shown": res.shown if res else 0, "total": res.total if res else 0}))
 """
