@@ -182,7 +182,8 @@ class Browser:
   def rect(self, selector: str) -> dict:
     """The element's bounding box in CSS px of the viewport: {x, y, width, height}."""
     r = self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null; "
-                  "const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
+                  "const r = e.getBoundingClientRect(); "
+                  "return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
     if r is None:
       raise BrowserError(f"no element matches {selector!r}")
     return r

@@ -4,7 +4,6 @@ the pages equal the annotations, ground-truth match counts equal a dense NumPy c
 where the masks are, reused on re-runs (files untouched), deterministic sampling, work bounded by the images
 shown, clear errors, kill-safety."""
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,7 +22,6 @@ from tests.gallery import synth
 from tests.gallery.dom import parse
 from tests.gallery.test_match import reference
 from zipjax.errors import InputError
-from zipjax.gallery import build as build_mod
 from zipjax.gallery import render
 from zipjax.gallery.build import build_gallery, resolve_image, sample_images
 from zipjax.gallery.source import CocoIndex

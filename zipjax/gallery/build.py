@@ -393,7 +393,7 @@ class _Builder:
     return site.page_html(ctx)
 
   def figure(self, res: dict) -> dict:
-    job, im = res["job"], res["job"]["image"]
+    im = res["job"]["image"]
     tw, th = render.fit(im["width"], im["height"], self.thumb_size)
     m = res.get("match")
     return {"id": im["id"], "name": im["name"], "page": f"pages/{im['id']}.html",

@@ -321,7 +321,7 @@ class CocoIndex:
 
     def col(name, dtype, shape=()):
       a = np.frombuffer(cols[name], dtype) if len(cols[name]) else np.zeros(0, dtype)
-      a = a.reshape((-1,) + shape)[known]
+      a = a.reshape((-1,) + shape)[known]  # [A'] or [A', 4]
       return np.ascontiguousarray(a[order])
 
     cats = col("category", np.int64)

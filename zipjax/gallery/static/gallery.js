@@ -52,7 +52,9 @@
     var sorters = {
       file: function (a, b) { return a.pos - b.pos; },
       n: function (a, b) { return b.n - a.n || a.pos - b.pos; },
-      maxdesc: function (a, b) { return (b.max === null ? -1 : b.max) - (a.max === null ? -1 : a.max) || a.pos - b.pos; },
+      maxdesc: function (a, b) {
+        return (b.max === null ? -1 : b.max) - (a.max === null ? -1 : a.max) || a.pos - b.pos;
+      },
       maxasc: function (a, b) { return (a.max === null ? 2 : a.max) - (b.max === null ? 2 : b.max) || a.pos - b.pos; },
       fp: function (a, b) { return b.fp - a.fp || a.pos - b.pos; },
       fn: function (a, b) { return b.fn - a.fn || a.pos - b.pos; }
@@ -148,7 +150,9 @@
     return maskBuf;
   }
 
-  function hexRgb(h) { return [parseInt(h.substr(1, 2), 16), parseInt(h.substr(3, 2), 16), parseInt(h.substr(5, 2), 16)]; }
+  function hexRgb(h) {
+    return [parseInt(h.substr(1, 2), 16), parseInt(h.substr(3, 2), 16), parseInt(h.substr(5, 2), 16)];
+  }
 
   /* Draws one instance (mask at alpha 0.45, box, label) on its own canvas layer; records the drawn extent. */
   function drawInstance(cv, inst, W, H) {
@@ -200,7 +204,9 @@
         drawInstance(cv, inst, data.width, data.height);
       });
     });
-    function layer(set, k) { return document.querySelector("canvas.layer[data-set='" + set + "'][data-k='" + k + "']"); }
+    function layer(set, k) {
+      return document.querySelector("canvas.layer[data-set='" + set + "'][data-k='" + k + "']");
+    }
     document.querySelectorAll("input.toggle").forEach(function (t) {
       t.addEventListener("change", function () {
         var cv = layer(t.dataset.set, t.dataset.k);
@@ -210,13 +216,15 @@
     document.querySelectorAll("button[data-all]").forEach(function (b) {
       b.addEventListener("click", function () {
         document.querySelectorAll("input.toggle[data-set='" + b.dataset.all + "']").forEach(function (t) {
-          if (t.checked !== (b.dataset.on === "1")) { t.checked = b.dataset.on === "1"; t.dispatchEvent(new Event("change")); }
+          var on = b.dataset.on === "1";
+          if (t.checked !== on) { t.checked = on; t.dispatchEvent(new Event("change")); }
         });
       });
     });
     document.addEventListener("keydown", function (e) {
       if (e.target.tagName === "INPUT") return;
-      var a = document.querySelector(e.key === "ArrowLeft" ? "a[rel=prev]" : e.key === "ArrowRight" ? "a[rel=next]" : null);
+      var sel = {ArrowLeft: "a[rel=prev]", ArrowRight: "a[rel=next]"}[e.key];
+      var a = sel ? document.querySelector(sel) : null;
       if (a) location.href = a.href;
     });
     document.body.dataset.ready = "1";
