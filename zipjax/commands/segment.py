@@ -4,6 +4,8 @@ INPUT: image files or folders (their image files, sorted). Writes DIR/results.js
 DIR/annotations.json (a COCO dataset with scores; `zipjax eval --pred` accepts it), DIR/overlays/*.png,
 DIR/errors.json (files that were skipped, with the reason; the run goes on) and DIR/run.json (config, timings),
 every file atomically and after every batch, so a killed run leaves complete files of the images done so far.
+Exit status: 0 when at least one image was segmented, 1 when none could be, 2 on a usage or input error, 130
+when interrupted.
 
 Configuration: `--preset reference|zip` (default zip) or `--config FILE` (a configs/*.py file with
 get_config()), then `--config.KEY=VALUE` overrides (e.g. `--config.scoring.nms_threshold=0.6`).
@@ -216,6 +218,9 @@ def run(args) -> int:
               "seconds": {"total": elapsed, "setup": t_ready - t_start, **seg.timings}}
   atomic_write_json(os.path.join(args.out, "run.json"), run_info)
   _summary(names, writer, done, len(paths), elapsed, t_ready - t_start, args.out)
+  if not done:
+    print("zipjax segment: no image could be segmented (see errors.json)", file=sys.stderr)
+    return 1
   return 0
 
 
