@@ -136,7 +136,8 @@ def resolve_config(args):
       config.models[field].checkpoint = getattr(args, flag)
   if args.no_overlays:
     config.output.overlays = False
-  return config
+  from zipjax.config_check import check_config  # pylint: disable=import-outside-toplevel
+  return check_config(config)
 
 
 # ------------------------------------------------------------------------------------------------- run
