@@ -37,3 +37,27 @@ def test_nothing_segmented_exits_1(tmp_path, cache, monkeypatch, capsys):
   assert "no image could be segmented" in capsys.readouterr().err
   errors = json.loads((tmp_path / "out" / "errors.json").read_text())
   assert sorted(os.path.basename(e["path"]) for e in errors) == ["bad.png", "missing.png"]
+
+
+@pytest.mark.parametrize("name,content,msg", [
+    ("config.yaml", "batch_size: 2\n", "not a Python config file"),
+    ("config.json", '{"batch_size": 2}', "not a Python config file"),
+    ("noget.py", "x = 1\n", "defines no get_config()"),
+    ("syntax.py", "def get_config(:\n", "fails to run (SyntaxError"),
+    ("binary.py", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "fails to run"),
+    ("dict.py", "def get_config():\n  return {'batch_size': 2}\n", "returned a dict"),
+    ("folder.py", None, "not a regular file"),
+])
+def test_bad_config_file_is_one_line_exit_2(tmp_path, capsys, name, content, msg):
+  path = tmp_path / name
+  if content is None:
+    path.mkdir()
+  elif isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    path.write_text(content)
+  rc = cli.main(["segment", ORANGES, "--classes", "orange", "--random-init", "--config", str(path), "--out",
+                 str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert rc == 2, err
+  assert err.startswith(f"zipjax segment: error: --config {path}: ") and msg in err and "Traceback" not in err

@@ -49,16 +49,40 @@ def add_parser(sub):
 
 # ------------------------------------------------------------------------------------------------- config
 def load_config_file(path: str):
-  """`get_config()` of a Python config file."""
+  """`get_config()` of a Python config file (a `.py` file defining `get_config()` -> ml_collections.ConfigDict).
+
+  Raises:
+    InputError: the file is missing, not a regular `.py` file, fails to run, has no `get_config()`, or that
+      returns something other than a ConfigDict.
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  where = f"--config {path}"
+  if not os.path.exists(path):
+    raise InputError(f"{where}: file not found")
   if not os.path.isfile(path):
-    raise InputError(f"--config {path}: file not found")
+    raise InputError(f"{where}: not a regular file")
+  if not path.endswith(".py"):
+    raise InputError(f"{where}: not a Python config file (expected a .py file that defines get_config(), "
+                     "e.g. configs/smoke.py; or use --preset)")
   spec = importlib.util.spec_from_file_location(f"_zipjax_config_{abs(hash(path))}", path)
+  if spec is None or spec.loader is None:
+    raise InputError(f"{where}: cannot be loaded as a Python module")
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    return module.get_config()
   except Exception as e:  # pylint: disable=broad-except
-    raise InputError(f"--config {path}: cannot load get_config() ({type(e).__name__}: {e})") from e
+    raise InputError(f"{where}: the file fails to run ({type(e).__name__}: {e})") from e
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise InputError(f"{where}: defines no get_config() function")
+  try:
+    config = get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"{where}: get_config() failed ({type(e).__name__}: {e})") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise InputError(f"{where}: get_config() returned a {type(config).__name__}, expected an "
+                     "ml_collections.ConfigDict")
+  return config
 
 
 def _convert(old, text: str, key: str):
