@@ -188,6 +188,7 @@ def run(args) -> int:
 
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
   from zipjax.io.atomic import atomic_write_json  # pylint: disable=import-outside-toplevel
+  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
   from zipjax.io.results import RANDOM_NOTE, ResultWriter  # pylint: disable=import-outside-toplevel
   from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
 
@@ -203,6 +204,7 @@ def run(args) -> int:
   else:
     names = images_io.parse_class_names(args.classes)
   paths = images_io.find_images(args.inputs)
+  check_output_dir(args.out, "--out")  # before any model is loaded
 
   if args.random_init:
     print(f"NOTE: {RANDOM_NOTE}", file=sys.stderr)
