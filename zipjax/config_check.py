@@ -93,7 +93,8 @@ def Int(lo: int | None = None, hi: int | None = None) -> Rule:  # pylint: disabl
   return Rule("int", lo, hi)
 
 
-def Float(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Rule:  # pylint: disable=invalid-name
+def Float(lo: float | None = None, hi: float | None = None,  # pylint: disable=invalid-name
+          lo_open: bool = False) -> Rule:
   return Rule("float", lo, hi, lo_open)
 
 

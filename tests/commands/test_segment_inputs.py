@@ -61,3 +61,35 @@ def test_bad_config_file_is_one_line_exit_2(tmp_path, capsys, name, content, msg
   err = capsys.readouterr().err
   assert rc == 2, err
   assert err.startswith(f"zipjax segment: error: --config {path}: ") and msg in err and "Traceback" not in err
+
+
+def test_refused_entries_listed_and_duplicates_processed_once(tmp_path, cache, monkeypatch):
+  """A folder with a good image, a broken link, a folder named *.jpg and a FIFO, plus the same good image given
+  again directly: one image segmented, the four others in errors.json with their reasons, exit 0."""
+  import signal  # pylint: disable=import-outside-toplevel
+  d = tmp_path / "in"
+  d.mkdir()
+  Image.open(ORANGES).convert("RGB").resize((96, 72)).save(d / "a.png")
+  os.symlink(d / "gone.png", d / "b.jpg")
+  (d / "c.jpg").mkdir()
+  os.mkfifo(d / "d.png")
+
+  def alarm(*_):
+    raise TimeoutError("segment blocked (a FIFO was opened)")
+  old = signal.signal(signal.SIGALRM, alarm)
+  signal.alarm(120)
+  try:
+    rc = _segment([d, d / "a.png"], tmp_path / "out", cache_dir=cache, monkeypatch=monkeypatch)
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+  assert rc == 0
+  out = tmp_path / "out"
+  errors = {os.path.basename(e["path"]): e["reason"] for e in json.loads((out / "errors.json").read_text())}
+  assert set(errors) == {"a.png", "b.jpg", "c.jpg", "d.png"}
+  assert errors["a.png"].startswith("duplicate") and "broken symbolic link" in errors["b.jpg"]
+  assert "directory" in errors["c.jpg"] and "FIFO" in errors["d.png"]
+  images = json.loads((out / "annotations.json").read_text())["images"]
+  assert [os.path.basename(i["file_name"]) for i in images] == ["a.png"]
+  run = json.loads((out / "run.json").read_text())
+  assert (run["images"], run["segmented"], run["skipped"]) == (5, 1, 4)

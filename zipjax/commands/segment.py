@@ -203,7 +203,7 @@ def run(args) -> int:
     names = images_io.parse_class_names(file_lines=lines)
   else:
     names = images_io.parse_class_names(args.classes)
-  paths = images_io.find_images(args.inputs)
+  paths, refused = images_io.scan_inputs(args.inputs)  # refused: missing, broken links, FIFOs, duplicates...
   check_output_dir(args.out, "--out")  # before any model is loaded
 
   if args.random_init:
@@ -217,6 +217,9 @@ def run(args) -> int:
   if args.random_init:
     info["note"] = RANDOM_NOTE
   writer = ResultWriter(args.out, names, info)
+  for entry in refused:
+    writer.add_error(entry["path"], entry["reason"])
+  writer.flush()  # errors.json lists the refused entries even when nothing is left to decode
   lim = config.input
   bs = int(config.batch_size)
   done = 0
@@ -240,11 +243,11 @@ def run(args) -> int:
       writer.flush()
       bar.update(len(paths[s:s + bs]))
   elapsed = time.perf_counter() - t_start
-  run_info = {"info": info, "config": config.to_dict(), "images": len(paths), "segmented": done,
+  run_info = {"info": info, "config": config.to_dict(), "images": len(paths) + len(refused), "segmented": done,
               "skipped": len(writer.errors), "instances": len(writer.results),
               "seconds": {"total": elapsed, "setup": t_ready - t_start, **seg.timings}}
   atomic_write_json(os.path.join(args.out, "run.json"), run_info)
-  _summary(names, writer, done, len(paths), elapsed, t_ready - t_start, args.out)
+  _summary(names, writer, done, len(paths) + len(refused), elapsed, t_ready - t_start, args.out)
   if not done:
     print("zipjax segment: no image could be segmented (see errors.json)", file=sys.stderr)
     return 1
