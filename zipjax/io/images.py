@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zipjax.errors import InputError
+from zipjax.io.paths import display, is_utf8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -109,7 +110,7 @@ def scan_inputs(inputs) -> tuple[list[str], list[dict]]:
   paths, refused = [], []
   for path, problem, duplicate_of in _candidates(inputs):
     if duplicate_of is not None:
-      refused.append({"path": path, "reason": f"duplicate: the same file as input {duplicate_of!r} "
+      refused.append({"path": path, "reason": f"duplicate: the same file as input '{display(duplicate_of)}' "
                                               "(processed once)"})
     elif problem is not None:
       refused.append({"path": path, "reason": problem})
@@ -223,6 +224,8 @@ def parse_class_names(text: str | None = None, file_lines: list[str] | None = No
   for i, n in enumerate(names):
     if not n:
       raise InputError(f"{where}: class name {i + 1} is empty (got {raw!r})")
+    if not is_utf8(n):
+      raise InputError(f"{where}: class name {i + 1} ({display(n)}) is not valid UTF-8 text")
     key = n.casefold()
     if key in seen:
       raise InputError(f"{where}: duplicate class name {n!r} (names {seen[key] + 1} and {i + 1}, "
