@@ -137,3 +137,30 @@ def test_non_utf8_names_printed_and_stored_as_strict_utf8(mixed_run):
   assert [os.path.basename(i["file_name"]) for i in images] == ["a.png", "caf\\xe9.png"]
   assert "file_name_escaped" not in images[0] and images[1]["file_name_escaped"] is True
   assert path_bytes(images[1]["file_name"], True) == os.path.join(dirb, b"caf\xe9.png")
+
+
+def test_long_class_name_warns_and_new_classes_are_appended(tmp_path, monkeypatch):
+  """A class name longer than CLIP's 77-token context warns (it used to be cut off silently); a changed
+  vocabulary appends its new class to the text-feature cache file."""
+  from zipjax.commands.segment import load_config_file  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.semantic import PromptTruncationWarning  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("ZIPJAX_CACHE", str(tmp_path))
+  config = load_config_file(SMOKE)
+  config.sam.enabled = False
+  seg = build_segmenter(config, random_init=True)
+  long = "very " * 80 + "long name"
+  with pytest.warns(PromptTruncationWarning, match=r"'very very .*\.\.\.' is too long for the text encoder: 85 of"):
+    seg.set_classes(["cat", long])
+  path = seg.text_cache.path
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read()
+  import warnings  # pylint: disable=import-outside-toplevel
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", PromptTruncationWarning)
+    seg.set_classes(["cat", "dog"])
+  dim = seg.text.shape[1]
+  assert os.path.getsize(path) == size + 12 + len("dog") + 4 * dim
+  with open(path, "rb") as f:
+    assert f.read(size) == head
