@@ -4,7 +4,6 @@ import multiprocessing
 import os
 
 import numpy as np
-import pytest
 
 from zipjax.io.text_cache import MAGIC, TextFeatureCache, encode_record, parse_records, prompt_templates
 from zipjax.models.tokenizer import get_tokenizer
