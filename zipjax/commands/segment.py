@@ -282,7 +282,7 @@ def _summary(names, writer, done, total, elapsed, setup, out_dir):
     print(f"  {n}: {c}")
   if writer.errors:
     print(f"{len(writer.errors)} file(s) skipped, see {os.path.join(out_dir, 'errors.json')}:")
-    for e in writer.errors[:5]:  # names are stored printable (zipjax/io/paths.py)
+    for e in writer.errors[:5]:
       print(f"  {e['path']}: {e['reason']}")
   print(f"outputs in {out_dir}: results.json, annotations.json, errors.json, run.json"
         f"{', overlays/' if os.path.isdir(os.path.join(out_dir, 'overlays')) else ''}")

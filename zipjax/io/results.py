@@ -6,10 +6,10 @@
 - `annotations.json`: `{info, images, annotations (with score, area, iscrowd 0), categories}`; loadable by
   pycocotools' `COCO()` and accepted by `zipjax eval --pred`.
 - `errors.json`: `[{path, reason}]` for every input that was skipped.
-File names that are not valid UTF-8 are stored with their bad bytes escaped as `\\xNN` and a flag
-(`path_escaped` / `file_name_escaped`: true), see `zipjax/io/paths.py`.
 - `overlays/<index>_<stem>.png`: masks, boxes, class names and scores drawn on the image.
-Random-weight runs are marked: `info.random_init` / `info.note`, and a banner on every overlay.
+Random-weight runs are marked: `info.random_init` / `info.note`, and a banner on every overlay. File names
+that are not valid UTF-8 are stored with their bad bytes escaped as `\\xNN` and a flag (`path_escaped` /
+`file_name_escaped`: true), see `zipjax/io/paths.py`.
 """
 from __future__ import annotations
 
