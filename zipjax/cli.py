@@ -1,5 +1,18 @@
 """`zipjax` / `python -m zipjax` entry point. Each subcommand lives in zipjax/commands/<name>.py and defines
-`add_parser(subparsers)` and `run(args) -> int`."""
+`add_parser(subparsers)` and `run(args) -> int`.
+
+Exit status (every subcommand):
+
+- 0: success (for `zipjax segment`: at least one image was segmented; skipped files are listed in errors.json);
+- 1: nothing could be processed (e.g. every input of `zipjax segment` was missing or bad), or a runtime
+  failure (an unexpected exception, printed with its traceback);
+- 2: a usage or input error (bad arguments, a bad config value, an unusable `--out`, a bad ground-truth or
+  prediction file, an unreadable checkpoint), printed as one line `zipjax CMD: error: ...`;
+- 130: interrupted (Ctrl-C), printed as one line `zipjax CMD: interrupted`.
+
+Messages go to stderr; stdout and stderr print file names that are not valid in their encoding with
+backslash escapes instead of failing (`zipjax.io.paths.display`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +30,16 @@ COMMANDS = {
     "segment": "segment",
 }
 
+EXIT_OK = 0
+EXIT_FAILURE = 1      # nothing could be processed, or a runtime failure
+EXIT_USAGE = 2        # usage / input error (argparse uses 2 as well)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="zipjax", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="zipjax", description=__doc__.splitlines()[0],
+                                   epilog="exit status: 0 ok, 1 nothing processed or runtime failure, "
+                                          "2 usage or input error, 130 interrupted")
   sub = parser.add_subparsers(dest="command", required=True)
   for name, mod in COMMANDS.items():
     module = importlib.import_module(f"zipjax.commands.{mod}")
@@ -28,17 +48,35 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _tolerant_streams() -> None:
+  """Characters stdout / stderr cannot encode (e.g. surrogate-escaped bytes of a non-UTF-8 file name under
+  `PYTHONIOENCODING=utf-8:strict`) are written as backslash escapes instead of raising."""
+  for stream in (sys.stdout, sys.stderr):
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+      try:
+        reconfigure(errors="backslashreplace")
+      except (ValueError, OSError, TypeError):  # a detached or exotic stream: leave it as it is
+        pass
+
+
 def main(argv=None) -> int:
-  parser = build_parser()
-  args, extra = parser.parse_known_args(argv)
-  if extra:  # only commands that declare ACCEPTS_CONFIG_OVERRIDES take `--config.key=value` items
-    module = importlib.import_module(f"zipjax.commands.{COMMANDS[args.command]}")
-    if not getattr(module, "ACCEPTS_CONFIG_OVERRIDES", False) or not all(
-        a.startswith("--config.") or not a.startswith("-") for a in extra):
-      parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.config_overrides = extra
+  _tolerant_streams()
+  command = "?"
   try:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    command = args.command
+    if extra:  # only commands that declare ACCEPTS_CONFIG_OVERRIDES take `--config.key=value` items
+      module = importlib.import_module(f"zipjax.commands.{COMMANDS[args.command]}")
+      if not getattr(module, "ACCEPTS_CONFIG_OVERRIDES", False) or not all(
+          a.startswith("--config.") or not a.startswith("-") for a in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+      args.config_overrides = extra
     return int(args._run(args) or 0)
   except ZipjaxError as e:
-    print(f"zipjax {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    print(f"zipjax {command}: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+  except KeyboardInterrupt:
+    print(f"\nzipjax {command}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED

@@ -14,6 +14,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+  from zipjax.io.outdir import check_output_parent  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.store import check_destination  # pylint: disable=import-outside-toplevel
+  check_output_parent(args.dst, "DST")  # before the (possibly slow) checkpoint read
+  check_destination(args.dst, args.family)
   dst, summary = get_converter(args.family)(args.src, args.dst)
   print(f"converted {args.src} -> {dst}: {summary}")
   return 0

@@ -71,7 +71,10 @@ def run_names(preds: list, names: list | None) -> list:
 def run(args) -> int:
   from zipjax.eval.coco import compare
   from zipjax.eval.report import summary_text, write_report
+  from zipjax.io.outdir import check_output_dir
 
+  if args.out:
+    check_output_dir(args.out, "--out", create=False)  # before the (possibly long) evaluation
   names = run_names(args.pred, args.name)
   result = compare(args.gt, dict(zip(names, args.pred)), iou_type=args.iou_type,
                    class_agnostic=args.class_agnostic, backend=args.backend,

@@ -4,6 +4,8 @@ INPUT: image files or folders (their image files, sorted). Writes DIR/results.js
 DIR/annotations.json (a COCO dataset with scores; `zipjax eval --pred` accepts it), DIR/overlays/*.png,
 DIR/errors.json (files that were skipped, with the reason; the run goes on) and DIR/run.json (config, timings),
 every file atomically and after every batch, so a killed run leaves complete files of the images done so far.
+Exit status: 0 when at least one image was segmented, 1 when none could be, 2 on a usage or input error, 130
+when interrupted.
 
 Configuration: `--preset reference|zip` (default zip) or `--config FILE` (a configs/*.py file with
 get_config()), then `--config.KEY=VALUE` overrides (e.g. `--config.scoring.nms_threshold=0.6`).
@@ -47,16 +49,40 @@ def add_parser(sub):
 
 # ------------------------------------------------------------------------------------------------- config
 def load_config_file(path: str):
-  """`get_config()` of a Python config file."""
+  """`get_config()` of a Python config file (a `.py` file defining `get_config()` -> ml_collections.ConfigDict).
+
+  Raises:
+    InputError: the file is missing, not a regular `.py` file, fails to run, has no `get_config()`, or that
+      returns something other than a ConfigDict.
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  where = f"--config {path}"
+  if not os.path.exists(path):
+    raise InputError(f"{where}: file not found")
   if not os.path.isfile(path):
-    raise InputError(f"--config {path}: file not found")
+    raise InputError(f"{where}: not a regular file")
+  if not path.endswith(".py"):
+    raise InputError(f"{where}: not a Python config file (expected a .py file that defines get_config(), "
+                     "e.g. configs/smoke.py; or use --preset)")
   spec = importlib.util.spec_from_file_location(f"_zipjax_config_{abs(hash(path))}", path)
+  if spec is None or spec.loader is None:
+    raise InputError(f"{where}: cannot be loaded as a Python module")
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    return module.get_config()
   except Exception as e:  # pylint: disable=broad-except
-    raise InputError(f"--config {path}: cannot load get_config() ({type(e).__name__}: {e})") from e
+    raise InputError(f"{where}: the file fails to run ({type(e).__name__}: {e})") from e
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise InputError(f"{where}: defines no get_config() function")
+  try:
+    config = get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"{where}: get_config() failed ({type(e).__name__}: {e})") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise InputError(f"{where}: get_config() returned a {type(config).__name__}, expected an "
+                     "ml_collections.ConfigDict")
+  return config
 
 
 def _convert(old, text: str, key: str):
@@ -134,7 +160,8 @@ def resolve_config(args):
       config.models[field].checkpoint = getattr(args, flag)
   if args.no_overlays:
     config.output.overlays = False
-  return config
+  from zipjax.config_check import check_config  # pylint: disable=import-outside-toplevel
+  return check_config(config)
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -161,6 +188,7 @@ def run(args) -> int:
 
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
   from zipjax.io.atomic import atomic_write_json  # pylint: disable=import-outside-toplevel
+  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
   from zipjax.io.results import RANDOM_NOTE, ResultWriter  # pylint: disable=import-outside-toplevel
   from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
 
@@ -175,7 +203,8 @@ def run(args) -> int:
     names = images_io.parse_class_names(file_lines=lines)
   else:
     names = images_io.parse_class_names(args.classes)
-  paths = images_io.find_images(args.inputs)
+  paths, refused = images_io.scan_inputs(args.inputs)  # refused: missing, broken links, FIFOs, duplicates...
+  check_output_dir(args.out, "--out")  # before any model is loaded
 
   if args.random_init:
     print(f"NOTE: {RANDOM_NOTE}", file=sys.stderr)
@@ -188,6 +217,9 @@ def run(args) -> int:
   if args.random_init:
     info["note"] = RANDOM_NOTE
   writer = ResultWriter(args.out, names, info)
+  for entry in refused:
+    writer.add_error(entry["path"], entry["reason"])
+  writer.flush()  # errors.json lists the refused entries even when nothing is left to decode
   lim = config.input
   bs = int(config.batch_size)
   done = 0
@@ -211,11 +243,14 @@ def run(args) -> int:
       writer.flush()
       bar.update(len(paths[s:s + bs]))
   elapsed = time.perf_counter() - t_start
-  run_info = {"info": info, "config": config.to_dict(), "images": len(paths), "segmented": done,
+  run_info = {"info": info, "config": config.to_dict(), "images": len(paths) + len(refused), "segmented": done,
               "skipped": len(writer.errors), "instances": len(writer.results),
               "seconds": {"total": elapsed, "setup": t_ready - t_start, **seg.timings}}
   atomic_write_json(os.path.join(args.out, "run.json"), run_info)
-  _summary(names, writer, done, len(paths), elapsed, t_ready - t_start, args.out)
+  _summary(names, writer, done, len(paths) + len(refused), elapsed, t_ready - t_start, args.out)
+  if not done:
+    print("zipjax segment: no image could be segmented (see errors.json)", file=sys.stderr)
+    return 1
   return 0
 
 

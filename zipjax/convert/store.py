@@ -25,13 +25,36 @@ def is_converted_dir(path) -> bool:
   return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
+def check_destination(dst, family: str) -> None:
+  """Refuses a `dst` that a conversion of `family` must not replace: an existing file or directory that is not
+  a converted checkpoint, or a converted checkpoint of another family (or of unknown family).
+
+  Raises:
+    CheckpointError: naming `dst` and what it holds.
+  """
+  dst = os.fspath(dst)
+  if not os.path.lexists(dst):
+    return
+  if not is_converted_dir(dst):
+    raise CheckpointError(f"{dst}: exists and is not a zipjax converted checkpoint; refusing to overwrite")
+  try:
+    with open(os.path.join(dst, CONFIG_FILE), encoding="utf-8") as f:
+      held = json.load(f).get("family")
+  except (OSError, ValueError, AttributeError) as e:
+    raise CheckpointError(f"{dst}: holds a converted checkpoint whose {CONFIG_FILE} cannot be read ({e}); "
+                          "refusing to overwrite it (remove it first)") from e
+  if held != family:
+    raise CheckpointError(f"{dst}: holds a converted {held!r} checkpoint; refusing to replace it with a "
+                          f"{family!r} one (choose another destination, or remove it first)")
+
+
 def save_converted(dst, family: str, config: dict, variables: dict, source: str = "") -> str:
-  """Writes `variables` (nested numpy) and `config` to the directory `dst`, atomically."""
+  """Writes `variables` (nested numpy) and `config` to the directory `dst`, atomically. An existing converted
+  checkpoint of the same family is replaced; anything else at `dst` is refused (`check_destination`)."""
   dst = os.path.abspath(os.fspath(dst))
   parent = os.path.dirname(dst)
   os.makedirs(parent, exist_ok=True)
-  if os.path.exists(dst) and not is_converted_dir(dst):
-    raise CheckpointError(f"{dst}: exists and is not a zipjax converted checkpoint; refusing to overwrite")
+  check_destination(dst, family)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=parent)
   try:
     flat = flatten(variables)

@@ -21,6 +21,21 @@ Accepted prediction formats (the `--pred` file of `zipjax eval`, or the same obj
 
 In class-agnostic evaluation every class field is ignored: all ground truth and all predictions become the
 single category `object` (CutLER's protocol).
+
+Geometry is bounded by the image before anything is rasterised, for ground truth and predictions alike, so
+memory and time follow the image size, not the coordinates (pycocotools rasterises a polygon along its whole
+outline, in memory proportional to its length in pixels, and crashes on coordinates past 2^31 / 5):
+
+- Polygons lying within one pixel of the image (`[-1, W + 1] x [-1, H + 1]`, everything COCO-style tools
+  write) are used unchanged. Others are clipped to that rectangle (Sutherland-Hodgman; the region inside the
+  image is the same, so the mask is the same up to pycocotools' 1/5-pixel rounding of the new vertices on the
+  clip border, outside the image); a polygon with nothing left is dropped, and a segmentation with no polygon
+  left is an empty mask. Coordinates beyond +-1e12 are refused (`InputError` naming the file, record index
+  and image_id), as are non-finite ones.
+- Boxes `[x, y, w, h]` are clipped to the image `[0, W] x [0, H]` (nothing outside the image can match
+  anything). A box that lies within the image is unchanged; a box far outside it becomes an empty box on the
+  border, which still counts as a false positive. Unclipped, a box whose area exceeds COCO's largest area
+  range (1e10 px) would be silently ignored by the evaluator.
 """
 from __future__ import annotations
 
@@ -193,6 +208,9 @@ def segmentation_problem(seg, height: int, width: int) -> str | None:
         return f"polygon {j} has {len(poly)} coordinates (needs an even number, at least 6)"
       if not all(math.isfinite(v) for v in poly):
         return f"polygon {j} has a non-finite coordinate"
+      if max(abs(min(poly)), abs(max(poly))) > MAX_COORDINATE:
+        return (f"polygon {j} has a coordinate beyond +-{MAX_COORDINATE:g} px "
+                f"({max(poly, key=abs):g}) on a {width}x{height} image")
     return None
   return f"segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}"
 
@@ -219,6 +237,69 @@ def rle_area(rle: dict) -> float:
 def rle_bbox(rle: dict) -> list:
   from pycocotools import mask as mask_utils
   return [float(v) for v in mask_utils.toBbox(rle)]
+
+
+MAX_COORDINATE = 1e12  # polygon coordinates beyond this (in pixels) are refused
+_POLY_MARGIN = 1.0     # polygons within this many pixels of the image are not clipped
+
+
+def _clip_half_plane(xy: np.ndarray, axis: int, bound: float, keep_below: bool) -> np.ndarray:
+  """One Sutherland-Hodgman pass: the polygon `xy` [n, 2] clipped to xy[:, axis] <= bound (or >= bound)."""
+  if len(xy) == 0:
+    return xy
+  v = xy[:, axis]
+  inside = v <= bound if keep_below else v >= bound  # [n]
+  nxt = np.roll(xy, -1, axis=0)  # [n, 2] the end of each edge
+  nxt_inside = np.roll(inside, -1)  # [n]
+  crosses = inside != nxt_inside  # [n] edges that cross the clip line
+  with np.errstate(divide="ignore", invalid="ignore"):
+    t = (bound - v) / (nxt[:, axis] - v)  # [n] where the edge meets the line (only used where it crosses)
+  t = np.clip(np.nan_to_num(t), 0.0, 1.0)
+  cut = xy + t[:, None] * (nxt - xy)  # [n, 2]
+  cut[:, axis] = bound
+  # each edge emits: its crossing point (when it crosses), then its end vertex (when inside)
+  pts = np.stack([cut, nxt], axis=1).reshape(-1, 2)  # [2n, 2]
+  keep = np.stack([crosses, nxt_inside], axis=1).reshape(-1)  # [2n]
+  return pts[keep]
+
+
+def clip_polygons(seg: list, height: int, width: int) -> list:
+  """A validated polygon segmentation bounded by the image (see the module docstring); `seg` itself when every
+  coordinate is within `_POLY_MARGIN` of the image. Polygons with fewer than 3 vertices left are dropped."""
+  lo = -_POLY_MARGIN
+  hi_x, hi_y = width + _POLY_MARGIN, height + _POLY_MARGIN
+  if all(min(p[0::2]) >= lo and max(p[0::2]) <= hi_x and min(p[1::2]) >= lo and max(p[1::2]) <= hi_y
+         for p in seg):
+    return seg
+  out = []
+  for poly in seg:
+    xy = np.asarray(poly, np.float64).reshape(-1, 2)  # [n, 2]
+    for axis, bound, below in ((0, lo, False), (0, hi_x, True), (1, lo, False), (1, hi_y, True)):
+      xy = _clip_half_plane(xy, axis, bound, below)
+    if len(xy) >= 3:
+      out.append([float(v) for v in xy.reshape(-1)])
+  return out
+
+
+def clip_bbox(bbox: list, height: int, width: int) -> list:
+  """A validated `[x, y, w, h]` box clipped to the image `[0, width] x [0, height]`."""
+  x, y, w, h = (float(v) for v in bbox)
+  x0, x1 = min(max(x, 0.0), width), min(max(x + w, 0.0), width)
+  y0, y1 = min(max(y, 0.0), height), min(max(y + h, 0.0), height)
+  return [x0, y0, x1 - x0, y1 - y0]
+
+
+def bounded_segmentation(seg, height: int, width: int):
+  """A validated segmentation ready for rasterisation: polygons clipped (an empty list of polygons becomes an
+  empty compressed RLE), RLEs unchanged."""
+  if not isinstance(seg, list):
+    return seg
+  seg = clip_polygons(seg, height, width)
+  if seg:
+    return seg
+  from pycocotools import mask as mask_utils
+  empty = mask_utils.encode(np.zeros((height, width), np.uint8, order="F"))
+  return {"size": [height, width], "counts": empty["counts"].decode("ascii")}
 
 
 # ------------------------------------------------------------------------------------- ground truth
@@ -311,10 +392,11 @@ def load_ground_truth(src) -> GroundTruth:
     seg = ann.get("segmentation")
     if seg is not None and seg != []:
       _raise_if(where, segmentation_problem(seg, img["height"], img["width"]))
+      seg = bounded_segmentation(seg, img["height"], img["width"])
       out["segmentation"] = seg
     if "bbox" in ann:
       _raise_if(where, _bbox_problem(ann["bbox"]))
-      out["bbox"] = [float(v) for v in ann["bbox"]]
+      out["bbox"] = clip_bbox(ann["bbox"], img["height"], img["width"])
     elif "segmentation" in out:
       out["bbox"] = rle_bbox(to_compressed_rle(seg, img["height"], img["width"]))
     else:
@@ -472,12 +554,13 @@ def load_predictions(src, gt: GroundTruth, class_agnostic: bool = False, need_bb
     seg = rec.get("segmentation")
     if seg is not None:
       _raise_if(where, segmentation_problem(seg, img["height"], img["width"]))
-      norm["segmentation"] = to_compressed_rle(seg, img["height"], img["width"])
+      norm["segmentation"] = to_compressed_rle(bounded_segmentation(seg, img["height"], img["width"]),
+                                               img["height"], img["width"])
     elif need_segm:
       raise InputError(f"{where}: has no segmentation (mask AP needs one; use --iou-type bbox for boxes only)")
     if "bbox" in rec:
       _raise_if(where, _bbox_problem(rec["bbox"]))
-      norm["bbox"] = [float(v) for v in rec["bbox"]]
+      norm["bbox"] = clip_bbox(rec["bbox"], img["height"], img["width"])
     elif "segmentation" in norm:
       norm["bbox"] = rle_bbox(norm["segmentation"])
     elif need_bbox:

@@ -9,40 +9,126 @@
 - 16-bit and 32-bit integer / float grayscale (I;16*, I, F): scaled to 0..255 by the type's range
   (I;16: / 257; I: values clipped to 0..65535 then / 257; F: clipped to [0, 1] * 255 when the maximum is
   at most 1, else to 0..255).
-- Truncated or corrupt files, files PIL cannot identify, directories, missing files: refused.
+- Truncated or corrupt files, files PIL cannot identify, empty files, unreadable files (permission denied),
+  directories, missing files, broken symbolic links: refused, each with its own reason. Anything that is not
+  a regular file (FIFO, socket, device) is refused without being opened (a FIFO would block forever).
 - Shorter side under `min_side` (32 px), longer side over `max_side` (8192 px), or long / short side over
   `max_aspect`: refused (no silent rescaling, since outputs are in the original pixel frame). PIL's
   decompression-bomb guard is applied on top (images over ~179 M pixels are refused before decoding).
 
-`find_images(inputs)` expands folders (non-recursive, sorted, by extension) and keeps files as given.
+`scan_inputs(inputs)` expands folders (non-recursive, sorted, by extension), keeps files as given, and returns
+the entries it refuses (missing, broken links, directories named like images, FIFOs, duplicates of a file
+already listed) with their reasons, so nothing is dropped silently. `find_images(inputs)` is the older form
+that returns paths only.
 """
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zipjax.errors import InputError
+from zipjax.io.paths import display, is_utf8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
-def find_images(inputs) -> list[str]:
-  """Files given directly are kept (whatever their extension); folders contribute their image files.
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
-  Raises:
-    InputError: no input at all.
-  """
-  out = []
+
+def file_problem(path) -> str | None:
+  """Why `path` cannot be an image file, found without opening it (a FIFO would block the reader forever);
+  None for an existing regular file (symbolic links followed)."""
+  path = os.fspath(path)
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    if os.path.islink(path):
+      return "broken symbolic link (its target does not exist)"
+    return "file not found"
+  except PermissionError:
+    return "permission denied (cannot look the file up)"
+  except OSError as e:
+    return f"cannot look the file up ({e.strerror or type(e).__name__})"
+  if stat.S_ISDIR(st.st_mode):
+    return "is a directory, not an image file"
+  if not stat.S_ISREG(st.st_mode):
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
+    return f"not a regular file ({kind}); refused without reading it"
+  return None
+
+
+def _identity(path: str):
+  """Key under which two paths name the same file: (device, inode) when it exists, else the absolute path."""
+  try:
+    st = os.stat(path)
+    return ("inode", st.st_dev, st.st_ino)
+  except OSError:
+    return ("path", os.path.abspath(path))
+
+
+def _candidates(inputs):
+  """(path, None | reason, duplicate_of | None) in input order: folders contribute their entries with an image
+  extension (sorted), files given directly are kept whatever their extension."""
+  out, first = [], {}
   for item in inputs:
     item = os.fspath(item)
     if os.path.isdir(item):
       names = sorted(n for n in os.listdir(item) if n.lower().endswith(IMAGE_EXTENSIONS))
-      out.extend(os.path.join(item, n) for n in names if os.path.isfile(os.path.join(item, n)))
+      entries = [os.path.join(item, n) for n in names]
     else:
-      out.append(item)
+      entries = [item]
+    for path in entries:
+      key = _identity(path)
+      if key in first:
+        out.append((path, None, first[key]))
+        continue
+      first[key] = path
+      out.append((path, file_problem(path), None))
+  return out
+
+
+def scan_inputs(inputs) -> tuple[list[str], list[dict]]:
+  """Expands the inputs of `zipjax segment` into the image files to decode and the entries refused up front.
+
+  Folders contribute their entries whose name has an image extension (non-recursive, sorted); files given
+  directly are kept whatever their extension. Refused (not dropped silently): missing files, broken symbolic
+  links, directories named like images (`x.jpg/`), FIFOs, sockets and devices (never opened), and a file
+  met a second time (the same device and inode, e.g. `a.jpg` and `./a.jpg`, or a file given directly and
+  through its folder): it is decoded once.
+
+  Returns:
+    (paths, refused): regular files in input order, and `[{"path", "reason"}]`.
+
+  Raises:
+    InputError: no input at all (folders given contain no image files).
+  """
+  paths, refused = [], []
+  for path, problem, duplicate_of in _candidates(inputs):
+    if duplicate_of is not None:
+      refused.append({"path": path, "reason": f"duplicate: the same file as input '{display(duplicate_of)}' "
+                                              "(processed once)"})
+    elif problem is not None:
+      refused.append({"path": path, "reason": problem})
+    else:
+      paths.append(path)
+  if not paths and not refused:
+    raise InputError("no input images (folders given contain no image files)")
+  return paths, refused
+
+
+def find_images(inputs) -> list[str]:
+  """The paths to try, in input order (kept for callers that report bad files through `load_image`): every
+  candidate of `scan_inputs` except duplicates, refused entries included (`load_image` names their problem).
+
+  Raises:
+    InputError: no input at all.
+  """
+  out = [path for path, _, duplicate_of in _candidates(inputs) if duplicate_of is None]
   if not out:
     raise InputError("no input images (folders given contain no image files)")
   return out
@@ -76,10 +162,11 @@ def load_image(path, min_side: int = 32, max_side: int = 8192, max_aspect: float
     InputError: the file cannot be used; the message is the reason (the path is added by the caller).
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
-    raise InputError("is a directory, not an image file")
-  if not os.path.exists(path):
-    raise InputError("file not found")
+  problem = file_problem(path)
+  if problem:
+    raise InputError(problem)
+  if os.path.getsize(path) == 0:
+    raise InputError("empty file (0 bytes)")
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -96,6 +183,8 @@ def load_image(path, min_side: int = 32, max_side: int = 8192, max_aspect: float
     raise InputError(f"image too large to decode safely ({e})") from None
   except InputError:
     raise
+  except PermissionError:
+    raise InputError("permission denied (the file cannot be read)") from None
   except (OSError, SyntaxError, ValueError, EOFError) as e:
     raise InputError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
   if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -135,6 +224,8 @@ def parse_class_names(text: str | None = None, file_lines: list[str] | None = No
   for i, n in enumerate(names):
     if not n:
       raise InputError(f"{where}: class name {i + 1} is empty (got {raw!r})")
+    if not is_utf8(n):
+      raise InputError(f"{where}: class name {i + 1} ({display(n)}) is not valid UTF-8 text")
     key = n.casefold()
     if key in seen:
       raise InputError(f"{where}: duplicate class name {n!r} (names {seen[key] + 1} and {i + 1}, "
@@ -143,4 +234,4 @@ def parse_class_names(text: str | None = None, file_lines: list[str] | None = No
   return names
 
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "load_image", "parse_class_names"]
+__all__ = ["IMAGE_EXTENSIONS", "file_problem", "scan_inputs", "find_images", "load_image", "parse_class_names"]

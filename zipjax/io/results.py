@@ -7,7 +7,9 @@
   pycocotools' `COCO()` and accepted by `zipjax eval --pred`.
 - `errors.json`: `[{path, reason}]` for every input that was skipped.
 - `overlays/<index>_<stem>.png`: masks, boxes, class names and scores drawn on the image.
-Random-weight runs are marked: `info.random_init` / `info.note`, and a banner on every overlay.
+Random-weight runs are marked: `info.random_init` / `info.note`, and a banner on every overlay. File names
+that are not valid UTF-8 are stored with their bad bytes escaped as `\\xNN` and a flag (`path_escaped` /
+`file_name_escaped`: true), see `zipjax/io/paths.py`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from zipjax.io.atomic import atomic_write_bytes, atomic_write_json
+from zipjax.io.paths import display, json_path
 
 RANDOM_NOTE = "RANDOM WEIGHTS (--random-init): these outputs exercise the pipeline; they are not predictions"
 
@@ -49,11 +52,14 @@ class ResultWriter:
     os.makedirs(out_dir, exist_ok=True)
 
   def add_error(self, path: str, reason: str) -> None:
-    self.errors.append({"path": path, "reason": reason})
+    text, escaped = json_path(path)  # names that are not valid UTF-8: see zipjax/io/paths.py
+    self.errors.append({"path": text, "reason": display(reason), **({"path_escaped": True} if escaped else {})})
 
   def add_image(self, image_id: int, path: str, image: np.ndarray, instances: list[dict]) -> None:
     h, w = image.shape[:2]
-    self.images.append({"id": image_id, "file_name": path, "height": int(h), "width": int(w)})
+    text, escaped = json_path(path)
+    self.images.append({"id": image_id, "file_name": text, "height": int(h), "width": int(w),
+                        **({"file_name_escaped": True} if escaped else {})})
     for inst in instances:
       rle = encode_rle(inst["mask"])
       x0, y0, x1, y1 = inst["box"]

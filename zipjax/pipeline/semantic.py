@@ -30,6 +30,31 @@ def prompts(name: str, templates: Sequence[str]) -> list[str]:
   return [t.format(name) for t in templates]
 
 
+class PromptTruncationWarning(UserWarning):
+  """A class name's prompts are longer than the text encoder's context; it sees them cut off."""
+
+
+def truncated_prompts(tokenizer, names: Sequence[str], templates: Sequence[str]) -> dict[str, tuple[int, int]]:
+  """`{name: (prompts truncated, longest prompt in tokens)}` for the names whose prompts (with the start and
+  end tokens) exceed `tokenizer.context_length` (77 for CLIP); other names are left out.
+
+  Exact per prompt, but only for names that can be too long: a name is checked prompt by prompt only when its
+  own token count plus the longest template's (+ a margin of 4 for merges at the boundary) reaches the
+  context, so the usual short names cost one `encode` each.
+  """
+  ctx = tokenizer.context_length
+  overhead = max(len(tokenizer.encode(t.format(""))) for t in templates)
+  out = {}
+  for name in dict.fromkeys(names):
+    if len(tokenizer.encode(name)) + overhead + 2 + 4 <= ctx:
+      continue
+    counts = [len(tokenizer.encode(t.format(name))) + 2 for t in templates]
+    over = sum(c > ctx for c in counts)
+    if over:
+      out[name] = (over, max(counts))
+  return out
+
+
 def ensemble_text_features(encode_tokens: Callable[[np.ndarray], jax.Array], tokenize: Callable,
                            names: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:
   """Prompt-ensemble text features of `names` -> float32 [n, D], each row unit-norm.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Sequence
 
 import jax
@@ -84,18 +85,23 @@ class Segmenter:
   def text_features(self, names: Sequence[str]) -> np.ndarray:
     """Prompt-ensemble features [n, D] of `names`, through the on-disk cache when one is set."""
     from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
+    from zipjax.models.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
     templates = prompt_templates() if self.config.semantic.prompt_ensemble else ["{}"]
+    tok = get_tokenizer(self.semantic_clip.config.context_length)
+    for name, (n, longest) in semantic.truncated_prompts(tok, names, templates).items():
+      shown = name if len(name) <= 60 else name[:57] + "..."
+      warnings.warn(f"class name {shown!r} is too long for the text encoder: {n} of its {len(templates)} prompts "
+                    f"have up to {longest} tokens, more than the context of {tok.context_length}; the encoder "
+                    "sees them cut off", semantic.PromptTruncationWarning, stacklevel=3)
     cached = self.text_cache.load() if self.text_cache is not None else {}
     missing = [n for n in dict.fromkeys(names) if n not in cached]
     if missing:
-      from zipjax.models.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
-      tok = get_tokenizer(self.semantic_clip.config.context_length)
       feats = semantic.ensemble_text_features(
           self.semantic_clip.encode_tokens, lambda t: tok.tokenize(t, truncate=True), missing, templates,
           int(self.config.semantic.text_batch_size))
       cached.update({n: np.asarray(f) for n, f in zip(missing, feats)})
       if self.text_cache is not None:
-        self.text_cache.store(cached)
+        self.text_cache.store({n: cached[n] for n in missing})  # appends the new classes only
     return np.stack([cached[n] for n in names]).astype(np.float32)  # [n, D]
 
   def set_classes(self, names: Sequence[str]) -> None:
