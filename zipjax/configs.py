@@ -17,7 +17,9 @@ used by a kernel is a field here:
 - `config.boundary`: the boundary-prior input and trunk stage;
 - `config.discover`: k-means, fragments, instances (`zipjax/pipeline/discover.py`);
 - `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/refine.py`);
-- `config.output`: overlays.
+- `config.output`: overlays;
+- `config.label`: the labelling job's runtime settings (`zipjax/jobs/label.py`): shard size, decoding workers,
+  prefetch. They never change an output, so they are not part of a run's identity and may differ on resume.
 """
 from __future__ import annotations
 
@@ -134,6 +136,17 @@ def _output() -> ml_collections.ConfigDict:
   return c
 
 
+def _label() -> ml_collections.ConfigDict:
+  """`zipjax label` runtime settings (zipjax/jobs/label.py, zipjax/data/loader.py)."""
+  c = ml_collections.ConfigDict()
+  c.shard_size = 256              # images per shard file (each process writes one every shard_size images)
+  c.workers = 8                   # decoding + preprocessing threads per process (grain)
+  c.prefetch = 16                 # prepared images buffered ahead of the device per process
+  c.max_pending = 0               # images queued per process across buckets at most (0: buckets x local batch)
+  c.tfds_image_feature = "image"  # the image feature of tfds:NAME:SPLIT inputs
+  return c
+
+
 def reference() -> ml_collections.ConfigDict:
   """The `reference` preset: parity with the released code (no classification first, no SAM, no NMS).
 
@@ -150,6 +163,7 @@ def reference() -> ml_collections.ConfigDict:
   config.sam = _sam_reference()
   config.scoring = _scoring_reference()
   config.output = _output()
+  config.label = _label()
   return config
 
 
