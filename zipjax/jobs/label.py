@@ -114,11 +114,12 @@ def model_identity(config, random_init: bool) -> dict:
 
 
 def job_identity(command: str, config, names, random_init: bool, inputs: dict) -> dict:
-  """Everything a resumed run must share with the run it continues (stored as .zipjax/job.json)."""
+  """Everything a resumed run must share with the run it continues (stored as .zipjax/job.json; keys sorted
+  at every level, so the identity read back from the file equals the one computed)."""
   import zipjax  # pylint: disable=import-outside-toplevel
-  return {"command": command, "zipjax_version": zipjax.__version__, "classes": list(names),
-          "random_init": bool(random_init), "models": model_identity(config, random_init),
-          "config": _plain(result_config(config)), "inputs": _plain(inputs)}
+  return _plain({"command": command, "zipjax_version": zipjax.__version__, "classes": list(names),
+                 "random_init": bool(random_init), "models": model_identity(config, random_init),
+                 "config": result_config(config), "inputs": inputs})
 
 
 def annotations_info(job: dict) -> dict:
@@ -420,11 +421,11 @@ def _label_images(req, worklist, remaining, rd, comm, log, make_engine, limits, 
   try:
     steps = schedule(stream, eng.run_local, int(eng.local_batch), int(eng.num_buckets), comm, on_error,
                      on_outputs, max_pending=int(lc.max_pending), on_progress=progress)
+  finally:  # also on Ctrl-C: results already computed are written, not lost
+    bar.close()
     if errors_buffer:
       sink.submit(handle_errors, list(errors_buffer))
     sink.close()
-  finally:
-    bar.close()
   loop_s = time.perf_counter() - t_loop
   timings = {k: round(float(v), 3) for k, v in dict(getattr(eng, "timings", {}) or {}).items()}
   compiled = None
