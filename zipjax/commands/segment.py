@@ -189,7 +189,10 @@ def run(args) -> int:
 
   rd = RunDir(args.out)
   fs.makedirs(args.out)
-  with rd.lock("zipjax segment"):
+  with rd.lock("zipjax segment") as lock:
+    if lock.stale is not None:
+      from zipjax.io.lock import describe  # pylint: disable=import-outside-toplevel
+      print(f"took over the stale lock of {describe(lock.stale)}")
     rec = rd.recover()  # temporary files of killed runs; a committed output set of a killed run rolled forward
     overlays = bool(config.output.overlays)
     inputs = {"kind": "segment", "count": len(paths), "overlays": overlays,
