@@ -46,7 +46,7 @@ from zipjax.io.shards import RunDir, error_record, fault, image_record, new_nonc
 
 RANDOM_NOTE = "RANDOM WEIGHTS (--random-init): these outputs exercise the pipeline; they are not predictions"
 # config groups that change how fast a run goes, never what it outputs (excluded from the run identity)
-RUNTIME_FIELDS = ("batch_size", "label", "output", "mesh")
+RUNTIME_FIELDS = ("batch_size", "label", "output", "mesh", "sharding_rules")
 
 
 # ------------------------------------------------------------------------------------------------ identity
