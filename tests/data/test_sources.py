@@ -125,7 +125,7 @@ class TinyImages(tfds.core.GeneratorBasedBuilder):
     for i in range(n):
       rng = np.random.default_rng(i)
       buf = io.BytesIO()
-      Image.fromarray(rng.integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(buf, "PNG")
+      Image.fromarray(rng.integers(0, 256, (36 + 3 * i, 48 + 4 * i, 3), dtype=np.uint8)).save(buf, "PNG")
       data = buf.getvalue() if i != 3 else b"corrupt bytes"
       yield i, {"image": data, "image/id": 500 + i, "image/filename": f"img_{i}.png"}
 
@@ -155,7 +155,7 @@ def test_tfds_source_without_tensorflow(tfds_dir):
     if i == 3:
       assert "not an image" in x.reason
       continue
-    want = np.random.default_rng(i).integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)
+    want = np.random.default_rng(i).integers(0, 256, (36 + 3 * i, 48 + 4 * i, 3), dtype=np.uint8)
     np.testing.assert_array_equal(x.image, want)
   assert seen == set(range(6))
   assert "tensorflow" not in sys.modules

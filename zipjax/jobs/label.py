@@ -301,8 +301,10 @@ def _log_main(comm):
   return log
 
 
-def run_label(req: LabelRequest, make_engine=default_engine, comm=None, log=None) -> int:
-  """Runs (or resumes, or finds complete) a labelling job on this process; see the module docstring."""
+def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
+  """Runs (or resumes, or finds complete) a labelling job on this process; see the module docstring.
+
+  `make_engine(config, random_init) -> (engine, prepare)` defaults to `default_engine` (zipjax.engine)."""
   from zipjax.data.sources import Limits, open_inputs  # pylint: disable=import-outside-toplevel
   from zipjax.jobs.comm import Comm  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
@@ -354,8 +356,8 @@ def run_label(req: LabelRequest, make_engine=default_engine, comm=None, log=None
     attempt = {"nonce": new_nonce(), "processes": comm.count, "images": int(len(remaining)),
                "started": round(time.time(), 3)}
     if len(remaining):
-      attempt.update(_label_images(req, worklist, remaining, rd, comm, log, make_engine, Limits.from_config(config),
-                                   nonce=attempt["nonce"]))
+      attempt.update(_label_images(req, worklist, remaining, rd, comm, log, make_engine or default_engine,
+                                   Limits.from_config(config), nonce=attempt["nonce"]))
     comm.barrier("label-written")
     rc = 0
     if comm.is_main:
