@@ -89,9 +89,9 @@ def _validate(config) -> None:
 def _class_names(args):
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
   if args.classes_file:
+    from zipjax.io import fs  # pylint: disable=import-outside-toplevel
     try:
-      with open(args.classes_file, encoding="utf-8") as f:
-        lines = f.readlines()
+      lines = fs.read_bytes(args.classes_file).decode("utf-8").splitlines(keepends=True)
     except (OSError, UnicodeDecodeError) as e:
       raise InputError(f"--classes-file {args.classes_file}: cannot read ({e})") from e
     return images_io.parse_class_names(file_lines=lines)
