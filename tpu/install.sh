@@ -26,5 +26,6 @@ if [ -z "$SOURCE" ]; then
   PKG="./zipjax"
   UNPACK="rm -rf ~/zipjax && tar -xzf $ARCHIVE -C ~ && cd ~ && "
 fi
+PIP="python3 -m pip install -U 'jax[tpu]' gcsfs '$PKG'"
 run gcloud compute tpus tpu-vm ssh "${TPU_ARGS[@]}" --worker=all \
-  "--command=${UNPACK}python3 -m pip install -U 'jax[tpu]' gcsfs '$PKG' && python3 -m zipjax --help >/dev/null && echo zipjax ok"
+  "--command=${UNPACK}$PIP && python3 -m zipjax --help >/dev/null && echo zipjax ok"

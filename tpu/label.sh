@@ -40,6 +40,8 @@ else
 fi
 ARGS=""
 for a in "${LABEL[@]}"; do ARGS+=" $(quote "$a")"; done
-WORKER_ID='$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)'
-REMOTE="cd ~/zipjax 2>/dev/null || cd ~; ZIPJAX_COORDINATOR=$COORD ZIPJAX_NUM_PROCESSES=$NPROC ZIPJAX_PROCESS_ID=$WORKER_ID python3 -m zipjax label$ARGS"
+METADATA="http://metadata.google.internal/computeMetadata/v1/instance/attributes"
+WORKER_ID="\$(curl -s -H Metadata-Flavor:Google $METADATA/agent-worker-number)"  # evaluated on each worker
+ENV="ZIPJAX_COORDINATOR=$COORD ZIPJAX_NUM_PROCESSES=$NPROC ZIPJAX_PROCESS_ID=$WORKER_ID"
+REMOTE="cd ~/zipjax 2>/dev/null || cd ~; $ENV python3 -m zipjax label$ARGS"
 run gcloud compute tpus tpu-vm ssh "${TPU_ARGS[@]}" --worker=all "--command=$REMOTE"

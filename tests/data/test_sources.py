@@ -1,7 +1,6 @@
 """zipjax.data: work-list keys (recursive folders, several inputs, COCO json, TFDS), decoding equal to
 zipjax.io.images.load_image, odd folder entries reported per image, a TFDS dataset built in the test and read
 without TensorFlow, the grain loader's sharding by process."""
-import io
 import json
 import os
 import subprocess

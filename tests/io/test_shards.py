@@ -92,7 +92,8 @@ def test_shards_ledger_and_merge_equal_the_reference(tmp_path):
   assert json.loads(got) == want
   assert got == json.dumps(want) + "\n"  # exactly json.dumps of the whole dataset
   assert json.loads((tmp_path / "out/errors.json").read_text()) == want_err
-  assert (stats.images, stats.errors, stats.annotations) == (len(want["images"]), len(want_err), len(want["annotations"]))
+  assert (stats.images, stats.errors, stats.annotations) == (len(want["images"]), len(want_err),
+                                                             len(want["annotations"]))
   assert json.loads((tmp_path / "out/run.json").read_text()) == {"n": stats.images}
   assert rd.is_complete()
   assert not (tmp_path / "out/.zipjax/commit").exists()

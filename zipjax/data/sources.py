@@ -91,7 +91,8 @@ def decode_image_bytes(data: bytes, limits: Limits) -> np.ndarray:
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(io.BytesIO(data)) as img:
         w, h = img.size
-        images_io._check_size(w, h, limits.min_side, limits.max_side, limits.max_aspect)  # pylint: disable=protected-access
+        check = images_io._check_size  # pylint: disable=protected-access  (the same limits and messages)
+        check(w, h, limits.min_side, limits.max_side, limits.max_aspect)
         img.load()
         img = ImageOps.exif_transpose(img)
         arr = np.asarray(images_io._to_rgb(img), dtype=np.uint8)  # pylint: disable=protected-access
