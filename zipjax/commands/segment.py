@@ -195,6 +195,7 @@ def run(args) -> int:
     rec = rd.recover()  # temporary files of killed runs; a committed output set of a killed run rolled forward
     overlays = bool(config.output.overlays)
     inputs = {"kind": "segment", "count": len(paths), "overlays": overlays,
+              "overlay_max_side": int(config.output.overlay_max_side) if overlays else None,
               "paths_sha256": hashlib.sha256("\n".join(os.path.abspath(p) for p in paths).encode(
                   "utf-8", "surrogateescape")).hexdigest()}
     job = job_identity("segment", config, names, args.random_init, inputs)
