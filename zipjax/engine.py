@@ -46,6 +46,7 @@ import time
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from zipjax import parallel
@@ -146,21 +147,8 @@ class Engine:
   # ------------------------------------------------------------------------------------------------ text
   def text_features(self, names: Sequence[str]) -> np.ndarray:
     """Prompt-ensemble features [n, D] of `names` (float32 text tower), through the text cache when set."""
-    from zipjax.pipeline import semantic  # pylint: disable=import-outside-toplevel
-    from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
-    templates = prompt_templates() if self.config.semantic.prompt_ensemble else ["{}"]
-    cached = self.text_cache.load() if self.text_cache is not None else {}
-    missing = [n for n in dict.fromkeys(names) if n not in cached]
-    if missing:
-      from zipjax.models.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
-      tok = get_tokenizer(self.semantic_clip.config.context_length)
-      feats = semantic.ensemble_text_features(
-          self.semantic_clip.encode_tokens, lambda t: tok.tokenize(t, truncate=True), missing, templates,
-          int(self.config.semantic.text_batch_size))
-      cached.update({n: np.asarray(f) for n, f in zip(missing, feats)})
-      if self.text_cache is not None:
-        self.text_cache.store(cached)
-    return np.stack([cached[n] for n in names]).astype(np.float32)  # [n, D]
+    from zipjax.pipeline.zip import text_features  # pylint: disable=import-outside-toplevel
+    return text_features(self.config, self.semantic_clip, names, self.text_cache)
 
   def set_classes(self, names: Sequence[str], features: np.ndarray | None = None) -> None:
     """Sets the vocabulary. `features`: precomputed float32 [n + 1, D] (the classes, then "")."""
@@ -196,8 +184,18 @@ class Engine:
     if key not in _PROGRAMS:
       t0 = time.perf_counter()
       fn = step_lib.make_step(self.step_spec, self.semantic_cfg, self.boundary_cfg, self.sam_cfg)
+      per_device = {k: jax.ShapeDtypeStruct((self.per_device_batch,) + v.shape, v.dtype) for k, v in dummy.items()}
+      out_struct = jax.eval_shape(fn, self.params, self.text, per_device)
+
+      def device_step(params, text, batch):  # one data-parallel group's batch; all-padding batches skip the work
+        skip = lambda p, t, b: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_struct)  # noqa
+        return jax.lax.cond(jnp.any(batch["valid"]), fn, skip, params, text, batch)
+
+      P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+      mapped = jax.shard_map(device_step, mesh=self.mesh, in_specs=(P(), P(), P(parallel.DATA_AXIS)),
+                             out_specs=P(parallel.DATA_AXIS), axis_names={parallel.DATA_AXIS}, check_vma=False)
       batch_sharding = parallel.batch_sharding(self.mesh)
-      jitted = jax.jit(fn, in_shardings=(self.param_shardings, self._replicated, batch_sharding),
+      jitted = jax.jit(mapped, in_shardings=(self.param_shardings, self._replicated, batch_sharding),
                        out_shardings=batch_sharding)
       abstract = {k: jax.ShapeDtypeStruct((self.global_batch,) + v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in dummy.items()}

@@ -215,7 +215,7 @@ def prepare(image, spec: PrepSpec) -> Prepared:
   hb, wb = spec.bucket_shape(bucket)
   h, w = spec.grid(bucket)
   gh, gw = spec.token_grid
-  pil = Image.fromarray(arr, "RGB")
+  pil = Image.fromarray(arr)  # one PIL copy, shared by the three resizes
   out = {"semantic": np.asarray(preprocess.resize_square(pil, spec.semantic_size), np.uint8)}
   bnd = pil if (ww, hh) == (wb, hb) else pil.resize((wb, hb), Image.BICUBIC)
   out["boundary"] = np.asarray(bnd, np.uint8)
@@ -231,8 +231,8 @@ def prepare(image, spec: PrepSpec) -> Prepared:
   out["valid"] = np.asarray(True)
   if spec.sam_size:
     t = spec.sam_size
-    resized = preprocess.resize_longest_side(arr, t)  # [ih, iw, 3]
-    ih, iw = resized.shape[:2]
+    ih, iw = preprocess.get_preprocess_shape(hh, ww, t)
+    resized = np.asarray(pil.resize((iw, ih), Image.BILINEAR), np.uint8)  # as preprocess.resize_longest_side
     sam = np.zeros((t, t, 3), np.uint8)
     sam[:ih, :iw] = resized
     out["sam"] = sam

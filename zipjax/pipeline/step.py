@@ -32,7 +32,7 @@ Outputs (leading batch axis): probs [n]; present int32 [P], present_valid [P]; l
 keep_valid [Mout]; keep_category, keep_slot (present index), keep_label (instance number) int32 [Mout];
 keep_score float32 [Mout]; keep_box float32 [Mout, 4] (x0, y0, x1, y1 image pixels: the instance box, the SAM
 prompt); with SAM keep_logits float32 [Mout, 4e, 4e] (low-res mask logits) and keep_iou [Mout]; dropped
-int32 []; finite bool [] (probabilities, features and scores finite). The host turns the kept slots into
+int32 []; finite bool [] (probabilities, features, scores and the per-image float inputs finite). The host turns the kept slots into
 full-size masks one at a time (`pipeline.post`).
 """
 from __future__ import annotations
@@ -198,6 +198,26 @@ def _iou(inter, area):
   return jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 0.0)
 
 
+def select_candidates(category, score, valid, iou, spec: StepSpec):
+  """One image's selection: min score, per-class greedy mask NMS, top-k.
+
+  Args:
+    category: int32 [Mc] class of each candidate.
+    score: float32 [Mc].
+    valid: bool [Mc].
+    iou: float32 [Mc, Mc] mask IoU, or None (no NMS).
+    spec: `StepSpec` (min_score, nms, nms_threshold, max_per_image).
+
+  Returns:
+    (int32 [Mout] candidate indices by decreasing score (ties: lower index), bool [Mout] valid).
+  """
+  ok = valid & (score >= spec.min_score)
+  if not spec.nms or iou is None:
+    iou = jnp.zeros((score.shape[0], score.shape[0]), jnp.float32)
+  iou = jnp.where(category[:, None] == category[None, :], iou, 0.0)  # NMS within a class only
+  return nms_ops.nms(iou, score, ok, threshold=spec.nms_threshold, max_output=spec.num_outputs())
+
+
 def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig, sam_cfg=None):
   """The pure step function for these models (configs carry the compute dtypes).
 
@@ -255,14 +275,6 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
     inside = (r[:, None] < arrays["sam_size"][0]) & (r[None, :] < arrays["sam_size"][1])  # [T, T]
     return (x > spec.mask_threshold) & inside[None]
 
-  def select(cand, score, iou):
-    keep_ok = cand["valid"] & (score >= spec.min_score)
-    if not spec.nms:
-      iou = jnp.zeros_like(score)[:, None] * jnp.zeros_like(score)[None, :]
-    same = cand["category"][:, None] == cand["category"][None, :]
-    iou = jnp.where(same, iou, 0.0)
-    return nms_ops.nms(iou, score, keep_ok, threshold=spec.nms_threshold, max_output=spec.num_outputs())
-
   def step(params, text, batch):
     tables = {"clip": text["clip_table"], "sam": text["sam_table"]}
     pix = _normalise(batch["semantic"], tables["clip"])  # [B, S, S, 3]
@@ -279,6 +291,8 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
     labels = discover_fn(feats, act)  # [B, P, h, w]
     cand = jax.vmap(one_image_tail)(probs, labels, cls, cls_valid, batch)  # [B, Mc, ...]
     finite = jnp.all(jnp.isfinite(probs), -1) & jnp.all(jnp.isfinite(feats), (1, 2, 3))  # [B]
+    for k in ("act_mean_rows", "act_mean_cols", "act_rows", "act_cols", "box_scale", "image_size"):
+      finite = finite & jnp.all(jnp.isfinite(batch[k]).reshape(batch[k].shape[0], -1), -1)
     out = {"probs": probs, "present": cls, "present_valid": cls_valid, "labels": labels,
            "dropped": cand["dropped"]}
     if spec.sam:
@@ -302,11 +316,11 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
       score = jnp.sqrt(cand["prob"] * jnp.clip(iou_best, 0.0, 1.0))  # [B, Mc]
 
       def nms_one(low_i, a, c, s):
-        if not spec.nms:
-          return select(c, s, None)
-        m = sam_frame_masks(low_i, a).reshape(low_i.shape[0], -1).astype(jnp.float32)  # [Mc, T*T]
-        inter = jnp.dot(m, m.T, precision=HIGHEST)  # [Mc, Mc]
-        return select(c, s, _iou(inter, jnp.sum(m, -1)))
+        iou = None
+        if spec.nms:
+          m = sam_frame_masks(low_i, a).reshape(low_i.shape[0], -1).astype(jnp.float32)  # [Mc, T*T]
+          iou = _iou(jnp.dot(m, m.T, precision=HIGHEST), jnp.sum(m, -1))  # [Mc, Mc]
+        return select_candidates(c["category"], s, c["valid"], iou, spec)
 
       keep, keep_valid = jax.vmap(nms_one)(low, batch, cand, score)  # [B, Mout]
       out["keep_logits"] = jnp.take_along_axis(low, keep[..., None, None], axis=1)  # [B, Mout, 4e, 4e]
@@ -315,7 +329,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
       score = cand["prob"]
 
       def nms_one(lab, a, c, s):
-        return select(c, s, grid_iou(lab, c, a) if spec.nms else None)
+        return select_candidates(c["category"], s, c["valid"], grid_iou(lab, c, a) if spec.nms else None, spec)
 
       keep, keep_valid = jax.vmap(nms_one)(labels, batch, cand, score)  # [B, Mout]
     finite = finite & jnp.all(jnp.isfinite(score), -1)
@@ -328,4 +342,4 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
   return step
 
 
-__all__ = ["StepSpec", "make_step", "max_present_classes", "visual_variables", "vision_module"]
+__all__ = ["StepSpec", "make_step", "select_candidates", "max_present_classes", "visual_variables", "vision_module"]
