@@ -9,9 +9,9 @@ Every measurement runs in its own subprocess (XLA_FLAGS=--xla_force_host_platfor
 XLA cache). Columns: `cold` = the first pass over the images including compilation, `warm` = a second pass
 with everything compiled (label: a new run into a new directory in the same process; the engine's programs are
 reused), images/s; `programs` = the engine's step programs; `xla compiles` = every XLA compilation of the pass
-(jax_log_compiles). The segment loop is the pre-engine pipeline (zipjax/pipeline/zip.py `Segmenter`, batches of
-`config.batch_size`, results written by the old `ResultWriter` after every batch); it uses one device whatever
-the device count, so it is measured once. Simulated devices share the same CPU cores: more of them split the
+(jax_log_compiles). The segment loop is the pre-engine pipeline (zipjax/pipeline/zip.py
+`Segmenter.segment_per_stage`, batches of `config.batch_size`, results written by the old `ResultWriter` after
+every batch); it uses one device whatever the device count, so it is measured once. Simulated devices share the same CPU cores: more of them split the
 same compute, they do not add any.
 """
 from __future__ import annotations
@@ -124,7 +124,8 @@ def worker_segment(images: str, batch: int, passes: int) -> dict:
     t0 = time.perf_counter()
     for s in range(0, len(paths), batch):  # the loop of `zipjax segment` before the engine
       batch_imgs = [(s + j + 1, pth, images_io.load_image(pth)) for j, pth in enumerate(paths[s:s + batch])]
-      for (iid, pth, img), res in zip(batch_imgs, seg.segment([im for _, _, im in batch_imgs])):
+      run = getattr(seg, "segment_per_stage", seg.segment)  # the host-driven path (Segmenter.segment = engine)
+      for (iid, pth, img), res in zip(batch_imgs, run([im for _, _, im in batch_imgs])):
         writer.add_image(iid, pth, img, res["instances"])
       writer.flush()
     out["passes"].append({"loop_s": time.perf_counter() - t0, "images": len(paths),

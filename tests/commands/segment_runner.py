@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from tests.jobs import fake_engine  # noqa: E402
 from zipjax import cli  # noqa: E402
-from zipjax.commands import segment as segment_cmd  # noqa: E402
+from zipjax.pipeline import zip as zip_pipeline  # noqa: E402
 
 
 class FakeSegmenter:
@@ -25,7 +25,7 @@ class FakeSegmenter:
     return [{"instances": fake_engine.expected_instances(im, len(self.names)), "probs": None} for im in images]
 
 
-segment_cmd.build_segmenter = lambda config, random_init=False, **kw: FakeSegmenter()
+zip_pipeline.build_segmenter = lambda config, random_init=False, **kw: FakeSegmenter()
 
 if __name__ == "__main__":
   sys.exit(cli.main(sys.argv[1:]))

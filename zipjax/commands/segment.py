@@ -172,6 +172,7 @@ def run(args) -> int:
   from zipjax.io.results import RANDOM_NOTE, draw_overlay  # pylint: disable=import-outside-toplevel
   from zipjax.io.shards import RunDir, error_record, fault, image_record  # pylint: disable=import-outside-toplevel
   from zipjax.jobs.label import job_identity  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
 
   t_start = time.perf_counter()
   config = resolve_config(args)
@@ -263,17 +264,6 @@ def run(args) -> int:
   elapsed = time.perf_counter() - t_start
   _summary(names, stats, len(todo), len(paths), elapsed, t_ready - t_start, args.out)
   return 0
-
-
-def build_segmenter(config, random_init: bool = False):
-  """The engine (`zipjax.engine.Engine`: one jitted step per shape bucket, the same instances as `zipjax label`)
-  for bucketed presets (`boundary.size_multiple` > 0, e.g. zip); the per-image `Segmenter` of
-  zipjax/pipeline/zip.py for the exact-size `reference` preset (its parity-tested path)."""
-  from zipjax.pipeline import zip as zip_pipeline  # pylint: disable=import-outside-toplevel
-  if int(config.boundary.size_multiple) > 0:
-    from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
-    return Engine(config, random_init=random_init)
-  return zip_pipeline.build_segmenter(config, random_init=random_init)
 
 
 def overlay_name(image_id: int, path: str) -> str:
