@@ -49,7 +49,8 @@ def run(n_images: int, batch: int, masks: int) -> None:
   from zipjax.io.shards import RunDir, image_record  # pylint: disable=import-outside-toplevel
   data = synthetic(n_images, masks)
   names = ["a", "b", "c"]
-  checkpoints = sorted({c for c in (n_images // 8, n_images // 4, n_images // 2, n_images) if c >= batch})
+  checkpoints = sorted({min(n_images, max(batch, c - c % batch))
+                        for c in (n_images // 8, n_images // 4, n_images // 2, n_images)})
   tmp = tempfile.mkdtemp(prefix="zipjax-bench-writer-")
   rows = []
   try:
@@ -73,7 +74,7 @@ def run(n_images: int, batch: int, masks: int) -> None:
       t_old += d_old
       t_new += d_new
       done = s + len(chunk)
-      if done in checkpoints:
+      if done in checkpoints or done == n_images:
         rows.append((done, d_old, t_old, d_new, t_new))
     t0 = time.perf_counter()
     rd.merge({"description": "bench"}, names, lambda st: {}, results=True)

@@ -207,6 +207,17 @@ def _read_header(path) -> dict:
   return header
 
 
+_KEY_PREFIX = '{"key": '
+_DECODER = json.JSONDecoder()
+
+
+def _line_key(line: str) -> str:
+  """The key of a record line without decoding the whole line (records are written with "key" first)."""
+  if line.startswith(_KEY_PREFIX):
+    return _DECODER.raw_decode(line, len(_KEY_PREFIX))[0]
+  return json.loads(line)["key"]
+
+
 def _iter_lines(path, skip_header: bool):
   """(key, record line) of a sorted shard or merge run."""
   with fs.open_read(path, "rb") as f:
@@ -215,7 +226,7 @@ def _iter_lines(path, skip_header: bool):
     for raw in f:
       line = raw.decode("ascii").rstrip("\n")
       if line:
-        yield json.loads(line)["key"], line
+        yield _line_key(line), line
 
 
 # ------------------------------------------------------------------------------------------------ run dir
