@@ -238,3 +238,9 @@ def test_recover_cleans_temporary_files(tmp_path):
   assert sorted(got["cleaned"]) == sorted(str(j) for j in junk)
   assert not any(j.exists() for j in junk) and keep.exists()
   assert len(rd.shard_names()) == 1
+
+
+def test_line_keys_with_odd_characters():
+  for key in ('plain.png', 'dir/ä "quoted" \\ 🍎.png', 'x\udcff.png'):
+    line = shards._dumps(error_record(key, {"reason": "r"}))
+    assert shards._line_key(line) == key
