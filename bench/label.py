@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,13 @@ def main(argv=None) -> None:
     return
   n_images, devices, rss_counts = (16, (1, 8), (50, 150)) if a.quick else (64, (1, 2, 4, 8), (100, 500))
   tmp = tempfile.mkdtemp(prefix="zipjax-bench-")
+  try:
+    _bench(a, tmp, n_images, devices, rss_counts)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(a, tmp: str, n_images: int, devices, rss_counts) -> None:
   images = generate(os.path.join(tmp, "images"), n_images)
   t0 = time.perf_counter()
   seg = _sub(["--worker", "segment", "--images", images, "--batch", str(a.batch)], 1)
