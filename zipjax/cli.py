@@ -27,6 +27,7 @@ COMMANDS = {
     "embed": "embed",
     "eval": "eval",
     "gallery": "gallery",
+    "label": "label",
     "segment": "segment",
 }
 

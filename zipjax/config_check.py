@@ -41,8 +41,12 @@ class Rule:
   hi: float | None = None
   lo_open: bool = False
   choices: tuple = ()
+  custom: Callable[[Any], bool] | None = None
+  text: str = ""
 
   def describe(self) -> str:
+    if self.kind == "custom":
+      return self.text
     if self.kind == "choice":
       return "one of " + ", ".join(repr(c) for c in self.choices)
     if self.kind == "bool":
@@ -63,6 +67,12 @@ class Rule:
 
   def problem(self, value: Any) -> str | None:
     """Why `value` does not fit, or None."""
+    if self.kind == "custom":
+      try:
+        ok = bool(self.custom(value))
+      except (TypeError, ValueError, KeyError, IndexError):
+        ok = False
+      return None if ok else f"must be {self.describe()}"
     if self.kind == "bool":
       return None if isinstance(value, bool) else f"must be {self.describe()}"
     if self.kind == "str":
@@ -102,6 +112,39 @@ def Choice(*choices) -> Rule:  # pylint: disable=invalid-name
   return Rule("choice", choices=tuple(choices))
 
 
+def Custom(text: str, check: Callable[[Any], bool]) -> Rule:  # pylint: disable=invalid-name
+  """A field checked by `check(value) -> bool`; `text` says what it must be."""
+  return Rule("custom", custom=check, text=text)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ratios(v) -> bool:
+  return (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_number(r) and r >= 1.0 for r in v)
+          and list(v) == sorted(set(v)))
+
+
+def _mesh(v) -> bool:
+  names = [a[0] for a in v]
+  return (isinstance(v, (list, tuple)) and len(v) > 0 and len(set(names)) == len(names) and
+          all(isinstance(a, (list, tuple)) and len(a) == 2 and isinstance(a[0], str) and a[0] and
+              isinstance(a[1], int) and not isinstance(a[1], bool) and (a[1] >= 1 or a[1] == -1) for a in v) and
+          sum(a[1] == -1 for a in v) <= 1)
+
+
+def _sharding_rules(v) -> bool:
+  import re  # pylint: disable=import-outside-toplevel
+  for rule in v:
+    pattern, spec = rule
+    re.compile(pattern)
+    if not all(d is None or isinstance(d, str) or (isinstance(d, (list, tuple)) and
+                                                    all(isinstance(x, str) for x in d)) for d in spec):
+      return False
+  return isinstance(v, (list, tuple))
+
+
 BOOL = Rule("bool")
 TEXT = Rule("str")
 ARCH = Rule("arch")
@@ -118,6 +161,9 @@ RULES: dict[str, Rule] = {
     "models.boundary.arch": ARCH,
     "models.sam.checkpoint": TEXT,
     "models.sam.arch": ARCH,
+    "models.semantic.dtype": Choice("float32", "bfloat16"),
+    "models.boundary.dtype": Choice("float32", "bfloat16"),
+    "models.sam.dtype": Choice("float32", "bfloat16"),
     "models.seed": Int(0, 2**31 - 1),
     # image decoding limits
     "input.min_side": Int(1),
@@ -133,6 +179,8 @@ RULES: dict[str, Rule] = {
     "boundary.input_size": Int(1),
     "boundary.stage": Int(0, 4),
     "boundary.size_multiple": Int(0),
+    "boundary.bucket_ratios": Custom("a non-empty increasing list of long/short side ratios >= 1",
+                                     _ratios),
     # discovery
     "discover.num_clusters": Int(1),
     "discover.max_iters": Int(1),
@@ -167,9 +215,20 @@ RULES: dict[str, Rule] = {
     "scoring.nms_threshold": PROBABILITY,
     "scoring.min_score": PROBABILITY,
     "scoring.max_per_image": Int(1),
+    "scoring.max_present_classes": Int(0),
     # outputs
     "output.overlays": BOOL,
     "output.overlay_max_side": Int(1),
+    # device mesh and parameter sharding (zipjax/parallel)
+    "mesh": Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh),
+    "sharding_rules": Custom("a list of (regex, PartitionSpec tuple of axis names / None) pairs",
+                             _sharding_rules),
+    # zipjax label (zipjax/jobs/label.py)
+    "label.shard_size": Int(1),
+    "label.workers": Int(1),
+    "label.prefetch": Int(1),
+    "label.max_pending": Int(0),
+    "label.tfds_image_feature": TEXT,
 }
 
 
@@ -253,5 +312,5 @@ def check_config(config, rules: Mapping[str, Rule] | None = None):
   return config
 
 
-__all__ = ["Rule", "Int", "Float", "Choice", "BOOL", "TEXT", "ARCH", "PROBABILITY", "RULES", "RELATIONS",
+__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "ARCH", "PROBABILITY", "RULES", "RELATIONS",
            "register", "config_problems", "check_config"]
