@@ -1,0 +1,2 @@
+"""Training and evaluation input: the synthetic shapes dataset (`synthetic`) and the grain pipeline that turns a
+COCO dataset into fixed-shape, augmented detector batches with a checkpointable iterator (`coco_train`)."""
