@@ -14,6 +14,8 @@ COMMANDS = {
     "embed": "embed",
     "eval": "eval",
     "segment": "segment",
+    "train": "train",
+    "detect": "detect",
 }
 
 

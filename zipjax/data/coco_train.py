@@ -360,7 +360,7 @@ class ExampleAt(grain.transforms.Map):
 def augment_params(config, train: bool = True) -> AugmentParams:
   """AugmentParams from `config.data` and the model's input size / mask stride."""
   d = config.data
-  return AugmentParams(image_size=int(config.model.image_size), mask_stride=int(config.model.mask_stride),
+  return AugmentParams(image_size=int(config.model.input_size), mask_stride=int(config.model.mask_stride),
                        max_instances=int(d.max_instances), train=train, min_scale=float(d.min_scale),
                        max_scale=float(d.max_scale), hflip=float(d.hflip), min_area=int(d.min_area))
 

@@ -1,7 +1,8 @@
 """Mesh and parameter sharding for the trainer, from config (big_vision style: rules in configs, never in models).
 
 - `make_mesh(spec)`: `config.mesh = [("data", -1)]` -> a `jax.sharding.Mesh` over all devices (-1: the
-  remaining devices), in `jax.experimental.mesh_utils.create_device_mesh` order. One flat device order serves
+  remaining devices; explicit sizes whose product is smaller take the first devices), in
+  `jax.experimental.mesh_utils.create_device_mesh` order. One flat device order serves
   data parallelism and FSDP.
 - `infer_shardings(tree, rules, mesh, min_size)`: one `NamedSharding` per leaf of a (shape) pytree. A leaf's
   path is its keys joined by "/" (e.g. `backbone/transformer/resblocks_0/mlp/c_fc/kernel`; optimizer-state
@@ -31,9 +32,15 @@ from zipjax.errors import InputError
 
 
 def make_mesh(spec: Sequence, devices: Sequence | None = None) -> Mesh:
-  """`[(axis_name, size), ...]` (one size may be -1) -> Mesh over `devices` (default: all devices)."""
+  """`[(axis_name, size), ...]` -> Mesh over `devices` (default: all devices).
+
+  One size may be -1 (the remaining devices). When every size is given and their product is smaller than the
+  number of devices, the mesh takes the first devices (e.g. `[("data", 1)]`: one device).
+  """
   devices = list(jax.devices() if devices is None else devices)
   spec = [(str(name), int(size)) for name, size in spec]
+  if spec and all(s > 0 for _, s in spec) and int(np.prod([s for _, s in spec])) < len(devices):
+    devices = devices[:int(np.prod([s for _, s in spec]))]
   if not spec:
     raise InputError("config.mesh is empty; use e.g. [('data', -1)]")
   names = [n for n, _ in spec]

@@ -71,7 +71,7 @@ class Task:
   Attributes:
     init: rng -> params (random initialisation).
     forward: (params, batch, train, rng) -> model outputs.
-    loss: (outputs, batch) -> (scalar loss, dict of scalar metrics).
+    loss: (outputs, batch, rng) -> (scalar loss, dict of scalar metrics).
   """
   init: Callable
   forward: Callable
@@ -100,8 +100,8 @@ def detector_task(config) -> Task:
     return model.apply({"params": params}, batch["image"], batch["queries"], batch["query_valid"], train=train,
                        rngs={"dropout": rng} if train else None)
 
-  def loss(out, batch):
-    return set_loss(out, batch, loss_cfg)
+  def loss(out, batch, rng):
+    return set_loss(out, batch, loss_cfg, rng=rng)
 
   return Task(init=init, forward=forward, loss=loss)
 
@@ -252,11 +252,11 @@ class Trainer:
   # ---- step
   def _train_step(self, state, batch):
     step = state["step"]
-    rng = jax.random.fold_in(state["rng"], step)
+    rng_model, rng_loss = jax.random.split(jax.random.fold_in(state["rng"], step))
 
     def loss_fn(params):
-      out = self.task.forward(params, batch, True, rng)
-      return self.task.loss(out, batch)
+      out = self.task.forward(params, batch, True, rng_model)
+      return self.task.loss(out, batch, rng_loss)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -333,8 +333,8 @@ class Checkpoints:
     self.manager.close()
 
 
-def restore_params(workdir: str, trainer: Trainer):
-  """The latest parameters of another run's workdir, restored into `trainer`'s parameter shardings."""
+def _restore_latest_params(workdir: str, abstract_params) -> tuple:
+  """(params restored into `abstract_params`' shardings, step) from the latest checkpoint of `workdir`."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"{workdir}: no checkpoints/ folder (not a zipjax train workdir)")
@@ -342,11 +342,24 @@ def restore_params(workdir: str, trainer: Trainer):
   try:
     step = ck.latest_step()
     if step is None:
-      raise CheckpointError(f"{workdir}: no checkpoint to initialise from")
-    abstract = {"params": trainer.abstract_state()["params"]}
-    return ck.restore_state(step, abstract, partial=True)["params"]
+      raise CheckpointError(f"{workdir}: no finished checkpoint")
+    return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
   finally:
     ck.close()
+
+
+def restore_params(workdir: str, trainer: Trainer):
+  """The latest parameters of another run's workdir, restored into `trainer`'s parameter shardings."""
+  return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
+
+
+def load_params(workdir: str, config, mesh) -> tuple:
+  """(detector parameters replicated over `mesh`, checkpoint step) of a run's latest checkpoint."""
+  task = detector_task(config)
+  shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  rep = shard_lib.replicated(mesh)
+  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+  return _restore_latest_params(workdir, abstract)
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -617,4 +630,4 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
 
 
 __all__ = ["Task", "detector_task", "detector_config", "text_encoder", "class_queries", "load_run_config",
-           "Trainer", "Checkpoints", "restore_params", "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
+           "Trainer", "Checkpoints", "restore_params", "load_params", "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
