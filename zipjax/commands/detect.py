@@ -76,7 +76,8 @@ def run(args) -> int:
   queries = trainer.class_queries(config, clip, names)  # [Q, D]
   cfg = trainer.detector_config(config)
   predictor = DetectorPredictor(cfg, mesh, int(config.detect.batch_size),
-                                score_threshold=float(config.detect.score_threshold))
+                                score_threshold=float(config.detect.score_threshold),
+                                compiler_options=trainer.compiler_options(config))
   t_ready = time.perf_counter()
   info = {"description": "zipjax detect", "workdir": os.path.abspath(args.workdir), "checkpoint_step": step,
           "classes": names}

@@ -38,7 +38,8 @@ class DetectorPredictor:
     mask_threshold: mask logit threshold.
   """
 
-  def __init__(self, cfg, mesh, batch_size: int, score_threshold: float = 0.0, mask_threshold: float = 0.0):
+  def __init__(self, cfg, mesh, batch_size: int, score_threshold: float = 0.0, mask_threshold: float = 0.0,
+               compiler_options: dict | None = None):
     from zipjax.models.detector import Detector, postprocess  # pylint: disable=import-outside-toplevel
     self.cfg = cfg
     self.mesh = mesh
@@ -57,7 +58,8 @@ class DetectorPredictor:
       res = postprocess(out, cfg)
       return {k: res[k] for k in ("boxes", "scores", "classes", "mask_logits")}
 
-    self._step = jax.jit(step, static_argnums=(4,), out_shardings=shard_lib.replicated(mesh))
+    self._step = jax.jit(step, static_argnums=(4,), out_shardings=shard_lib.replicated(mesh),
+                         compiler_options=compiler_options)
 
   def prepare(self, image: np.ndarray):
     """uint8 [H, W, 3] -> (canvas [S, S, 3], geometry)."""

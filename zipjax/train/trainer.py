@@ -186,6 +186,13 @@ def _check_same_run(workdir: str, config) -> None:
 
 
 # -------------------------------------------------------------------------------------------- trainer
+def compiler_options(config) -> dict | None:
+  """XLA options of the jitted functions: `config.xla_opt_level` >= 0 sets `xla_backend_optimization_level`
+  (0 compiles a CPU program several times faster and runs it slower: for tests and smoke runs)."""
+  level = int(config.get("xla_opt_level", -1))
+  return {"xla_backend_optimization_level": level} if level >= 0 else None
+
+
 class Trainer:
   """Sharded train state and jitted step for a task.
 
@@ -219,8 +226,10 @@ class Trainer:
         "opt_state": shard_lib.infer_shardings(self.state_shapes["opt_state"], rules, self.mesh, min_size),
         "step": rep, "rng": rep}
     self.batch_sharding = shard_lib.batch_sharding(self.mesh)
+    self.compiler_options = compiler_options(config)
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
-                         out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
+                         out_shardings=(self.state_shardings, rep), donate_argnums=(0,),
+                         compiler_options=self.compiler_options)
 
   # ---- state
   def _make_state(self, params):
@@ -229,7 +238,8 @@ class Trainer:
 
   def init_params(self):
     """Random parameters, created in their shards."""
-    return jax.jit(self.task.init, out_shardings=self.state_shardings["params"])(self._init_key)
+    return jax.jit(self.task.init, out_shardings=self.state_shardings["params"],
+                   compiler_options=self.compiler_options)(self._init_key)
 
   def place_params(self, params):
     """Host or device parameters -> parameters in their shards (float32)."""
@@ -241,7 +251,7 @@ class Trainer:
     if params is None:
       params = self.init_params()
     make = jax.jit(self._make_state, in_shardings=(self.state_shardings["params"],),
-                   out_shardings=self.state_shardings)
+                   out_shardings=self.state_shardings, compiler_options=self.compiler_options)
     return make(params)
 
   def abstract_state(self):
@@ -559,7 +569,8 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
   if val_json:
     from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
     predictor = DetectorPredictor(detector_config(config), trainer.mesh, int(config.eval.batch_size),
-                                  score_threshold=float(config.eval.score_threshold))
+                                  score_threshold=float(config.eval.score_threshold),
+                                  compiler_options=trainer.compiler_options)
     evaluator = Evaluator(config, val_json, val_images_root or images_root, predictor, queries_fn)
 
   writer = MetricsWriter(workdir, resume_step=start, enabled=pindex == 0)
