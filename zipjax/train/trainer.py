@@ -605,7 +605,7 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
       state, metrics = trainer.step(state, trainer.global_batch(local))
       step += 1
       extra = {}
-      if evaluator is not None and eval_every > 0 and (step % eval_every == 0 or step == total):
+      if evaluator is not None and (step == total or (eval_every > 0 and step % eval_every == 0)):
         extra = evaluator(state["params"])
       if step % log_every == 0 or step == total or extra:
         flush_pending()
