@@ -303,7 +303,7 @@ class Checkpoints:
     # the trainer decides when to save (every `every` steps, at the end, on SIGTERM) and forces each save
     options = ocp.CheckpointManagerOptions(save_interval_steps=max(int(every), 1), max_to_keep=max(int(keep), 1),
                                            enable_async_checkpointing=bool(asynchronous), create=not read_only,
-                                           read_only=read_only)
+                                           read_only=read_only, cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
@@ -641,4 +641,5 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
 
 
 __all__ = ["Task", "detector_task", "detector_config", "text_encoder", "class_queries", "load_run_config",
-           "Trainer", "Checkpoints", "restore_params", "load_params", "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
+           "compiler_options", "Trainer", "Checkpoints", "restore_params", "load_params", "Evaluator", "RunResult",
+           "train", "EXIT_PREEMPTED"]
