@@ -72,6 +72,7 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 100               # with --val-json; 0: only at the end
+  config.eval.at_start = False          # also evaluate the initial parameters (logged as step 0)
   config.eval.batch_size = 8
   config.eval.score_threshold = 0.0     # keep the model's top_k detections per image
 

@@ -69,6 +69,7 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 5000
+  config.eval.at_start = True           # baseline: the initial parameters, as step 0
   config.eval.batch_size = 16
   config.eval.score_threshold = 0.0
 
