@@ -69,13 +69,14 @@ def _hungarian(a: jax.Array, row_valid: jax.Array, col_valid: jax.Array) -> jax.
     p = p.at[0].set(i)
 
     def search_cond(s):
-      _, _, p, _, _, _, j0, steps = s
+      _, _, _, _, _, _, j0, steps = s
       return valid & (steps <= m) & ((steps == 0) | (p[j0] != 0))
 
     def search_body(s):
-      u, v, p, way, minv, used, j0, steps = s
+      u, v, way, minv, used, rows, j0, steps = s
       used = used.at[j0].set(True)
       i0 = p[j0]
+      rows = rows.at[i0].set(1.0)  # rows of the search tree: those matched to visited columns
       cur = a[i0] - u[i0] - v  # [m + 1] reduced costs from row i0
       better = ~used & (cur < minv)
       minv = jnp.where(better, cur, minv)
@@ -83,14 +84,14 @@ def _hungarian(a: jax.Array, row_valid: jax.Array, col_valid: jax.Array) -> jax.
       masked = jnp.where(used, inf, minv)
       j1 = jnp.argmin(masked)
       delta = masked[j1]
-      # Visited columns are matched to distinct rows (column 0 to row i); the others add 0 to some row.
-      u = u.at[p].add(jnp.where(used, delta, 0).astype(dtype))
+      u = u + delta * rows
       v = jnp.where(used, v - delta, v)
       minv = jnp.where(used, minv, minv - delta)
-      return u, v, p, way, minv, used, j1, steps + 1
+      return u, v, way, minv, used, rows, j1, steps + 1
 
-    init = (u, v, p, jnp.zeros(m + 1, jnp.int32), jnp.full((m + 1,), inf), blocked, jnp.int32(0), jnp.int32(0))
-    u, v, p, way, _, used, j0, _ = jax.lax.while_loop(search_cond, search_body, init)
+    init = (u, v, jnp.zeros(m + 1, jnp.int32), jnp.full((m + 1,), inf), blocked, jnp.zeros(n + 1, dtype),
+            jnp.int32(0), jnp.int32(0))
+    u, v, way, _, used, _, j0, _ = jax.lax.while_loop(search_cond, search_body, init)
     found = valid & (p[j0] == 0) & ~used[j0]  # reached a free, unvisited column
 
     def flip_cond(s):
@@ -126,8 +127,8 @@ def assign(cost: jax.Array, row_valid: jax.Array | None = None, candidates: bool
   n_pred, n_tgt = cost.shape
   if n_pred < n_tgt:
     raise ValueError(f"matcher needs at least as many predictions as targets, got cost {cost.shape}")
-  if row_valid is None:
-    row_valid = jnp.ones((n_tgt,), bool)
+  row_valid = jnp.ones((n_tgt,), bool) if row_valid is None else jnp.asarray(row_valid, bool)
+  cost = jnp.asarray(cost)
   if not jnp.issubdtype(cost.dtype, jnp.floating):
     cost = cost.astype(jnp.float32)
   a = sanitize(cost).T  # [T, N] rows = targets
