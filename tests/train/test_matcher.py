@@ -7,6 +7,9 @@ from scipy.optimize import linear_sum_assignment
 
 import jax
 import jax.numpy as jnp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from zipjax.train import matcher
 
@@ -138,3 +141,15 @@ def test_matched_predictions():
   index = jnp.array([[2, -1, 0], [1, 3, -1]], jnp.int32)
   got = np.asarray(matcher.matched_predictions(index, 4))
   np.testing.assert_array_equal(got, [[1, 0, 1, 0], [0, 1, 0, 1]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(cost=hnp.arrays(np.int8, (N, T), elements=st.integers(-3, 3)),
+       valid=hnp.arrays(np.bool_, (T,)), scale=st.sampled_from([1.0, 0.5, 1e3]))
+def test_hypothesis_small_integer_costs(cost, valid, scale):
+  """Property test: for any small-integer cost (dense ties) and padding mask, scipy's optimum (compiled once:
+  the example is the first of a batch of the test shape)."""
+  c = cost.astype(np.float32) * np.float32(scale)
+  batch = np.broadcast_to(c, (B, N, T)).copy()
+  index = _batch(batch, np.broadcast_to(valid, (B, T)).copy())
+  _check(c, valid, index[0])
