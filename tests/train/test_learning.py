@@ -100,3 +100,40 @@ def test_adam_fits_rectangles_boxes_and_masks(setup):
   # mask_logits gathers the same maps as postprocess
   np.testing.assert_allclose(np.asarray(mask_logits(out, det["tokens"])), np.asarray(det["mask_logits"]),
                              rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_generalises_to_held_out_images(setup):
+  """Fresh generated batches every step (no memorisation), 1500 Adam steps (~6 minutes on 2 busy cores), then 32
+  held-out images: most rectangles are found (box IoU > 0.5 among the k + 2 best detections for k targets)
+  with masks of IoU > 0.5. An untrained model finds none: its boxes are 16 px grid cells, the rectangles are
+  24-64 px, so no IoU reaches 0.5. Measured: 0.76 of the rectangles found after 1500 steps."""
+  model, grad_fn, params, _ = setup
+  opt = optax.adam(optax.warmup_cosine_decay_schedule(1e-4, 2e-3, 50, 1500, 1e-4))
+  state = opt.init(params)
+  update = jax.jit(lambda p, g, s: (lambda u, s2: (optax.apply_updates(p, u), s2))(*opt.update(g, s, p)))
+  for step in range(1500):
+    (_, metrics), grads = grad_fn(params, make_batch(1000 + step))
+    params, state = update(params, grads, state)
+  hits, masks_ok, total = 0, 0, 0
+  fwd = jax.jit(lambda p, b: postprocess(model.apply({"params": p}, b["image"], b["queries"], b["query_valid"]),
+                                         CFG, top_k=10))
+  s = CFG.input_size
+  for seed in range(8):
+    batch = make_batch(seed + 10 ** 6)
+    det = fwd(params, batch)
+    for i in range(batch["image"].shape[0]):
+      v = batch["valid"][i]
+      tgt = np.asarray(box_ops.cxcywh_to_xyxy(jnp.asarray(batch["boxes"][i][v]))) * s
+      k = int(v.sum())
+      iou = np.asarray(box_ops.pairwise_iou(jnp.asarray(tgt), det["boxes"][i][:k + 2]))  # [k, k + 2]
+      best = iou.argmax(axis=1)
+      ml = np.asarray(det["mask_logits"][i])[best] > 0
+      gt = batch["masks"][i][v]
+      miou = (ml & gt).sum((1, 2)) / np.maximum((ml | gt).sum((1, 2)), 1)
+      found = iou.max(axis=1) > 0.5
+      hits += int(found.sum())
+      masks_ok += int((found & (miou > 0.5)).sum())
+      total += k
+  assert hits / total >= 0.6, (hits, total)
+  assert masks_ok / total >= 0.5, (masks_ok, total)
