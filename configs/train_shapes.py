@@ -1,5 +1,6 @@
 """The tiny detector on the synthetic shapes (what tests/train/test_trainer_learns.py runs): 64 px input, 8 px
-patches (8 x 8 tokens of width 64, 2 blocks), random weights, 3000 steps of batch 8 on 2 CPU cores.
+patches (8 x 8 tokens of width 64, 2 blocks), random weights, 4000 steps of batch 8 on 2 CPU cores
+(class-agnostic: box AP50 ~0.74, mask AP50 ~0.69 on held-out shapes, about 8 minutes).
 
   SHAPES="--min-side 64 --max-side 96 --max-objects 4 --min-object-frac 0.25 --max-object-frac 0.5 --min-area 30"
   python -m zipjax.data.synthetic --out /tmp/shapes --num-images 400 $SHAPES
@@ -28,11 +29,11 @@ def get_config():
   config = _smoke()
   # smaller input, finer patches: 8 px cells for 16-48 px objects, 16 x 16 masks; cheaper than 128 px / 16
   config.model = config_parts.model_config("smoke", input_size=64, patch_size=8)
-  config.total_steps = 3000
+  config.total_steps = 4000
   config.optim.warmup_steps = 100
   config.optim.lr_multipliers = []      # random init: the backbone learns at the heads' rate
   config.data.min_area = 8
   config.checkpoint.every = 500
-  config.eval.every = 500
+  config.eval.every = 1000
   config.eval.batch_size = 16
   return config
