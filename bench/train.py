@@ -148,6 +148,7 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
   n = len(jax.devices())
   bs = batch_per_device * n
   apply_overrides(config, [f"--config.batch_size={bs}", f"--config.total_steps={steps + 10}",
+                           "--config.optim.warmup_steps=0",
                            f"--config.data.max_instances={max_targets}", "--config.init_checkpoint="])
   cfg = tr.detector_config(config)
   trainer = tr.Trainer(config, tr.detector_task(config))
@@ -187,7 +188,7 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
   mem = None
   try:
     stats = dev.memory_stats() or {}
-    mem = stats.get("peak_bytes_in_use", 0) / 2 ** 30
+    mem = stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
   except Exception:  # pylint: disable=broad-except
     pass
   res = {"device": getattr(dev, "device_kind", dev.platform), "devices": n,
