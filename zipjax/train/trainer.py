@@ -373,6 +373,24 @@ def load_params(workdir: str, config, mesh) -> tuple:
   return _restore_latest_params(workdir, abstract)
 
 
+def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
+  """Parameters of a fresh run, in their shards: the final parameters of `config.init_workdir`'s run, or random
+  ones (`config.seed`) whose backbone (and class projection) come from the CLIP ViT `clip` when
+  `config.init_checkpoint` is set."""
+  if str(config.get("init_workdir", "") or ""):
+    params = restore_params(str(config.init_workdir), trainer)
+    log(f"initialised from the final parameters of {config.init_workdir}")
+    return params
+  params = trainer.init_params()
+  if str(config.get("init_checkpoint", "") or ""):
+    from zipjax.models.detector import load_backbone  # pylint: disable=import-outside-toplevel
+    clip = clip if clip is not None else text_encoder(config)
+    host = {"params": jax.device_get(params)}
+    params = trainer.place_params(load_backbone(host, clip, detector_config(config))["params"])
+    log(f"backbone initialised from {config.init_checkpoint}")
+  return params
+
+
 # ----------------------------------------------------------------------------------------------- eval
 class Evaluator:
   """Periodic COCO evaluation of the detector on a validation set (images decoded once).
@@ -535,17 +553,7 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
 
   if latest is None:
     start = 0
-    if str(config.get("init_workdir", "") or ""):
-      params = restore_params(str(config.init_workdir), trainer)
-      log(f"initialised from the final parameters of {config.init_workdir}")
-    else:
-      params = trainer.init_params()
-      if str(config.get("init_checkpoint", "") or ""):
-        from zipjax.models.detector import load_backbone  # pylint: disable=import-outside-toplevel
-        host = {"params": jax.device_get(params)}
-        params = trainer.place_params(load_backbone(host, clip, detector_config(config))["params"])
-        log(f"backbone initialised from {config.init_checkpoint}")
-    state = trainer.init_state(params)
+    state = trainer.init_state(initial_params(config, trainer, clip, log))
     iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
   else:
     start = int(latest)
@@ -644,5 +652,5 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
 
 
 __all__ = ["Task", "detector_task", "detector_config", "text_encoder", "class_queries", "load_run_config",
-           "compiler_options", "Trainer", "Checkpoints", "restore_params", "load_params", "Evaluator", "RunResult",
-           "train", "EXIT_PREEMPTED"]
+           "compiler_options", "Trainer", "Checkpoints", "restore_params", "load_params", "initial_params",
+           "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
