@@ -538,9 +538,10 @@ def text_queries(clip_model, names: Sequence[str], templates: Sequence[str] | No
 def postprocess(out: Mapping[str, jax.Array], cfg: DetectorConfig, top_k: int | None = None) -> dict:
   """Top-k (token, query) pairs per image by score.
 
-  Returns a dict of: boxes float32 [B, K, 4] xyxy in input pixels (0..S), scores float32 [B, K], classes
-  int32 [B, K] (query index), tokens int32 [B, K], mask_logits float32 [B, K, Hm, Hm]. K = top_k or
-  cfg.top_k, at most N * Q. Scores of padded queries are 0.
+  Returns a dict of: boxes float32 [B, K, 4] xyxy in input pixels (0..S; from the box head, or with
+  cfg.box_source='mask' the tight box of the mask), scores float32 [B, K], classes int32 [B, K] (query index),
+  tokens int32 [B, K], mask_logits float32 [B, K, Hm, Hm]. K = top_k or cfg.top_k, at most N * Q. Scores of
+  padded queries are 0.
   """
   logits = out["pred_logits"]  # [B, N, Q]
   b, n, q = logits.shape
@@ -603,5 +604,5 @@ def flops_per_example(cfg: DetectorConfig, num_queries: int = 1, train: bool = F
   return f * (3.0 if train else 1.0)
 
 
-__all__ = ["DetectorConfig", "Detector", "box_bias", "mask_logits", "init_variables", "variable_shapes", "load_backbone",
-           "text_queries", "postprocess", "mask_boxes", "flops_per_example", "QUERY_PAD_LOGIT"]
+__all__ = ["DetectorConfig", "Detector", "box_bias", "mask_logits", "init_variables", "variable_shapes",
+           "load_backbone", "text_queries", "postprocess", "mask_boxes", "flops_per_example", "QUERY_PAD_LOGIT"]
