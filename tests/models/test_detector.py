@@ -186,7 +186,7 @@ def test_postprocess_matches_numpy():
          "pixel_embed": rng.standard_normal((b, 8, 8, 4)).astype(np.float32)}
   out["pred_logits"][1, :, 2] = -1e6  # padded query
   for mode in ("class", "class_objectness"):
-    cfg = TINY.replace(score=mode)
+    cfg = TINY.replace(score=mode)  # box_source 'head'
     got = det.postprocess({k: jnp.asarray(v) for k, v in out.items()}, cfg)
     prob = expit(out["pred_logits"].astype(np.float64))
     if mode == "class_objectness":
@@ -204,6 +204,17 @@ def test_postprocess_matches_numpy():
       ml = np.einsum("ke,hwe->khw", out["mask_embed"][i, tok], out["pixel_embed"][i])
       np.testing.assert_allclose(np.asarray(got["mask_logits"][i]), ml, rtol=1e-4, atol=1e-4)
     assert not np.any(np.asarray(got["classes"][1])[np.asarray(got["scores"][1]) > 0] == 2)
+  # box_source='mask': the tight box of each mask (logits > 0) at stride 8, the head's box for empty masks
+  out["mask_embed"][0, :, :] = 0.0  # image 0: empty masks everywhere
+  got = det.postprocess({k: jnp.asarray(v) for k, v in out.items()}, TINY.replace(box_source="mask"))
+  head = det.postprocess({k: jnp.asarray(v) for k, v in out.items()}, TINY)
+  np.testing.assert_allclose(np.asarray(got["boxes"][0]), np.asarray(head["boxes"][0]))
+  for k, tok in enumerate(np.asarray(got["tokens"][1])):
+    m = out["pixel_embed"][1] @ out["mask_embed"][1, tok] > 0  # [8, 8]
+    ys, xs = np.nonzero(m)
+    want = [xs.min() * 8, ys.min() * 8, (xs.max() + 1) * 8, (ys.max() + 1) * 8] if len(xs) else head["boxes"][1, k]
+    np.testing.assert_allclose(np.asarray(got["boxes"][1, k]), want)
+  assert np.asarray(det.mask_boxes(jnp.zeros((2, 3, 3), bool))).tolist() == [[0, 0, 0, 0]] * 2
 
 
 def test_drop_path_block_and_remat():

@@ -77,6 +77,8 @@ class DetectorConfig:
     top_k: detections kept per image by `postprocess`.
     score: `postprocess` score: 'class' (sigmoid of the class logit) or 'class_objectness' (geometric mean of
       the class and objectness probabilities).
+    box_source: `postprocess` boxes: 'head' (the box head) or 'mask' (the tight box of the detection's mask,
+      logits > 0, at mask resolution; the head's box where the mask is empty).
   """
   input_size: int = 768
   patch_size: int = 16
@@ -95,6 +97,7 @@ class DetectorConfig:
   merge_class_token: str = "mul-ln"
   top_k: int = 100
   score: str = "class"
+  box_source: str = "head"
 
   def __post_init__(self):
     s, p, m = self.input_size, self.patch_size, self.mask_stride
@@ -115,6 +118,8 @@ class DetectorConfig:
                        f"{self.merge_class_token!r}")
     if self.score not in ("class", "class_objectness"):
       raise InputError(f"detector config: score must be 'class' or 'class_objectness', got {self.score!r}")
+    if self.box_source not in ("head", "mask"):
+      raise InputError(f"detector config: box_source must be 'head' or 'mask', got {self.box_source!r}")
     if not 0.0 < self.prior_prob < 1.0:
       raise InputError(f"detector config: prior_prob must be in (0, 1), got {self.prior_prob}")
     if not 0.0 <= self.drop_path < 1.0:
@@ -533,9 +538,10 @@ def text_queries(clip_model, names: Sequence[str], templates: Sequence[str] | No
 def postprocess(out: Mapping[str, jax.Array], cfg: DetectorConfig, top_k: int | None = None) -> dict:
   """Top-k (token, query) pairs per image by score.
 
-  Returns a dict of: boxes float32 [B, K, 4] xyxy in input pixels (0..S), scores float32 [B, K], classes
-  int32 [B, K] (query index), tokens int32 [B, K], mask_logits float32 [B, K, Hm, Hm]. K = top_k or
-  cfg.top_k, at most N * Q. Scores of padded queries are 0.
+  Returns a dict of: boxes float32 [B, K, 4] xyxy in input pixels (0..S; from the box head, or with
+  cfg.box_source='mask' the tight box of the mask), scores float32 [B, K], classes int32 [B, K] (query index),
+  tokens int32 [B, K], mask_logits float32 [B, K, Hm, Hm]. K = top_k or cfg.top_k, at most N * Q. Scores of
+  padded queries are 0.
   """
   logits = out["pred_logits"]  # [B, N, Q]
   b, n, q = logits.shape
@@ -550,8 +556,23 @@ def postprocess(out: Mapping[str, jax.Array], cfg: DetectorConfig, top_k: int | 
   from zipjax.train.box_ops import cxcywh_to_xyxy  # pylint: disable=import-outside-toplevel
   boxes = jnp.take_along_axis(out["pred_boxes"], tokens[..., None], axis=1)  # [B, K, 4]
   boxes = jnp.clip(cxcywh_to_xyxy(boxes), 0.0, 1.0) * cfg.input_size
-  return {"boxes": boxes, "scores": scores, "classes": classes, "tokens": tokens,
-          "mask_logits": mask_logits(out, tokens)}
+  masks = mask_logits(out, tokens)  # [B, K, Hm, Wm]
+  if cfg.box_source == "mask":
+    boxes = jnp.where(jnp.any(masks > 0, axis=(2, 3))[..., None], mask_boxes(masks > 0, cfg.mask_stride), boxes)
+  return {"boxes": boxes, "scores": scores, "classes": classes, "tokens": tokens, "mask_logits": masks}
+
+
+def mask_boxes(masks: jax.Array, stride: int = 1) -> jax.Array:
+  """Tight xyxy boxes of boolean masks [..., H, W] in units of the input pixels (mask cell i spans
+  [i * stride, (i + 1) * stride)); an empty mask gives [0, 0, 0, 0]."""
+  h, w = masks.shape[-2:]
+  rows, cols = jnp.any(masks, axis=-1), jnp.any(masks, axis=-2)  # [..., H], [..., W]
+  y0 = jnp.argmax(rows, axis=-1)
+  y1 = h - jnp.argmax(rows[..., ::-1], axis=-1)
+  x0 = jnp.argmax(cols, axis=-1)
+  x1 = w - jnp.argmax(cols[..., ::-1], axis=-1)
+  box = jnp.stack([x0, y0, x1, y1], axis=-1).astype(jnp.float32) * stride  # [..., 4]
+  return jnp.where(jnp.any(rows, axis=-1)[..., None], box, 0.0)
 
 
 def flops_per_example(cfg: DetectorConfig, num_queries: int = 1, train: bool = False) -> float:
@@ -583,5 +604,5 @@ def flops_per_example(cfg: DetectorConfig, num_queries: int = 1, train: bool = F
   return f * (3.0 if train else 1.0)
 
 
-__all__ = ["DetectorConfig", "Detector", "box_bias", "mask_logits", "init_variables", "variable_shapes", "load_backbone",
-           "text_queries", "postprocess", "flops_per_example", "QUERY_PAD_LOGIT"]
+__all__ = ["DetectorConfig", "Detector", "box_bias", "mask_logits", "init_variables", "variable_shapes",
+           "load_backbone", "text_queries", "postprocess", "mask_boxes", "flops_per_example", "QUERY_PAD_LOGIT"]
