@@ -89,8 +89,12 @@ class DetectorPredictor:
       geoms.append(g)
     q = np.broadcast_to(np.asarray(queries, np.float32)[None], (self.batch_size,) + tuple(queries.shape))
     qv = np.ones(q.shape[:2], bool)
-    batch = shard_lib.global_batch({"image": canvas, "queries": np.ascontiguousarray(q), "query_valid": qv},
-                                   self._sharding)
+    rows = {"image": canvas, "queries": np.ascontiguousarray(q), "query_valid": qv}
+    procs = sorted({d.process_index for d in self.mesh.devices.flat})
+    if len(procs) > 1:  # a multi-host mesh: each process passes its block of rows (all hold the whole batch)
+      k, n = procs.index(jax.process_index()), len(procs)
+      rows = {key: v[k * len(v) // n:(k + 1) * len(v) // n] for key, v in rows.items()}
+    batch = shard_lib.global_batch(rows, self._sharding)
     out = self._step(params, batch["image"], batch["queries"], batch["query_valid"], bool(class_agnostic))
     out = jax.tree_util.tree_map(np.asarray, out)
     return [self.instances({k: v[i] for k, v in out.items()}, geoms[i], img.shape[0], img.shape[1])
