@@ -29,6 +29,9 @@ def get_config():
   config = _smoke()
   # smaller input, finer patches: 8 px cells for 16-48 px objects, 16 x 16 masks; cheaper than 128 px / 16
   config.model = config_parts.model_config("smoke", input_size=64, patch_size=8)
+  # boxes from the box head: at 64 px the masks are 16 x 16, so their tight boxes snap to 4 px cells (measured on
+  # the held-out shapes after 4000 steps: box AP50 0.74 with 'head', 0.68 with 'mask')
+  config.model.box_source = "head"
   config.total_steps = 4000
   config.optim.warmup_steps = 100
   config.optim.lr_multipliers = []      # random init: the backbone learns at the heads' rate
