@@ -11,7 +11,9 @@ from zipjax.commands.segment import load_config_file
 from zipjax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+# the segment / label family (the detector's train_*.py and selftrain_*.py configs have their own groups)
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                      if not os.path.basename(p).startswith(("train_", "selftrain_")))
 
 
 def _all_configs():

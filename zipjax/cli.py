@@ -29,6 +29,8 @@ COMMANDS = {
     "gallery": "gallery",
     "label": "label",
     "segment": "segment",
+    "train": "train",
+    "detect": "detect",
 }
 
 EXIT_OK = 0

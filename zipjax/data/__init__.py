@@ -1,1 +1,3 @@
-"""Input data of batch jobs: work lists (image folders, COCO json, TFDS) and the grain loading pipeline."""
+"""Input data: work lists of batch jobs (image folders, COCO json, TFDS; `sources`, `loader`), the synthetic shapes
+dataset (`synthetic`) and the grain pipeline that turns a COCO dataset into fixed-shape, augmented detector
+batches with a checkpointable iterator (`coco_train`)."""

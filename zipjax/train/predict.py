@@ -1,0 +1,119 @@
+"""Detector inference on images of any size: host resize/pad, one jitted sharded step, instances in image pixels.
+
+Used by the trainer's periodic evaluation and by `zipjax detect`.
+
+Per batch of B images (B a multiple of the mesh size; a short last batch is padded with blank images whose
+outputs are dropped):
+  host:   each image is resized so its longer side is S (bilinear, aspect kept; `coco_train.sample_geometry`
+          with train=False) and pasted into the top-left of a zero S x S canvas      [B, S, S, 3] uint8
+  device: `Detector.apply` + `postprocess` (top-k (token, query) pairs; in class-agnostic mode the class logit
+          of a token is its largest logit over the queries, so each token is one candidate) under one jit,
+          batch split over the mesh's axes, parameters as they are sharded (replicated for `zipjax detect`)
+          -> boxes [B, K, 4] xyxy canvas pixels, scores [B, K], classes [B, K], mask logits [B, K, Hm, Hm]
+  host:   detections scoring at least `score_threshold` become instances: the box divided by the resize factor
+          and clipped to the image; the mask logits over the image's part of the canvas resampled bilinearly
+          to the original H x W (PIL, float box) and thresholded at `mask_threshold` (logit 0 = p 0.5).
+Instances are dicts `{"box": [x0, y0, x1, y1], "mask": bool [H, W], "score", "category"}` (what
+`zipjax.io.results.ResultWriter.add_image` takes), best first.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from zipjax.data import coco_train
+from zipjax.train import sharding as shard_lib
+
+
+class DetectorPredictor:
+  """Batched, jitted detector inference with static shapes.
+
+  Attributes:
+    cfg: the DetectorConfig.
+    mesh: devices the batch is split over.
+    batch_size: images per step (a multiple of the mesh size).
+    score_threshold: smallest score of a returned instance.
+    mask_threshold: mask logit threshold.
+  """
+
+  def __init__(self, cfg, mesh, batch_size: int, score_threshold: float = 0.0, mask_threshold: float = 0.0,
+               compiler_options: dict | None = None):
+    from zipjax.models.detector import Detector, postprocess  # pylint: disable=import-outside-toplevel
+    self.cfg = cfg
+    self.mesh = mesh
+    n = mesh.devices.size
+    self.batch_size = max(n, -(-int(batch_size) // n) * n)
+    self.score_threshold = float(score_threshold)
+    self.mask_threshold = float(mask_threshold)
+    self._sharding = shard_lib.batch_sharding(mesh)
+    model = Detector(cfg)
+
+    def step(params, images, queries, query_valid, agnostic):
+      out = model.apply({"params": params}, images, queries, query_valid, train=False)
+      if agnostic:
+        logits = jnp.where(query_valid[:, None, :], out["pred_logits"], -jnp.inf)
+        out = dict(out, pred_logits=jnp.max(logits, axis=-1, keepdims=True))  # [B, N, 1]
+      res = postprocess(out, cfg)
+      return {k: res[k] for k in ("boxes", "scores", "classes", "mask_logits")}
+
+    self._step = jax.jit(step, static_argnums=(4,), out_shardings=shard_lib.replicated(mesh),
+                         compiler_options=compiler_options)
+
+  def prepare(self, image: np.ndarray):
+    """uint8 [H, W, 3] -> (canvas [S, S, 3], geometry)."""
+    params = coco_train.AugmentParams(image_size=self.cfg.input_size, mask_stride=self.cfg.mask_stride,
+                                      max_instances=1, train=False)
+    g = coco_train.sample_geometry(image.shape[0], image.shape[1], params, None)
+    return coco_train.apply_geometry(image, g), g
+
+  def predict(self, params, images: list, queries: np.ndarray, class_agnostic: bool = False) -> list:
+    """Instances of each image (see the module docstring).
+
+    Args:
+      params: detector parameters (any sharding over `mesh`).
+      images: uint8 [H, W, 3] arrays (at most `batch_size`).
+      queries: float32 [Q, D] unit-norm text embeddings.
+      class_agnostic: one candidate per token (category 0), as in class-agnostic evaluation.
+    """
+    if not images:
+      return []
+    if len(images) > self.batch_size:
+      raise ValueError(f"predict: {len(images)} images > batch_size {self.batch_size}")
+    s = self.cfg.input_size
+    canvas = np.zeros((self.batch_size, s, s, 3), np.uint8)
+    geoms = []
+    for i, img in enumerate(images):
+      canvas[i], g = self.prepare(img)
+      geoms.append(g)
+    q = np.broadcast_to(np.asarray(queries, np.float32)[None], (self.batch_size,) + tuple(queries.shape))
+    qv = np.ones(q.shape[:2], bool)
+    rows = {"image": canvas, "queries": np.ascontiguousarray(q), "query_valid": qv}
+    procs = sorted({d.process_index for d in self.mesh.devices.flat})
+    if len(procs) > 1:  # a multi-host mesh: each process passes its block of rows (all hold the whole batch)
+      k, n = procs.index(jax.process_index()), len(procs)
+      rows = {key: v[k * len(v) // n:(k + 1) * len(v) // n] for key, v in rows.items()}
+    batch = shard_lib.global_batch(rows, self._sharding)
+    out = self._step(params, batch["image"], batch["queries"], batch["query_valid"], bool(class_agnostic))
+    out = jax.tree_util.tree_map(np.asarray, out)
+    return [self.instances({k: v[i] for k, v in out.items()}, geoms[i], img.shape[0], img.shape[1])
+            for i, img in enumerate(images)]
+
+  def instances(self, out: dict, g, h: int, w: int) -> list:
+    """One image's postprocessed outputs -> instance dicts in original pixels."""
+    stride = self.cfg.mask_stride
+    fx, fy = g.rw / w, g.rh / h
+    res = []
+    for k in np.flatnonzero(out["scores"] >= self.score_threshold):
+      x0, y0, x1, y1 = (float(v) for v in out["boxes"][k])
+      box = [min(max(x0 / fx, 0.0), w), min(max(y0 / fy, 0.0), h), min(max(x1 / fx, 0.0), w),
+             min(max(y1 / fy, 0.0), h)]
+      logits = Image.fromarray(np.ascontiguousarray(out["mask_logits"][k], np.float32), "F")
+      up = logits.resize((w, h), Image.BILINEAR, box=(0.0, 0.0, g.rw / stride, g.rh / stride))
+      mask = np.asarray(up) > self.mask_threshold  # [H, W]
+      res.append({"box": box, "mask": mask, "score": float(out["scores"][k]), "category": int(out["classes"][k])})
+    return res
+
+
+__all__ = ["DetectorPredictor"]

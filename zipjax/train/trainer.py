@@ -1,0 +1,656 @@
+"""The detector trainer behind `zipjax train`: sharded optax steps, orbax checkpoints, exact resume, metrics.
+
+    python -m zipjax train --config configs/train_smoke.py --train-json ANN --images-root DIR --workdir W \
+        [--val-json ANN2 --val-images-root DIR2] [--config.key=value ...]
+
+One run, in order (`train`):
+  1. Mesh from `config.mesh` (`zipjax/train/sharding.py`); the batch is split over every mesh axis.
+  2. Data (`zipjax/data/coco_train.py`): the training set, its query names (categories, or "object" in
+     class-agnostic mode) and their CLIP text embeddings, computed once by the frozen text tower
+     (`text_encoder`: the CLIP of `init_checkpoint`, else a random text tower from `config.text`, inherited
+     from `init_workdir`'s run when that is set).
+  3. State `{params, opt_state, step, rng}` with shardings from `config.sharding_rules` (FSDP over the data
+     axis, big_vision style), inferred on `jax.eval_shape` and created straight into shards by jitted
+     initialisers with `out_shardings`. Fresh runs: random parameters (`config.seed`), then the CLIP backbone
+     of `config.init_checkpoint` or the final parameters of `config.init_workdir`'s run; resumed runs: the
+     latest checkpoint of W (parameters, optimizer state, step, RNG key, data iterator), restored into shards.
+  4. The step: `jax.jit` with in/out shardings and the state donated. Loss = the task's loss (the detector's
+     set loss); per-step randomness is `fold_in(rng, step)`, so it does not depend on restarts or devices.
+     Optimizer: `zipjax/train/optim.py` (AdamW, warm-up + cosine, per-module learning rates, clipping).
+  5. Loop until `config.total_steps`: metrics of every `log_every`-th step (fetched one step late, so the host
+     does not wait for the device), `MetricsWriter` (metrics.jsonl, perf.jsonl, TensorBoard), a tqdm bar,
+     evaluation every `eval.every` steps and at the end on `--val-json` (class-agnostic and class-aware box and
+     mask AP through `zipjax.eval.evaluate`, recorded in the step's metrics; `eval.at_start`: also the initial
+     parameters, as step 0), orbax checkpoints every
+     `checkpoint.every` steps (asynchronous, keeping the last `checkpoint.keep`) and at the end. SIGTERM:
+     the current step finishes, a checkpoint is saved, `train` returns `EXIT_PREEMPTED` (143).
+  6. A rerun with the same workdir resumes; a run whose checkpoint is at `total_steps` says so and returns 0.
+     `W/config.json` records the run's config; a rerun whose model, loss, text, data, optimizer, batch size,
+     seed, step count or initialisation differ is refused (use a new workdir).
+
+Determinism: the input stream is a function of the data seed (`coco_train`), the step of the state and the
+parameters of the checkpoint; XLA on a given backend is deterministic, so the same command writes the same
+metrics.jsonl, and a run killed at any point and rerun writes the same metrics and final parameters as an
+uninterrupted one (tests/train/test_trainer_resume.py kills a real process with SIGKILL).
+
+Multi-host: every process runs the same command (`config.distributed=True` calls
+`jax.distributed.initialize()`); each decodes its slice of every global batch; orbax writes one checkpoint;
+process 0 writes metrics and runs the COCO evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from zipjax.errors import CheckpointError, InputError
+from zipjax.io.atomic import atomic_write_json
+from zipjax.train import sharding as shard_lib
+from zipjax.train.metrics import MetricsWriter
+from zipjax.train.optim import make_optimizer
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM
+# config groups that a resumed run must share with the run that started the workdir
+FIXED_KEYS = ("model", "loss", "text", "data", "optim", "batch_size", "seed", "total_steps", "init_checkpoint",
+              "init_workdir")
+
+
+# -------------------------------------------------------------------------------------------------- task
+@dataclasses.dataclass
+class Task:
+  """What the trainer trains: pure functions, jittable.
+
+  Attributes:
+    init: rng -> params (random initialisation).
+    forward: (params, batch, train, rng) -> model outputs.
+    loss: (outputs, batch, rng) -> (scalar loss, dict of scalar metrics).
+  """
+  init: Callable
+  forward: Callable
+  loss: Callable
+
+
+def detector_config(config):
+  from zipjax.models.detector import DetectorConfig  # pylint: disable=import-outside-toplevel
+  return DetectorConfig.from_config(config.model)
+
+
+def detector_task(config) -> Task:
+  """The open-vocabulary detector (`zipjax.models.detector`) with its set loss (`zipjax.train.losses`)."""
+  from zipjax.models.detector import Detector  # pylint: disable=import-outside-toplevel
+  from zipjax.train.losses import set_loss  # pylint: disable=import-outside-toplevel
+  cfg = detector_config(config)
+  model = Detector(cfg)
+  loss_cfg = config.loss
+
+  def init(rng):
+    s = cfg.input_size
+    return model.init(rng, jnp.zeros((1, s, s, 3), jnp.uint8), jnp.zeros((1, 1, cfg.embed_dim), jnp.float32),
+                      jnp.ones((1, 1), bool))["params"]
+
+  def forward(params, batch, train, rng):
+    return model.apply({"params": params}, batch["image"], batch["queries"], batch["query_valid"], train=train,
+                       rngs={"dropout": rng} if train else None)
+
+  def loss(out, batch, rng):
+    return set_loss(out, batch, loss_cfg, rng=rng)
+
+  return Task(init=init, forward=forward, loss=loss)
+
+
+# ----------------------------------------------------------------------------------------------- text
+def _text_settings(config) -> dict:
+  """Where the text tower comes from: {'checkpoint': path} or {'arch': {...}, 'seed': s}, plus templates."""
+  init_ckpt = str(config.get("init_checkpoint", "") or "")
+  text = config.text
+  if not init_ckpt and str(config.get("init_workdir", "") or ""):
+    prev = load_run_config(str(config.init_workdir))
+    init_ckpt = str(prev.get("init_checkpoint", "") or "")
+    text = prev.text
+  out = {"templates": str(text.templates)}
+  if init_ckpt:
+    out["checkpoint"] = init_ckpt
+  else:
+    out["arch"] = dict(text.arch.to_dict() if hasattr(text.arch, "to_dict") else text.arch)
+    out["seed"] = int(text.seed)
+  return out
+
+
+def text_encoder(config):
+  """The frozen CLIP whose text tower embeds class names (see the module docstring)."""
+  from zipjax.clip import ClipModel, load_clip  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip import CLIPConfig  # pylint: disable=import-outside-toplevel
+  settings = _text_settings(config)
+  if "checkpoint" in settings:
+    from zipjax.weights import resolve  # pylint: disable=import-outside-toplevel
+    return load_clip(resolve(settings["checkpoint"], "clip"))
+  arch = settings["arch"]
+  # the vision tower is never used: the smallest ViT that builds
+  cfg = CLIPConfig(embed_dim=int(config.model.embed_dim), image_resolution=32, vision_layers=1, vision_width=64,
+                   vision_patch_size=16, **arch)
+  return ClipModel.random(cfg, seed=settings["seed"])
+
+
+def class_queries(config, clip_model, names) -> np.ndarray:
+  """float32 [Q, D] unit-norm text embeddings of the class names (prompt ensemble or bare names)."""
+  from zipjax.models.detector import text_queries  # pylint: disable=import-outside-toplevel
+  templates = _text_settings(config)["templates"]
+  if templates not in ("ensemble", "bare"):
+    raise InputError(f"config.text.templates must be 'ensemble' or 'bare', got {templates!r}")
+  q = text_queries(clip_model, list(names), None if templates == "ensemble" else ["{}"])
+  if q.shape[-1] != int(config.model.embed_dim):
+    raise CheckpointError(f"text embeddings have width {q.shape[-1]}, the detector's embed_dim is "
+                          f"{config.model.embed_dim}")
+  return q
+
+
+# --------------------------------------------------------------------------------------------- config
+def config_to_dict(config) -> dict:
+  return json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
+
+
+def load_run_config(workdir: str):
+  """The ConfigDict a run recorded in `workdir/config.json`."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise InputError(f"{workdir}: not a zipjax train workdir (no config.json)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, json.JSONDecodeError) as e:
+    raise InputError(f"{path}: cannot read ({e})") from e
+
+
+def _check_same_run(workdir: str, config) -> None:
+  path = os.path.join(workdir, "config.json")
+  new = config_to_dict(config)
+  if not os.path.exists(path):
+    atomic_write_json(path, new)
+    return
+  old = config_to_dict(load_run_config(workdir))
+  diff = [k for k in FIXED_KEYS if old.get(k) != new.get(k)]
+  if diff:
+    raise InputError(f"{workdir} was started with a different config ({', '.join(diff)} differ); rerun with the "
+                     "same config to resume, or use a new --workdir")
+  if old != new:  # eval, checkpoint, logging or mesh settings may change between restarts
+    atomic_write_json(path, new)
+
+
+# -------------------------------------------------------------------------------------------- trainer
+def compiler_options(config) -> dict | None:
+  """XLA options of the jitted functions: `config.xla_opt_level` >= 0 sets `xla_backend_optimization_level`
+  (0 compiles a CPU program several times faster and runs it slower: for tests and smoke runs)."""
+  level = int(config.get("xla_opt_level", -1))
+  return {"xla_backend_optimization_level": level} if level >= 0 else None
+
+
+class Trainer:
+  """Sharded train state and jitted step for a task.
+
+  Attributes:
+    config: the run's ConfigDict.
+    task: the Task.
+    mesh: the device mesh.
+    tx: the optax optimizer.
+    schedules: {group: learning-rate schedule}.
+    state_shapes: ShapeDtypeStructs of the state.
+    state_shardings: NamedShardings of the state.
+    batch_sharding: NamedSharding of batch arrays (leading dimension over all mesh axes).
+  """
+
+  def __init__(self, config, task: Task, mesh=None):
+    self.config = config
+    self.task = task
+    self.mesh = mesh if mesh is not None else shard_lib.make_mesh(config.mesh)
+    bs = int(config.batch_size)
+    if bs % self.mesh.devices.size:
+      raise InputError(f"batch_size {bs} is not a multiple of the {self.mesh.devices.size} devices of the mesh")
+    key = jax.random.PRNGKey(int(config.seed))
+    self._init_key, self._state_key = jax.random.split(key)
+    param_shapes = jax.eval_shape(task.init, self._init_key)
+    self.tx, self.schedules = make_optimizer(config.optim, int(config.total_steps), param_shapes)
+    self.state_shapes = jax.eval_shape(self._make_state, param_shapes)
+    rules, min_size = list(config.sharding_rules), int(config.fsdp_min_size)
+    rep = shard_lib.replicated(self.mesh)
+    self.state_shardings = {
+        "params": shard_lib.infer_shardings(self.state_shapes["params"], rules, self.mesh, min_size),
+        "opt_state": shard_lib.infer_shardings(self.state_shapes["opt_state"], rules, self.mesh, min_size),
+        "step": rep, "rng": rep}
+    self.batch_sharding = shard_lib.batch_sharding(self.mesh)
+    self.compiler_options = compiler_options(config)
+    self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                         out_shardings=(self.state_shardings, rep), donate_argnums=(0,),
+                         compiler_options=self.compiler_options)
+
+  # ---- state
+  def _make_state(self, params):
+    return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32),
+            "rng": self._state_key}
+
+  def init_params(self):
+    """Random parameters, created in their shards."""
+    return jax.jit(self.task.init, out_shardings=self.state_shardings["params"],
+                   compiler_options=self.compiler_options)(self._init_key)
+
+  def place_params(self, params):
+    """Host or device parameters -> parameters in their shards (float32)."""
+    return jax.device_put(jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params),
+                          self.state_shardings["params"])
+
+  def init_state(self, params=None):
+    """The step-0 state (optimizer state created in its shards); random parameters when `params` is None."""
+    if params is None:
+      params = self.init_params()
+    make = jax.jit(self._make_state, in_shardings=(self.state_shardings["params"],),
+                   out_shardings=self.state_shardings, compiler_options=self.compiler_options)
+    return make(params)
+
+  def abstract_state(self):
+    """ShapeDtypeStructs with shardings: the restore target of a checkpoint."""
+    return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  self.state_shapes, self.state_shardings)
+
+  # ---- step
+  def _train_step(self, state, batch):
+    step = state["step"]
+    rng_model, rng_loss = jax.random.split(jax.random.fold_in(state["rng"], step))
+
+    def loss_fn(params):
+      out = self.task.forward(params, batch, True, rng_model)
+      return self.task.loss(out, batch, rng_loss)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+    for name, sched in self.schedules.items():
+      metrics[f"lr/{name}"] = jnp.asarray(sched(step), jnp.float32)
+    return {"params": params, "opt_state": opt_state, "step": step + 1, "rng": state["rng"]}, metrics
+
+  def step(self, state, batch):
+    """One update: state (donated) + global batch -> (new state, metrics as device scalars)."""
+    return self._step(state, batch)
+
+  def global_batch(self, local: dict) -> dict:
+    return shard_lib.global_batch(local, self.batch_sharding)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+class Checkpoints:
+  """orbax CheckpointManager of `W/checkpoints`: items `state` (PyTree), `data` (grain iterator), `meta` (JSON).
+
+  Attributes:
+    directory: the checkpoint folder.
+    manager: the orbax CheckpointManager.
+  """
+
+  def __init__(self, directory: str, every: int, keep: int, asynchronous: bool = True, read_only: bool = False):
+    import grain.python as grain  # pylint: disable=import-outside-toplevel
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    self._ocp = ocp
+    self._grain = grain
+    self.directory = os.path.abspath(directory)
+    # the trainer decides when to save (every `every` steps, at the end, on SIGTERM) and forces each save
+    options = ocp.CheckpointManagerOptions(save_interval_steps=max(int(every), 1), max_to_keep=max(int(keep), 1),
+                                           enable_async_checkpointing=bool(asynchronous), create=not read_only,
+                                           read_only=read_only, cleanup_tmp_directories=not read_only)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, iterator, meta: dict) -> bool:
+    """Saves step `step` (asynchronously when configured; the arrays are copied before this returns)."""
+    ocp = self._ocp
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), data=self._grain.PyGrainCheckpointSave(iterator),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
+
+  def restore_state(self, step: int, abstract, partial: bool = False):
+    """The state (or, with `partial`, the subtree given by `abstract`) restored into `abstract`'s shardings."""
+    ocp = self._ocp
+    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                  partial_restore=partial)
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{self.directory}: checkpoint {step} does not match the model/optimizer of this "
+                            f"config ({type(e).__name__}: {str(e)[:300]})") from e
+
+  def restore_data(self, step: int, iterator) -> None:
+    self.manager.restore(step, args=self._ocp.args.Composite(data=self._grain.PyGrainCheckpointRestore(iterator)))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _restore_latest_params(workdir: str, abstract_params) -> tuple:
+  """(params restored into `abstract_params`' shardings, step) from the latest checkpoint of `workdir`."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise CheckpointError(f"{workdir}: no checkpoints/ folder (not a zipjax train workdir)")
+  ck = Checkpoints(ckpt_dir, every=1, keep=1, asynchronous=False, read_only=True)
+  try:
+    step = ck.latest_step()
+    if step is None:
+      raise CheckpointError(f"{workdir}: no finished checkpoint")
+    return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
+  finally:
+    ck.close()
+
+
+def restore_params(workdir: str, trainer: Trainer):
+  """The latest parameters of another run's workdir, restored into `trainer`'s parameter shardings."""
+  return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
+
+
+def load_params(workdir: str, config, mesh) -> tuple:
+  """(detector parameters replicated over `mesh`, checkpoint step) of a run's latest checkpoint."""
+  task = detector_task(config)
+  shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  rep = shard_lib.replicated(mesh)
+  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+  return _restore_latest_params(workdir, abstract)
+
+
+def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
+  """Parameters of a fresh run, in their shards: the final parameters of `config.init_workdir`'s run, or random
+  ones (`config.seed`) whose backbone (and class projection) come from the CLIP ViT `clip` when
+  `config.init_checkpoint` is set."""
+  if str(config.get("init_workdir", "") or ""):
+    params = restore_params(str(config.init_workdir), trainer)
+    log(f"initialised from the final parameters of {config.init_workdir}")
+    return params
+  params = trainer.init_params()
+  if str(config.get("init_checkpoint", "") or ""):
+    from zipjax.models.detector import load_backbone  # pylint: disable=import-outside-toplevel
+    clip = clip if clip is not None else text_encoder(config)
+    host = {"params": jax.device_get(params)}
+    params = trainer.place_params(load_backbone(host, clip, detector_config(config))["params"])
+    log(f"backbone initialised from {config.init_checkpoint}")
+  return params
+
+
+# ----------------------------------------------------------------------------------------------- eval
+class Evaluator:
+  """Periodic COCO evaluation of the detector on a validation set (images decoded once).
+
+  Attributes:
+    gt: the validated ground truth (`zipjax.io.coco.GroundTruth`).
+    names: the validation category names.
+    images: [(image_id, uint8 [H, W, 3])].
+    class_agnostic: the model was trained class-agnostic (class-aware metrics are then skipped).
+  """
+
+  def __init__(self, config, val_json: str, images_root: str, predictor, queries_fn: Callable):
+    from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+    from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
+    self.gt = coco_io.load_ground_truth(val_json)
+    self.names = [c["name"] for c in self.gt.categories]
+    self.class_agnostic = bool(config.data.class_agnostic)
+    self.predictor = predictor
+    self.images = []
+    for image_id, img in self.gt.images.items():
+      if "file_name" not in img:
+        raise InputError(f"{val_json}: image {image_id} has no file_name")
+      path = os.path.join(images_root, img["file_name"])
+      try:
+        arr = images_io.load_image(path, min_side=1, max_side=1 << 16, max_aspect=1e9)
+      except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+      self.images.append((image_id, arr))
+    self.queries = queries_fn(["object"] if self.class_agnostic else self.names)
+
+  def predictions(self, params, class_agnostic: bool) -> list:
+    """COCO results of every validation image."""
+    from zipjax.io.results import encode_rle  # pylint: disable=import-outside-toplevel
+    out = []
+    bs = self.predictor.batch_size
+    for s in range(0, len(self.images), bs):
+      chunk = self.images[s:s + bs]
+      insts = self.predictor.predict(params, [a for _, a in chunk], self.queries, class_agnostic=class_agnostic)
+      for (image_id, _), image_insts in zip(chunk, insts):
+        for inst in image_insts:
+          x0, y0, x1, y1 = inst["box"]
+          rec = {"image_id": image_id, "bbox": [x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)],
+                 "segmentation": encode_rle(inst["mask"]), "score": inst["score"]}
+          if not class_agnostic:
+            rec["category_name"] = self.names[inst["category"]]
+          out.append(rec)
+    return out
+
+  def __call__(self, params) -> dict:
+    """{'eval/agnostic/bbox_AP50': ..., 'eval/class/segm_AP': ...} (fractions; -1 when undefined)."""
+    from zipjax.eval import evaluate  # pylint: disable=import-outside-toplevel
+    metrics = {}
+    modes = [("agnostic", True)] + ([] if self.class_agnostic else [("class", False)])
+    for tag, agnostic in modes:
+      preds = self.predictions(params, agnostic)
+      if jax.process_index() != 0:
+        continue
+      res = evaluate(self.gt, preds, iou_type="both", class_agnostic=agnostic)
+      for iou in ("bbox", "segm"):
+        for k in ("AP", "AP50", "AP75", "AR100"):
+          v = res[iou][k]
+          metrics[f"eval/{tag}/{iou}_{k}"] = -1.0 if v is None else float(v)
+      metrics[f"eval/{tag}/num_pred"] = float(len(preds))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ run
+@dataclasses.dataclass
+class RunResult:
+  """What `train` did.
+
+  Attributes:
+    status: 'done' (total_steps reached), 'already_done' (nothing to do) or 'preempted' (SIGTERM).
+    step: the step of the final state.
+    start_step: the step the run started from.
+    exit_code: 0 for done/already_done, EXIT_PREEMPTED for preempted.
+    last_metrics: the last logged metrics record.
+  """
+  status: str
+  step: int
+  start_step: int
+  exit_code: int
+  last_metrics: dict
+
+
+class _Preemption:
+  """SIGTERM -> a flag the loop polls (installed in the main thread only)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    import threading  # pylint: disable=import-outside-toplevel
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *a):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+
+def _to_float(metrics) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train(config, train_json: str, images_root: str, workdir: str, val_json: str | None = None,
+          val_images_root: str | None = None, task: Task | None = None, progress: bool = True,
+          log: Callable = print) -> RunResult:
+  """Trains (or resumes) the run of `workdir` to `config.total_steps`; see the module docstring."""
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  total = int(config.total_steps)
+  if total < 1:
+    raise InputError(f"config.total_steps must be >= 1, got {total}")
+  if bool(config.get("distributed", False)):
+    jax.distributed.initialize()
+  _check_same_run(workdir, config)
+  ck = Checkpoints(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
+                   keep=int(config.checkpoint.keep), asynchronous=bool(config.checkpoint.asynchronous))
+  try:
+    latest = ck.latest_step()
+    if latest is not None and latest >= total:
+      log(f"{workdir}: already trained to step {latest} (total_steps {total}); nothing to do")
+      return RunResult("already_done", int(latest), int(latest), 0, {})
+    return _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck,
+                  latest, coco_train, tqdm)
+  finally:
+    ck.wait()
+    ck.close()
+
+
+def _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck, latest,
+           coco_train, tqdm):
+  t0 = time.perf_counter()
+  total = int(config.total_steps)
+  d = config.data
+  train_set = coco_train.load_train_set(train_json, images_root, class_agnostic=bool(d.class_agnostic),
+                                        fraction=float(d.fraction), fraction_seed=int(d.fraction_seed),
+                                        min_score=float(d.min_score), keep_empty=bool(d.keep_empty))
+  trainer = Trainer(config, task or detector_task(config))
+  clip = text_encoder(config)
+  queries_fn = lambda names: class_queries(config, clip, names)  # noqa: E731
+  queries = queries_fn(train_set.names)  # [Q, D]
+  pcount, pindex = jax.process_count(), jax.process_index()
+  global_bs = int(config.batch_size)
+  local_bs = global_bs // pcount
+  meta = {"dataset": train_set.digest, "num_images": len(train_set.records), "names": train_set.names,
+          "batch_size": global_bs, "data_seed": int(d.seed)}
+  dataset = coco_train.make_dataset(train_set, coco_train.augment_params(config, train=True), global_bs,
+                                    int(d.seed), pindex, pcount)
+
+  if latest is None:
+    start = 0
+    state = trainer.init_state(initial_params(config, trainer, clip, log))
+    iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
+  else:
+    start = int(latest)
+    old = ck.restore_meta(start)
+    for k in ("dataset", "batch_size", "data_seed"):
+      if old.get(k) != meta[k]:
+        raise InputError(f"{workdir}: the checkpoint was made with another {k} ({old.get(k)!r}, now {meta[k]!r}); "
+                         "resume with the same training data and config, or use a new --workdir")
+    state = ck.restore_state(start, trainer.abstract_state())
+    iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
+    try:
+      ck.restore_data(start, iterator)
+    except Exception as e:  # pylint: disable=broad-except
+      # e.g. another decoding worker count: the stream is indexable, so restart it at the batch index
+      log(f"note: data iterator state not restored ({type(e).__name__}); restarting the stream at batch {start}")
+      iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads), start=start)
+    log(f"resumed {workdir} at step {start}")
+  if int(state["step"]) != start:
+    raise CheckpointError(f"{workdir}: checkpoint {start} holds step {int(state['step'])}")
+
+  evaluator = None
+  if val_json:
+    from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
+    predictor = DetectorPredictor(detector_config(config), trainer.mesh, int(config.eval.batch_size),
+                                  score_threshold=float(config.eval.score_threshold),
+                                  compiler_options=trainer.compiler_options)
+    evaluator = Evaluator(config, val_json, val_images_root or images_root, predictor, queries_fn)
+
+  writer = MetricsWriter(workdir, resume_step=start, enabled=pindex == 0)
+  q_local = np.ascontiguousarray(np.broadcast_to(queries[None], (local_bs,) + queries.shape))
+  qv_local = np.ones((local_bs, queries.shape[0]), bool)
+  log_every, eval_every = max(int(config.log_every), 1), int(config.eval.every)
+  ckpt_every = max(int(config.checkpoint.every), 1)
+  status, last = "done", {}
+  pending = None  # (step, device metrics, perf) logged one step late
+  t_last, step_last = time.perf_counter(), start
+  setup_s = time.perf_counter() - t0
+
+  def flush_pending():
+    nonlocal pending, last
+    if pending is None:
+      return
+    s, m, perf, extra = pending
+    rec = _to_float(m)
+    rec.update(extra)
+    writer.write(s, rec, perf)
+    last = dict(rec, step=s)
+    pending = None
+
+  if evaluator is not None and start == 0 and bool(config.eval.get("at_start", False)):
+    writer.write(0, evaluator(state["params"]))  # the initial parameters (random or init_checkpoint), step 0
+  bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not progress or pindex != 0,
+             file=sys.stderr, dynamic_ncols=True)
+  step = start
+  with _Preemption() as preempt:
+    while step < total:
+      local = next(iterator)
+      local["queries"] = q_local
+      local["query_valid"] = qv_local
+      state, metrics = trainer.step(state, trainer.global_batch(local))
+      step += 1
+      extra = {}
+      if evaluator is not None and (step == total or (eval_every > 0 and step % eval_every == 0)):
+        extra = evaluator(state["params"])
+      if step % log_every == 0 or step == total or extra:
+        flush_pending()
+        now = time.perf_counter()
+        rate = (step - step_last) / max(now - t_last, 1e-9)
+        perf = {"steps_per_s": rate, "examples_per_s": rate * global_bs, "seconds": now - t0}
+        t_last, step_last = now, step
+        pending = (step, metrics, perf, extra)
+        if extra:
+          flush_pending()
+      bar.update(1)
+      if step % log_every == 0 and last:
+        bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", refresh=False)
+      if step == total or step % ckpt_every == 0 or preempt.requested:
+        flush_pending()
+        ck.save(step, state, iterator, dict(meta, step=step))
+      if preempt.requested and step < total:
+        status = "preempted"
+        break
+  flush_pending()
+  bar.close()
+  ck.wait()
+  writer.close()
+  elapsed = time.perf_counter() - t0
+  done = step - start
+  log(f"{'stopped by SIGTERM at' if status == 'preempted' else 'trained to'} step {step}/{total} "
+      f"({done} steps in {elapsed:.1f}s, setup {setup_s:.1f}s"
+      f"{f', {done / max(elapsed - setup_s, 1e-9):.2f} steps/s' if done else ''}); checkpoint in "
+      f"{os.path.join(workdir, 'checkpoints')}")
+  if status == "preempted":
+    log("rerun the same command to resume")
+  return RunResult(status, step, start, EXIT_PREEMPTED if status == "preempted" else 0, last)
+
+
+__all__ = ["Task", "detector_task", "detector_config", "text_encoder", "class_queries", "load_run_config",
+           "compiler_options", "Trainer", "Checkpoints", "restore_params", "load_params", "initial_params",
+           "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
