@@ -315,8 +315,8 @@ def main(argv=None) -> int:
     flops = r.flops_analytic or r.flops_xla
     achieved = flops * r.images_per_s if flops and r.images_per_s else None
     frac = 100 * achieved / peak if achieved and peak else None
-    print(f"{r.name[:62]:<62} {fmt(r.images_per_s, 8)} {fmt(r.flops_analytic and r.flops_analytic / 1e9, 10, 1)} "
-          f"{fmt(r.flops_xla and r.flops_xla / 1e9, 10, 1)} {fmt(achieved and achieved / 1e12, 8)} "
+    print(f"{r.name[:62]:<62} {fmt(r.images_per_s, 8)} {fmt(r.flops_analytic and r.flops_analytic / 1e9, 10, 3)} "
+          f"{fmt(r.flops_xla and r.flops_xla / 1e9, 10, 3)} {fmt(achieved and achieved / 1e12, 8, 3)} "
           f"{fmt(frac, 7, 1)} {fmt(r.compile_s, 9, 1)}  {r.note}")
   rate = state.get("step_rate")
   print(f"peak device memory: {fmt(mem and mem / 2**30, 0).strip()} GiB; model build + text {build_s:.1f} s; "
