@@ -228,7 +228,8 @@ def model_rows(args, eng, deadline: float) -> list[Row]:
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(params, x).compile()
     compile_s = time.perf_counter() - t0
-    sec = time_calls(lambda: compiled(params, x), args.min_calls, args.min_seconds)  # pylint: disable=cell-var-from-loop
+    call = lambda c=compiled, p=params, v=x: c(p, v)  # noqa: E731
+    sec = time_calls(call, args.min_calls, args.min_seconds)
     flops, _ = jaxpr_flops(fn, params, x)
     xf = xla_flops(compiled)
     rows.append(Row(name, b / sec, flops / b, xf / b if xf else None, compile_s))

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path = [p for p in sys.path if os.path.abspath(p) != os.path.dirname(os.path.abspath(__file__))]
@@ -78,7 +77,8 @@ def main():
 
   print(f"zip preset, smoke config (random weights), CPU ({os.cpu_count()} cores), {a.images} images of sizes "
         f"{', '.join(f'{w}x{h}' for h, w in SIZES)}, {len(names)} classes, batch_size {bs} per device")
-  print(f"{'path':<22} {'devices':>7} {'warm-up s':>10} {'s/img':>8} {'img/s':>7} {'vs old':>7} {'instances':>9}  notes")
+  print(f"{'path':<22} {'devices':>7} {'warm-up s':>10} {'s/img':>8} {'img/s':>7} {'vs old':>7} "
+        f"{'instances':>9}  notes")
   for name, d, c, t, n, notes in rows:
     print(f"{name:<22} {d:>7} {c:>10.1f} {t / a.images:>8.4f} {a.images / t:>7.2f} {old / t:>7.2f} {n:>9}  {notes}")
 

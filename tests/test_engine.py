@@ -142,7 +142,11 @@ def test_program_count_bounded(one):
   buckets = {prepare(im, one.spec).bucket for im in imgs}
   assert len(buckets) == 1 and one.num_buckets == 2
   compiles = []
-  listener = lambda event, *a, **k: compiles.append(event) if event.endswith("backend_compile_duration") else None  # noqa
+
+  def listener(event, *a, **k):
+    if event.endswith("backend_compile_duration"):
+      compiles.append(event)
+
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     outs = one.segment(imgs, masks="rle") + one.segment(imgs[:3], masks="rle")

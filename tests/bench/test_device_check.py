@@ -27,7 +27,8 @@ def test_jaxpr_flops_counts_matmuls_and_convolutions():
   x, w = jnp.zeros((2, 5, 7)), jnp.zeros((7, 3))
   assert dc.jaxpr_flops(lambda a, b: a @ b, x, w) == (2 * 2 * 5 * 7 * 3, False)
   img, k = jnp.zeros((2, 9, 11, 4)), jnp.zeros((3, 3, 4, 6))
-  conv = lambda a, b: jax.lax.conv_general_dilated(a, b, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa
+  conv = lambda a, b: jax.lax.conv_general_dilated(  # noqa: E731
+      a, b, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   out = jax.eval_shape(conv, img, k).shape  # [2, 5, 6, 6]
   assert dc.jaxpr_flops(conv, img, k)[0] == 2 * np.prod(out) * 4 * 9
   # nested jit, scan (x length), cond (largest branch), while (once, flagged)

@@ -1,6 +1,7 @@
 """Pieces of the engine's device step (zipjax/pipeline/step.py) against NumPy: the selection (min score,
 per-class mask NMS as one NMS with cross-class IoU zeroed, top-k), the present-class slots and their bound."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -62,3 +63,31 @@ def test_select_classes():
   assert np.asarray(cls).tolist() == [0, 1, 2, 3, 4] and np.asarray(ok).all()
   cls, ok = step._select_classes(probs, dataclasses.replace(spec, presence_threshold=0.5))
   assert not np.asarray(ok).any()
+
+
+def test_image_towers_run_in_the_config_dtype():
+  """The engine's standalone image towers (pruned variables) equal CLIP's, and run bf16 matmuls when the config
+  says so (within bf16 rounding of the float32 result)."""
+  from zipjax.clip import ClipModel  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip_resnet import ModifiedResNet  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip_vit import VisionTransformer  # pylint: disable=import-outside-toplevel
+  text = dict(context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1, transformer_layers=1)
+  vit = ClipModel.random(step.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64,
+                                         vision_patch_size=16, surgery_depth=1, **text), 0)
+  rn = ClipModel.random(step.CLIPConfig(embed_dim=32, image_resolution=64, vision_layers=(1, 1, 1, 1),
+                                        vision_width=16, vision_patch_size=None, **text), 1)
+  x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  rn_vars = step.visual_variables(rn.variables, False, 3)
+  assert "layer4_0" not in rn_vars["params"] and "attnpool" not in rn_vars["params"]
+  cases = [(vit, step.visual_variables(vit.variables, True), lambda m, v: m.apply(v, x, 1,
+                                                                                  method=VisionTransformer.surgery),
+            np.asarray(vit.encode_image(x, surgery=True))),
+           (rn, rn_vars, lambda m, v: m.apply(v, x, 3, method=ModifiedResNet.trunk), np.asarray(rn.trunk_features(x)))]
+  for model, variables, run, want in cases:
+    got = np.asarray(run(step.vision_module(model.config), variables), np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    bf16 = step.vision_module(model.config.replace(dtype="bfloat16"))
+    jaxpr = str(jax.make_jaxpr(lambda v: run(bf16, v))(variables))
+    assert re.search(r"bf16\[[\d,]*\] = (dot_general|conv_general_dilated)", jaxpr)
+    got = np.asarray(run(bf16, variables), np.float32)
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()

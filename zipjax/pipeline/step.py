@@ -34,13 +34,12 @@ Outputs (leading batch axis): probs [n]; present int32 [P], present_valid [P]; l
 keep_valid [Mout]; keep_category, keep_slot (present index), keep_label (instance number) int32 [Mout];
 keep_score float32 [Mout]; keep_box float32 [Mout, 4] (x0, y0, x1, y1 image pixels: the instance box, the SAM
 prompt); with SAM keep_logits float32 [Mout, 4e, 4e] (low-res mask logits) and keep_iou [Mout]; dropped
-int32 []; finite bool [] (probabilities, features, scores and the per-image float inputs finite). The host turns the kept slots into
-full-size masks one at a time (`pipeline.post`).
+int32 []; finite bool [] (probabilities, features, scores and the per-image float inputs finite). The host
+turns the kept slots into full-size masks one at a time (`pipeline.post`).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -55,7 +54,6 @@ from zipjax.ops import components
 from zipjax.ops import nms as nms_ops
 from zipjax.ops.resize import bilinear_matrix
 from zipjax.pipeline import discover as discover_lib
-from zipjax.pipeline import prep as prep_lib
 from zipjax.pipeline import semantic
 
 HIGHEST = jax.lax.Precision.HIGHEST
