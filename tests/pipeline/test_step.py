@@ -66,8 +66,9 @@ def test_select_classes():
 
 
 def test_image_towers_run_in_the_config_dtype():
-  """The engine's standalone image towers (pruned variables) equal CLIP's, and run bf16 matmuls when the config
-  says so (within bf16 rounding of the float32 result)."""
+  """The engine's standalone image towers (ResNet variables pruned after the stage) run bf16 matmuls when the
+  config says so, within bf16 rounding of their float32 result (tests/test_engine.py checks the float32 towers
+  against the old path's CLIP calls)."""
   from zipjax.clip import ClipModel  # pylint: disable=import-outside-toplevel
   from zipjax.models.clip_resnet import ModifiedResNet  # pylint: disable=import-outside-toplevel
   from zipjax.models.clip_vit import VisionTransformer  # pylint: disable=import-outside-toplevel
@@ -79,13 +80,11 @@ def test_image_towers_run_in_the_config_dtype():
   x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
   rn_vars = step.visual_variables(rn.variables, False, 3)
   assert "layer4_0" not in rn_vars["params"] and "attnpool" not in rn_vars["params"]
-  cases = [(vit, step.visual_variables(vit.variables, True), lambda m, v: m.apply(v, x, 1,
-                                                                                  method=VisionTransformer.surgery),
-            np.asarray(vit.encode_image(x, surgery=True))),
-           (rn, rn_vars, lambda m, v: m.apply(v, x, 3, method=ModifiedResNet.trunk), np.asarray(rn.trunk_features(x)))]
-  for model, variables, run, want in cases:
-    got = np.asarray(run(step.vision_module(model.config), variables), np.float32)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  cases = [(vit, step.visual_variables(vit.variables, True),
+            lambda m, v: m.apply(v, x, 1, method=VisionTransformer.surgery)),
+           (rn, rn_vars, lambda m, v: m.apply(v, x, 3, method=ModifiedResNet.trunk))]
+  for model, variables, run in cases:
+    want = np.asarray(run(step.vision_module(model.config), variables), np.float32)
     bf16 = step.vision_module(model.config.replace(dtype="bfloat16"))
     jaxpr = str(jax.make_jaxpr(lambda v: run(bf16, v))(variables))
     assert re.search(r"bf16\[[\d,]*\] = (dot_general|conv_general_dilated)", jaxpr)
