@@ -169,6 +169,29 @@ def test_batched_sharded_equals_single_image():
     assert total > 0
 
 
+def test_slots_discover_only_the_counted_classes():
+  """`discover_slots_fn`: the first count[b] slots equal single-image discovery, the rest are 0."""
+  rng = np.random.default_rng(11)
+  feats, acts = [], []
+  for _ in range(3):
+    f, a = ref.synthetic_scene(rng, h=32, w=40, c=8, n_objects=3, noise=0.02)
+    _, a2 = ref.synthetic_scene(rng, h=32, w=40, c=8, n_objects=2, activation="loose")
+    feats.append(f)
+    acts.append(np.stack([a, a2, a]))
+  feats, acts = np.stack(feats), np.stack(acts)  # [3, h, w, C], [3, 3, h, w]
+  count = np.array([2, 0, 1], np.int32)
+  for config in (configs.reference(), configs.zip()):
+    out = np.asarray(jax.jit(disc.discover_slots_fn(config))(feats, acts, count))
+    assert out.shape == (3, 3, 32, 40)
+    total = 0
+    for b in range(3):
+      for k in range(3):
+        want = np.asarray(zipjax.discover(feats[b], acts[b, k], config)) if k < count[b] else 0
+        np.testing.assert_array_equal(out[b, k], want)
+        total += np.max(want)
+    assert total > 0
+
+
 def test_config_forms_and_files():
   from configs import reference as ref_file, zip as zip_file
   assert ref_file.get_config() == configs.reference()

@@ -13,7 +13,8 @@
   the same full values; works across processes).
 - `global_batch(local, mesh)`: a process-local batch (leading axis = this process's part of the global batch)
   -> global arrays sharded over the `data` axis (`jax.make_array_from_process_local_data`); `local_numpy(x)`
-  is the inverse for outputs: this process's rows as numpy, in order.
+  is the inverse for outputs: this process's rows as numpy, in order. A `model` axis should stay within a
+  process (host), so that each data-parallel group's rows come from one process.
 - `initialize(coordinator=None, num_processes=None, process_id=None)`: `jax.distributed.initialize` from the
   arguments or the environment (ZIPJAX_COORDINATOR, ZIPJAX_NUM_PROCESSES, ZIPJAX_PROCESS_ID; automatic on
   multi-worker TPU VMs), skipped on a plain single host. On the CPU platform it first switches the CPU

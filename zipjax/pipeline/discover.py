@@ -299,6 +299,40 @@ def discover_batch(features, activation, config=None) -> jax.Array:
   return _discover_batch(features, activation, p)
 
 
+@functools.partial(jax.jit, static_argnames=("p",))
+def _discover_slots(features, activation, count, p: DiscoverParams) -> jax.Array:
+  b, n_slots, h, w = activation.shape
+  if p.init == "linspace":  # clusters do not depend on the class: once per image
+    ids, _ = jax.vmap(lambda f: cluster(f, None, p))(features)  # [B, h, w]
+  else:
+    ids = jnp.zeros((b, h, w), jnp.int32)
+
+  def one(f, i, a):
+    if p.init != "linspace":
+      i, _ = cluster(f, a, p)
+    return _select_and_build(i, a, p)[0]
+
+  def body(k, labels):
+    act = jax.lax.dynamic_index_in_dim(activation, k, axis=1, keepdims=False)  # [B, h, w]
+    lab = jax.vmap(one)(features, ids, act)  # [B, h, w]
+    lab = jnp.where((k < count)[:, None, None], lab, 0)
+    return jax.lax.dynamic_update_index_in_dim(labels, lab, k, axis=1)
+
+  labels = jnp.zeros((b, n_slots, h, w), jnp.int32)
+  return jax.lax.fori_loop(0, jnp.minimum(jnp.max(count), n_slots), body, labels)  # [B, n_slots, h, w]
+
+
+def discover_slots_fn(config=None):
+  """Like `discover_batch_fn`, for padded class slots: `(features [B,h,w,C], activation [B,P,h,w], count [B])
+  -> labels [B, P, h, w]` where only the first `count[b]` slots of image b are discovered (the others are 0).
+
+  The slots run in a loop of max(count) iterations, each vmapped over the images, so the cost follows the
+  number of present classes instead of the static P; an image's labels do not depend on the other images.
+  """
+  p = params_from_config(config)
+  return functools.partial(_discover_slots, p=p)
+
+
 def discover_batch_fn(config=None):
   """The jittable batched function `(features [B,h,w,C], activation [B,n_cls,h,w]) -> labels` for `config`,
   for callers that wrap it in their own `jax.jit` (e.g. with explicit in/out shardings)."""
@@ -349,5 +383,5 @@ def grid_boxes_to_image(bboxes, grid_size: tuple[int, int], image_size: tuple[in
 
 
 __all__ = ["DiscoverParams", "params_from_config", "discover", "discover_instances", "discover_batch",
-           "discover_batch_fn", "activation_from_similarity", "grid_boxes_to_image", "cluster",
+           "discover_batch_fn", "discover_slots_fn", "activation_from_similarity", "grid_boxes_to_image", "cluster",
            "candidate_clusters", "select_fragments", "build_instances", "fragments_list"]

@@ -4,10 +4,9 @@ The device returns, per image, the kept instance slots (`pipeline.step`). Here e
 full-size mask, one at a time, so host memory holds at most one full-size mask (plus its RLE) whatever the
 number of instances:
 
-- with SAM: the low-res logits [l, l] are upsampled to the original size with one composed bilinear weight
-  matrix per axis, `R = B(ih -> H) B(l -> T)[:ih]` ([H, l], never cached), `mask = R_y L R_x^T >
-  mask_threshold`: SAM's postprocessing (upsample to the T x T frame, crop to the resized image, resize to the
-  original) folded into two small matmuls, computed in column chunks of bounded size straight into the
+- with SAM: the low-res logits [l, l] go through SAM's postprocessing (bilinear upsampling to the T x T
+  frame, crop to the resized image, bilinear resize to the original size, `> mask_threshold`) as separable
+  two-tap passes (weights never cached), the last one in column chunks of bounded size, straight into the
   Fortran (column-major) layout that COCO RLE encodes. The box is the mask's tight box (the prompt box for an
   empty mask), as `pipeline.refine` does;
 - without SAM: the instance's feature-grid cells upsampled with torch's legacy nearest rule (exactly the old
@@ -26,37 +25,55 @@ from zipjax.ops.resize import bilinear_taps, nearest_indices
 CHUNK_ELEMENTS = 1 << 22  # float32 elements of one upsampling chunk (16 MiB)
 
 
-def sam_weights(low: int, frame: int, input_size: int, out_size: int) -> np.ndarray:
-  """float32 [out_size, low]: low-res -> T frame (first `input_size` rows kept) -> `out_size` (composed)."""
-  k0, k1, u0, u1 = bilinear_taps(low, frame)
-  k0, k1, u0, u1 = k0[:input_size], k1[:input_size], u0[:input_size], u1[:input_size]
-  if input_size == out_size:
-    j = np.arange(input_size)
-    rows0, rows1, v0, v1 = j, j, np.ones(input_size, np.float64), np.zeros(input_size, np.float64)
-  else:
-    rows0, rows1, v0, v1 = bilinear_taps(input_size, out_size)
-  m = np.zeros((out_size, low), np.float64)
-  r = np.arange(out_size)
-  for rows, v in ((rows0, v0), (rows1, v1)):
-    np.add.at(m, (r, k0[rows]), v.astype(np.float64) * u0[rows])
-    np.add.at(m, (r, k1[rows]), v.astype(np.float64) * u1[rows])
-  return m.astype(np.float32)
+def sam_plan(low: int, frame: int, sam_size, size) -> dict:
+  """Bilinear taps of SAM's mask postprocessing for one image (O(H + W), never cached).
+
+  Args:
+    low: low-res logits side l.
+    frame: SAM input side T.
+    sam_size: (ih, iw) of the resized image inside the frame.
+    size: original (H, W).
+
+  Returns:
+    {'frame_rows', 'frame_cols': taps l -> T cut to ih / iw; 'rows', 'cols': taps ih -> H / iw -> W, or None
+    when equal}, each taps = (i0, i1, w0, w1) as `ops.resize.bilinear_taps`.
+  """
+  (ih, iw), (hh, ww) = (int(sam_size[0]), int(sam_size[1])), size
+  cut = lambda t, n: tuple(a[:n] for a in t)  # noqa: E731
+  return {"frame_rows": cut(bilinear_taps(low, frame), ih), "frame_cols": cut(bilinear_taps(low, frame), iw),
+          "rows": bilinear_taps(ih, hh) if ih != hh else None, "cols": bilinear_taps(iw, ww) if iw != ww else None}
 
 
-def sam_mask_t(logits: np.ndarray, wy: np.ndarray, wx: np.ndarray, threshold: float) -> np.ndarray:
+def _taps(x: np.ndarray, taps) -> np.ndarray:
+  """Bilinear resize of the first axis of x: out[i] = w0[i] * x[i0[i]] + w1[i] * x[i1[i]] (float32)."""
+  i0, i1, w0, w1 = taps
+  return w0[:, None] * x[i0] + w1[:, None] * x[i1]
+
+
+def sam_mask_t(logits: np.ndarray, plan: dict, threshold: float) -> np.ndarray:
   """Full-size mask of low-res logits, transposed: bool [W, H] C-order (= [H, W] in Fortran order).
+
+  SAM's postprocessing in its own order (upsample to the frame, crop, resize to the original, each a separable
+  two-tap bilinear pass in float32), with gathers and multiply-adds only (no BLAS: tiny multi-threaded matmuls
+  stall on a busy host); the last, full-size pass runs in column chunks of at most `CHUNK_ELEMENTS` floats.
 
   Args:
     logits: float32 [l, l].
-    wy: float32 [H, l] (`sam_weights` for the rows), wx: float32 [W, l].
+    plan: `sam_plan` of the image.
     threshold: logit threshold.
   """
-  hh, ww = wy.shape[0], wx.shape[0]
-  a_t = (wy @ logits.astype(np.float32)).T.copy()  # [l, H]
+  x = _taps(np.asarray(logits, np.float32), plan["frame_rows"])  # [ih, l]
+  x = _taps(x.T, plan["frame_cols"])  # [iw, ih]
+  if plan["rows"] is not None:
+    x = _taps(x.T, plan["rows"]).T  # [iw, H]
+  x = np.ascontiguousarray(x)
+  if plan["cols"] is None:
+    return x > threshold
+  ww, hh = plan["cols"][0].shape[0], x.shape[1]
   out = np.empty((ww, hh), bool)
   step = max(1, CHUNK_ELEMENTS // max(hh, 1))
   for s in range(0, ww, step):
-    np.greater(wx[s:s + step] @ a_t, threshold, out=out[s:s + step])  # [chunk, H]
+    np.greater(_taps(x, tuple(a[s:s + step] for a in plan["cols"])), threshold, out=out[s:s + step])
   return out
 
 
@@ -107,15 +124,13 @@ def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_siz
   result = {"instances": [], "probs": np.asarray(out["probs"], np.float32),
             "present": np.asarray(out["present"])[:k].astype(np.int64), "labels": labels,
             "grid": tuple(int(v) for v in np.asarray(out["labels"]).shape[1:]), "dropped": int(out["dropped"])}
-  wy = wx = None
+  plan = None
   if sam_frame:
-    low = np.asarray(out["keep_logits"]).shape[-1]
-    wy = sam_weights(low, sam_frame, int(sam_size[0]), hh)
-    wx = sam_weights(low, sam_frame, int(sam_size[1]), ww)
+    plan = sam_plan(np.asarray(out["keep_logits"]).shape[-1], sam_frame, sam_size, size)
   for j in np.flatnonzero(np.asarray(out["keep_valid"])):
     box = [float(v) for v in np.asarray(out["keep_box"][j], np.float32)]
     if sam_frame:
-      mask_t = sam_mask_t(np.asarray(out["keep_logits"][j]), wy, wx, mask_threshold)
+      mask_t = sam_mask_t(np.asarray(out["keep_logits"][j]), plan, mask_threshold)
       tight = box_of(mask_t)
       box = tight if tight is not None else box
     else:
@@ -132,4 +147,4 @@ def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_siz
   return result
 
 
-__all__ = ["postprocess", "sam_weights", "sam_mask_t", "nearest_mask_t", "box_of", "CHUNK_ELEMENTS"]
+__all__ = ["postprocess", "sam_plan", "sam_mask_t", "nearest_mask_t", "box_of", "CHUNK_ELEMENTS"]

@@ -13,9 +13,11 @@ batch; no operation mixes images, so an image's numbers do not depend on its bat
      P most probable are kept);
   4. activation per present class from the token-grid map and the per-image interpolation vectors
      (`prep` module docstring): `act = My[iy] G Mx[ix]^T > activation_factor * (u^T G v)`;
-  5. boundary features (ModifiedResNet `stage`, `boundary` dtype, cast to float32) and discovery for the P
-     classes (`discover_batch_fn`: k-means, fragments, instances; float32), instance boxes (`regionprops`)
-     scaled to image pixels and clipped to the image;
+  5. boundary features (ModifiedResNet `stage`, `boundary` dtype, cast to float32) and discovery of the
+     present classes (k-means, fragments, instances in float32): with classification first in a loop over the
+     class slots that stops after the batch's largest number of present classes (`discover_slots_fn`), so
+     padded slots cost nothing unless a batch mate uses them; otherwise (every slot a class) vmapped over all
+     (`discover_batch_fn`); instance boxes (`regionprops`) scaled to image pixels and clipped to the image;
   6. candidates: the instances of all present classes in (class, raster) order, padded to Mc with a `valid`
      mask. With SAM, Mc = `sam.max_boxes` (if an image has more instances, those of the most probable classes
      are decoded; `dropped` counts the others), all of them decoded in ONE call on the image's embedding
@@ -32,13 +34,12 @@ Outputs (leading batch axis): probs [n]; present int32 [P], present_valid [P]; l
 keep_valid [Mout]; keep_category, keep_slot (present index), keep_label (instance number) int32 [Mout];
 keep_score float32 [Mout]; keep_box float32 [Mout, 4] (x0, y0, x1, y1 image pixels: the instance box, the SAM
 prompt); with SAM keep_logits float32 [Mout, 4e, 4e] (low-res mask logits) and keep_iou [Mout]; dropped
-int32 []; finite bool [] (probabilities, features, scores and the per-image float inputs finite). The host turns the kept slots into
-full-size masks one at a time (`pipeline.post`).
+int32 []; finite bool [] (probabilities, features, scores and the per-image float inputs finite). The host
+turns the kept slots into full-size masks one at a time (`pipeline.post`).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -53,7 +54,6 @@ from zipjax.ops import components
 from zipjax.ops import nms as nms_ops
 from zipjax.ops.resize import bilinear_matrix
 from zipjax.pipeline import discover as discover_lib
-from zipjax.pipeline import prep as prep_lib
 from zipjax.pipeline import semantic
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -231,7 +231,12 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
   if spec.sam != (sam_cfg is not None):
     raise InputError("StepSpec.sam and the SAM config disagree")
   sam_module = Sam(sam_cfg) if sam_cfg is not None else None
-  discover_fn = discover_lib.discover_batch_fn(spec.discover)
+  if spec.classification_first:  # slots can be empty: loop over the present ones only
+    slots_fn = discover_lib.discover_slots_fn(spec.discover)
+    discover_fn = lambda f, a, valid: slots_fn(f, a, jnp.sum(valid.astype(jnp.int32), -1))  # noqa: E731
+  else:  # every slot is a class: vmap over all of them
+    batch_fn = discover_lib.discover_batch_fn(spec.discover)
+    discover_fn = lambda f, a, valid: batch_fn(f, a)  # noqa: E731
   p_slots, m_inst = spec.max_present, spec.discover.max_instances
 
   def one_image_tail(probs, labels, cls, cls_valid, arrays):
@@ -288,7 +293,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
     bpix = _normalise(batch["boundary"], tables["clip"])  # [B, Hb, Wb, 3]
     feats = resnet.apply(params["boundary"], bpix, spec.stage, method=ModifiedResNet.trunk)  # [B, h, w, C]
     feats = feats.astype(jnp.float32)
-    labels = discover_fn(feats, act)  # [B, P, h, w]
+    labels = discover_fn(feats, act, cls_valid)  # [B, P, h, w]
     cand = jax.vmap(one_image_tail)(probs, labels, cls, cls_valid, batch)  # [B, Mc, ...]
     finite = jnp.all(jnp.isfinite(probs), -1) & jnp.all(jnp.isfinite(feats), (1, 2, 3))  # [B]
     for k in ("act_mean_rows", "act_mean_cols", "act_rows", "act_cols", "box_scale", "image_size"):

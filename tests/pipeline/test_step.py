@@ -1,0 +1,92 @@
+"""Pieces of the engine's device step (zipjax/pipeline/step.py) against NumPy: the selection (min score,
+per-class mask NMS as one NMS with cross-class IoU zeroed, top-k), the present-class slots and their bound."""
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tests.pipeline.test_refine import _numpy_select
+from zipjax import configs
+from zipjax.pipeline import step
+
+
+def _spec(**kw):
+  spec = step.StepSpec.from_config(configs.zip(), (32, 32), 5)
+  return dataclasses.replace(spec, **kw)
+
+
+def test_select_candidates_matches_numpy():
+  rng = np.random.default_rng(3)
+  for trial in range(6):
+    m = 12
+    cats = rng.integers(0, 3, m)
+    scores = np.round(rng.random(m), 1).astype(np.float32)  # ties on purpose
+    valid = rng.random(m) < 0.8
+    masks = np.zeros((m, 24, 24), bool)
+    for i in range(m):
+      r, c = rng.integers(0, 14, 2)
+      masks[i, r:r + int(rng.integers(4, 10)), c:c + int(rng.integers(4, 10))] = True
+    flat = masks.reshape(m, -1).astype(np.float64)
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    iou = inter / np.maximum(area[:, None] + area[None] - inter, 1)
+    for nms in (False, True):
+      spec = _spec(min_score=0.2, nms=nms, nms_threshold=0.3, max_per_image=5, sam=True, max_boxes=m)
+      idx, ok = jax.jit(lambda c, s, v, u: step.select_candidates(c, s, v, u, spec))(
+          jnp.asarray(cats), jnp.asarray(scores), jnp.asarray(valid), jnp.asarray(iou, jnp.float32))
+      got = np.asarray(idx)[np.asarray(ok)].tolist()
+      keep = np.nonzero(valid)[0]
+      want = _numpy_select(cats[keep], scores[keep], [masks[i] for i in keep], 0.2, nms, 0.3, 5)
+      assert got == keep[want].tolist(), trial
+
+
+def test_max_present_classes():
+  config = configs.zip()  # classification first, presence threshold 0.1: at most 10 classes reach it
+  assert step.max_present_classes(config, 80) == 10
+  assert step.max_present_classes(config, 3) == 3
+  config.scoring.max_present_classes = 4
+  assert step.max_present_classes(config, 80) == 4
+  ref = configs.reference()  # every class goes to discovery
+  assert step.max_present_classes(ref, 80) == 80
+
+
+def test_select_classes():
+  spec = _spec(max_present=3)
+  probs = jnp.asarray([0.05, 0.3, 0.02, 0.4, 0.23], jnp.float32)
+  cls, ok = step._select_classes(probs, spec)
+  assert np.asarray(cls)[np.asarray(ok)].tolist() == [1, 3, 4]  # present, in class order
+  cls, ok = step._select_classes(probs, dataclasses.replace(spec, max_present=2))
+  assert np.asarray(cls)[np.asarray(ok)].tolist() == [1, 3]  # the two most probable, in class order
+  cls, ok = step._select_classes(probs, dataclasses.replace(spec, max_present=5, classification_first=False))
+  assert np.asarray(cls).tolist() == [0, 1, 2, 3, 4] and np.asarray(ok).all()
+  cls, ok = step._select_classes(probs, dataclasses.replace(spec, presence_threshold=0.5))
+  assert not np.asarray(ok).any()
+
+
+def test_image_towers_run_in_the_config_dtype():
+  """The engine's standalone image towers (ResNet variables pruned after the stage) run bf16 matmuls when the
+  config says so, within bf16 rounding of their float32 result (tests/test_engine.py checks the float32 towers
+  against the old path's CLIP calls)."""
+  from zipjax.clip import ClipModel  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip_resnet import ModifiedResNet  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip_vit import VisionTransformer  # pylint: disable=import-outside-toplevel
+  text = dict(context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1, transformer_layers=1)
+  vit = ClipModel.random(step.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64,
+                                         vision_patch_size=16, surgery_depth=1, **text), 0)
+  rn = ClipModel.random(step.CLIPConfig(embed_dim=32, image_resolution=64, vision_layers=(1, 1, 1, 1),
+                                        vision_width=16, vision_patch_size=None, **text), 1)
+  x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  rn_vars = step.visual_variables(rn.variables, False, 3)
+  assert "layer4_0" not in rn_vars["params"] and "attnpool" not in rn_vars["params"]
+  cases = [(vit, step.visual_variables(vit.variables, True),
+            lambda m, v: m.apply(v, x, 1, method=VisionTransformer.surgery)),
+           (rn, rn_vars, lambda m, v: m.apply(v, x, 3, method=ModifiedResNet.trunk))]
+  for model, variables, run in cases:
+    want = np.asarray(run(step.vision_module(model.config), variables), np.float32)
+    bf16 = step.vision_module(model.config.replace(dtype="bfloat16"))
+    jaxpr = str(jax.make_jaxpr(lambda v: run(bf16, v))(variables))
+    assert re.search(r"bf16\[[\d,]*\] = (dot_general|conv_general_dilated)", jaxpr)
+    got = np.asarray(run(bf16, variables), np.float32)
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
