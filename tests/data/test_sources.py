@@ -24,7 +24,7 @@ def _img(path, h=40, w=50, seed=0):
   Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def test_folder_keys_recursive_sorted_and_relative(tmp_path):
+def test_folder_keys_recursive_sorted_and_relative(tmp_path, monkeypatch):
   for rel in ("b/2.png", "a/z/1.jpg", "0.png", "a/notes.txt"):
     p = tmp_path / "data" / rel
     _img(p) if rel.endswith(("png", "jpg")) else (p.parent.mkdir(parents=True, exist_ok=True), p.write_text("x"))
@@ -34,7 +34,7 @@ def test_folder_keys_recursive_sorted_and_relative(tmp_path):
   _img(tmp_path / "other" / "x.png")
   wl2 = sources.FileList([tmp_path / "data", tmp_path / "other" / "x.png", tmp_path / "data" / "0.png"])
   assert [wl2.key(i) for i in range(len(wl2))] == ["data/0.png", "data/a/z/1.jpg", "data/b/2.png", "other/x.png"]
-  os.chdir(tmp_path)  # keys do not depend on how the inputs were spelled
+  monkeypatch.chdir(tmp_path)  # keys do not depend on how the inputs were spelled
   assert [wl2.key(i) for i in range(len(wl2))] == [
       sources.FileList(["data", "other/x.png"]).key(i) for i in range(4)]
   (tmp_path / "empty").mkdir()
