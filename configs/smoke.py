@@ -28,6 +28,8 @@ def get_config():
       encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
       img_size=256, window_size=4, prompt_embed_dim=32, mask_in_chans=4, decoder_depth=1, decoder_num_heads=2,
       decoder_mlp_dim=64, iou_head_hidden_dim=32)})
+  for model in (m.semantic, m.boundary, m.sam):
+    model.dtype = "float32"             # CPU: float32 (bf16 is emulated and slow there)
   config.sam.max_boxes = 16
   config.semantic.input_size = 224      # 14 x 14 token grid
   config.boundary.input_size = 384      # shorter side; 24 x 32 feature cells for a 4:3 image

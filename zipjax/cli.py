@@ -13,6 +13,7 @@ COMMANDS = {
     "convert": "convert",
     "embed": "embed",
     "eval": "eval",
+    "label": "label",
     "segment": "segment",
     "train": "train",
     "detect": "detect",

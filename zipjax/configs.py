@@ -17,7 +17,11 @@ used by a kernel is a field here:
 - `config.boundary`: the boundary-prior input and trunk stage;
 - `config.discover`: k-means, fragments, instances (`zipjax/pipeline/discover.py`);
 - `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/refine.py`);
-- `config.output`: overlays.
+- `config.output`: overlays;
+- `config.label`: the labelling job's runtime settings (`zipjax/jobs/label.py`): shard size, decoding workers,
+  prefetch. They never change an output, so they are not part of a run's identity and may differ on resume.
+- `config.mesh`, `config.sharding_rules`: the device mesh and parameter sharding of the labelling engine
+  (`zipjax/parallel/`, `zipjax/engine.py`), big_vision style.
 """
 from __future__ import annotations
 
@@ -69,6 +73,10 @@ def _models() -> ml_collections.ConfigDict:
   c.semantic = ml_collections.ConfigDict({"checkpoint": "ViT-B/16", "arch": "ViT-B/16"})
   c.boundary = ml_collections.ConfigDict({"checkpoint": "RN50x64", "arch": "RN50x64"})
   c.sam = ml_collections.ConfigDict({"checkpoint": "sam_vit_h", "arch": "vit_h"})
+  # compute dtype of each image model in the engine ('float32' or 'bfloat16'); parameters stay float32, the
+  # CLIP text tower always runs in float32, k-means and every kernel after the models run in float32
+  for m in (c.semantic, c.boundary, c.sam):
+    m.dtype = "float32"
   c.seed = 0                      # random-init seed (the three models get seed, seed + 1, seed + 2)
   return c
 
@@ -102,6 +110,11 @@ def _boundary_reference() -> ml_collections.ConfigDict:
   # > 0: round the longer side to a multiple of this many pixels (aspect changes by < multiple/2 px), so
   # images of similar aspect share one compiled trunk; 0 = the exact released size
   c.size_multiple = 0
+  # engine shape buckets (size_multiple > 0): long / short side ratios; an image goes to the bucket of the
+  # nearest ratio (log scale, landscape or portrait) and its boundary input is resized to that bucket's shape,
+  # short side `input_size`, long side `input_size * ratio` rounded to `size_multiple` (see zipjax/pipeline/
+  # buckets.py). size_multiple == 0: every distinct boundary input size is its own bucket (exact, per-size)
+  c.bucket_ratios = (1.0, 1.125, 1.25, 1.3333, 1.5, 1.6667, 1.7778, 2.0, 2.5, 3.0, 4.0, 6.0, 9.0, 16.0)
   return c
 
 
@@ -124,6 +137,11 @@ def _scoring_reference() -> ml_collections.ConfigDict:
   c.nms_threshold = 0.5           # suppress a mask whose mask IoU with a kept one is above this
   c.min_score = 0.0               # drop instances scoring below this
   c.max_per_image = 100           # top-k instances per image (all classes together)
+  # classes sent to discovery per image, padded to this static count in the engine (valid mask). 0 = lossless
+  # automatic bound: all classes without classification first, else min(n, floor(1 / presence_threshold))
+  # (softmax probabilities sum to 1, so no more classes can be present). A smaller value keeps the most
+  # probable present classes.
+  c.max_present_classes = 0
   return c
 
 
@@ -131,6 +149,17 @@ def _output() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.overlays = True               # DIR/overlays/*.png
   c.overlay_max_side = 1024       # overlays are drawn at most this large (longer side)
+  return c
+
+
+def _label() -> ml_collections.ConfigDict:
+  """`zipjax label` runtime settings (zipjax/jobs/label.py, zipjax/data/loader.py)."""
+  c = ml_collections.ConfigDict()
+  c.shard_size = 256              # images per shard file (each process writes one every shard_size images)
+  c.workers = 8                   # decoding + preprocessing threads per process (grain)
+  c.prefetch = 16                 # prepared images buffered ahead of the device per process
+  c.max_pending = 0               # images queued per process across buckets at most (0: buckets x local batch)
+  c.tfds_image_feature = "image"  # the image feature of tfds:NAME:SPLIT inputs
   return c
 
 
@@ -150,6 +179,14 @@ def reference() -> ml_collections.ConfigDict:
   config.sam = _sam_reference()
   config.scoring = _scoring_reference()
   config.output = _output()
+  config.label = _label()
+  # device mesh (zipjax/parallel): (axis name, size) pairs, -1 = the remaining devices; `data` splits the batch,
+  # an optional `model` axis shards parameters by `sharding_rules`
+  config.mesh = [("data", -1)]
+  # (regex searched in parameter paths such as 'sam/params/image_encoder/blocks_0/mlp/lin1/kernel', spec):
+  # the first matching rule gives the parameter's PartitionSpec as a tuple of mesh axis names / None per
+  # dimension (e.g. (None, "model")); unmatched parameters are replicated
+  config.sharding_rules = []
   return config
 
 
@@ -164,7 +201,9 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   config.scoring.classification_first = True
   config.scoring.nms = True
   config.sam.enabled = True       # SAM box refinement; score = sqrt(CLIP probability * SAM IoU)
-  config.boundary.size_multiple = 128  # 8 feature cells: few distinct trunk shapes over a dataset
+  config.boundary.size_multiple = 128  # 8 feature cells; shape buckets by aspect ratio (bucket_ratios)
+  for m in (config.models.semantic, config.models.boundary, config.models.sam):
+    m.dtype = "bfloat16"          # image models in bf16 (k-means and the kernels stay float32)
   d = _discover_reference()
   d.init = "semantic"
   d.center_features = True

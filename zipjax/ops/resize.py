@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.lru_cache(maxsize=256)
-def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] weights of torch bilinear interpolation, align_corners=False, no antialias."""
+def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Two-tap form of torch bilinear interpolation (align_corners=False): (i0, i1, w0, w1), each [out].
+
+  Not cached: host code calls it for per-image sizes (a cache would grow with the number of sizes).
+  """
   # float32 arithmetic, as ATen's area_pixel_compute_source_index for float inputs
   scale = np.float32(in_size) / np.float32(out_size)
   dst = np.arange(out_size, dtype=np.float32)
@@ -24,10 +26,26 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
   i1 = np.minimum(i0 + 1, in_size - 1)
   w1 = (src - i0.astype(np.float32)).astype(np.float32)
   w0 = (np.float32(1.0) - w1).astype(np.float32)
-  m = np.zeros((out_size, in_size), np.float32)
-  np.add.at(m, (np.arange(out_size), i0), w0)
-  np.add.at(m, (np.arange(out_size), i1), w1)
+  return i0, i1, w0, w1
+
+
+def bilinear_rows(in_size: int, out_size: int, rows=None) -> np.ndarray:
+  """Rows `rows` (default all) of the [out, in] bilinear matrix, float32, without caching."""
+  i0, i1, w0, w1 = bilinear_taps(in_size, out_size)
+  if rows is not None:
+    i0, i1, w0, w1 = i0[rows], i1[rows], w0[rows], w1[rows]
+  m = np.zeros((len(i0), in_size), np.float32)
+  r = np.arange(len(i0))
+  np.add.at(m, (r, i0), w0)
+  np.add.at(m, (r, i1), w1)
   return m
+
+
+@functools.lru_cache(maxsize=256)
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of torch bilinear interpolation, align_corners=False, no antialias (cached: for the
+  few static sizes of jitted code)."""
+  return bilinear_rows(in_size, out_size)
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:

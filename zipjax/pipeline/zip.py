@@ -2,7 +2,12 @@
 
 `Segmenter(config, semantic_clip, boundary_clip, sam=None)`; `set_classes(names)`; `segment(images)`.
 
-One batch of images:
+`segment` runs on the labelling engine (`zipjax.engine.Engine`: one jitted, batched, statically shaped step per
+shape bucket on the device mesh of `config.mesh`), so `zipjax segment` and `zipjax label` compute the same
+instances. The engine is built on the first `segment` call; `Segmenter.engine` exposes it.
+
+The previous host-driven implementation is kept as `Segmenter.segment_per_stage` (tests compare the engine
+with it, `bench/engine.py` times both). One batch of images there:
   1. host: PIL resizes (`preprocess.clip_surgery_input`, `preprocess.boundary_input`);
   2. CLIP Surgery token features of the whole batch in one call -> image-level class probabilities and
      min-max normalised similarity maps on the token grid for all classes in one pass (`pipeline.semantic`);
@@ -13,7 +18,7 @@ One batch of images:
   4. instances -> boxes in the image (`discover.swap_box_scale`) and masks: the instance cells upsampled
      with torch legacy nearest (no SAM), or SAM's mask for the instance box (`sam.enabled`);
   5. scores, per-class NMS, top-k (`pipeline.refine`).
-Stage times accumulate in `Segmenter.timings` (seconds).
+Its stage times accumulate in `Segmenter.stage_timings` (seconds).
 """
 from __future__ import annotations
 
@@ -54,19 +59,22 @@ class Segmenter:
     names: class names of the vocabulary.
     text: float32 [n, D] prompt-ensemble features of `names`.
     redundant: float32 [D] features of "".
-    timings: stage -> accumulated seconds.
+    mesh: the engine's mesh (None: from `config.mesh`).
+    stage_timings: stage -> accumulated seconds of `segment_per_stage`.
   """
 
-  def __init__(self, config, semantic_clip, boundary_clip, sam=None, text_cache=None):
+  def __init__(self, config, semantic_clip, boundary_clip, sam=None, text_cache=None, mesh=None):
     self.config = config
     self.semantic_clip = semantic_clip
     self.boundary_clip = boundary_clip
     self.sam = sam
     self.text_cache = text_cache
+    self.mesh = mesh
     self.names: list[str] = []
     self.text = None
     self.redundant = None
-    self.timings = {s: 0.0 for s in STAGES}
+    self.stage_timings = {s: 0.0 for s in STAGES}
+    self._engine = None
     semantic.check_feature_norm(config.semantic.feature_norm)
     self.discover_params = discover_lib.params_from_config(config)
     if not semantic_clip.config.is_vit:
@@ -83,20 +91,7 @@ class Segmenter:
   # ------------------------------------------------------------------------------------------------ text
   def text_features(self, names: Sequence[str]) -> np.ndarray:
     """Prompt-ensemble features [n, D] of `names`, through the on-disk cache when one is set."""
-    from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
-    templates = prompt_templates() if self.config.semantic.prompt_ensemble else ["{}"]
-    cached = self.text_cache.load() if self.text_cache is not None else {}
-    missing = [n for n in dict.fromkeys(names) if n not in cached]
-    if missing:
-      from zipjax.models.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
-      tok = get_tokenizer(self.semantic_clip.config.context_length)
-      feats = semantic.ensemble_text_features(
-          self.semantic_clip.encode_tokens, lambda t: tok.tokenize(t, truncate=True), missing, templates,
-          int(self.config.semantic.text_batch_size))
-      cached.update({n: np.asarray(f) for n, f in zip(missing, feats)})
-      if self.text_cache is not None:
-        self.text_cache.store(cached)
-    return np.stack([cached[n] for n in names]).astype(np.float32)  # [n, D]
+    return text_features(self.config, self.semantic_clip, names, self.text_cache)
 
   def set_classes(self, names: Sequence[str]) -> None:
     """Sets the vocabulary (computes or loads its text features and the redundant features)."""
@@ -104,16 +99,26 @@ class Segmenter:
     feats = self.text_features(names + [""])
     self.names, self.text, self.redundant = names, jnp.asarray(feats[:-1]), jnp.asarray(feats[-1])
 
-  # ------------------------------------------------------------------------------------------------ images
-  def _tick(self, stage: str, t0: float, *arrays) -> float:
-    for a in arrays:
-      jax.block_until_ready(a)
-    t1 = time.perf_counter()
-    self.timings[stage] += t1 - t0
-    return t1
+  # ------------------------------------------------------------------------------------------------ engine
+  @property
+  def engine(self):
+    """The `zipjax.engine.Engine` of these models (built on first use)."""
+    if self._engine is None:
+      from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
+      self._engine = Engine(self.config, models=(self.semantic_clip, self.boundary_clip, self.sam), mesh=self.mesh,
+                            text_cache=self.text_cache)
+    return self._engine
+
+  @property
+  def timings(self) -> dict:
+    """Engine stage -> accumulated seconds ('prepare', 'compile', 'device', 'post')."""
+    if self._engine is None:
+      from zipjax.engine import TIMINGS  # pylint: disable=import-outside-toplevel
+      return {k: 0.0 for k in TIMINGS}
+    return self._engine.timings
 
   def segment(self, images: Sequence[np.ndarray]) -> list[dict]:
-    """Instances of the vocabulary's classes in each image.
+    """Instances of the vocabulary's classes in each image, computed by the engine.
 
     Args:
       images: uint8 RGB [H, W, 3] arrays (any sizes).
@@ -122,8 +127,33 @@ class Segmenter:
       one dict per image: instances (list of {category: class index, score, box: [x0, y0, x1, y1] floats in
       pixels, mask: bool [H, W]}, by decreasing score), probs (float32 [n] image-level class
       probabilities), present (int [k] classes that went through discovery), labels (int32 [k, h, w]
-      instance label maps on the boundary grid), grid ((h, w)).
+      instance label maps on the boundary grid), grid ((h, w)), dropped (instances over `sam.max_boxes`).
+
+    Raises:
+      InputError: an image is not uint8 RGB, or failed in the engine (the message names the image index).
     """
+    if self.text is None:
+      raise InputError("set_classes() first")
+    eng = self.engine
+    if eng.names != self.names:
+      eng.set_classes(self.names, np.concatenate([np.asarray(self.text), np.asarray(self.redundant)[None]], 0))
+    outs = eng.segment(images, masks="bool")
+    for i, out in enumerate(outs):
+      if "error" in out:
+        raise InputError(f"image {i}: {out['error']}")
+    return outs
+
+  # ------------------------------------------------------------------------------------------------ old path
+  def _tick(self, stage: str, t0: float, *arrays) -> float:
+    for a in arrays:
+      jax.block_until_ready(a)
+    t1 = time.perf_counter()
+    self.stage_timings[stage] += t1 - t0
+    return t1
+
+  def segment_per_stage(self, images: Sequence[np.ndarray]) -> list[dict]:
+    """The previous host-driven implementation (module docstring); same outputs as `segment` up to the
+    engine's documented differences (zipjax/engine.py)."""
     if self.text is None:
       raise InputError("set_classes() first")
     cfg = self.config
@@ -195,6 +225,25 @@ class Segmenter:
     return refine.sam_masks(self.sam, image, boxes, self.config.sam)
 
 
+def text_features(config, semantic_clip, names: Sequence[str], text_cache=None) -> np.ndarray:
+  """Prompt-ensemble features [n, D] of `names` (the semantic CLIP's float32 text tower), through the on-disk
+  `text_cache` when one is given (only missing names are encoded)."""
+  from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
+  templates = prompt_templates() if config.semantic.prompt_ensemble else ["{}"]
+  cached = text_cache.load() if text_cache is not None else {}
+  missing = [n for n in dict.fromkeys(names) if n not in cached]
+  if missing:
+    from zipjax.models.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
+    tok = get_tokenizer(semantic_clip.config.context_length)
+    feats = semantic.ensemble_text_features(
+        semantic_clip.encode_tokens, lambda t: tok.tokenize(t, truncate=True), missing, templates,
+        int(config.semantic.text_batch_size))
+    cached.update({n: np.asarray(f) for n, f in zip(missing, feats)})
+    if text_cache is not None:
+      text_cache.store(cached)
+  return np.stack([cached[n] for n in names]).astype(np.float32)  # [n, D]
+
+
 def _clip_arch(spec):
   """An architecture name of `ARCHITECTURES` or a dict / ConfigDict of `CLIPConfig` fields."""
   from zipjax.models.clip import CLIPConfig  # pylint: disable=import-outside-toplevel
@@ -233,4 +282,4 @@ def build_segmenter(config, random_init: bool = False, cache_text: bool = True) 
   return Segmenter(config, sem, bnd, sam, text_cache=cache)
 
 
-__all__ = ["Segmenter", "STAGES", "build_models", "build_segmenter"]
+__all__ = ["Segmenter", "STAGES", "build_models", "build_segmenter", "text_features"]

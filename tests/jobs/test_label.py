@@ -1,0 +1,254 @@
+"""The labelling job around a fake engine (tests/jobs/fake_engine.py): canonical merged output, resume, nothing to
+do, identity checks, multi-process scheduling (simulated processes in threads), per-image errors."""
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from tests.jobs import fake_engine as fe
+from zipjax import configs
+from zipjax.errors import InputError
+from zipjax.io import shards
+from zipjax.jobs import label as label_job
+
+NAMES = ["red thing", "green thing", "blue thing", "bright red"]
+
+
+def make_images(root, n=11, seed=0):
+  """Nested folder of images of two orientations, a corrupt file and a too-small image -> relative keys."""
+  rng = np.random.default_rng(seed)
+  keys = []
+  for i in range(n):
+    sub = ("a", "b/c", "")[i % 3]
+    h, w = (48, 64) if i % 2 else (64, 40)
+    img = np.zeros((h, w, 3), np.uint8)
+    y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    img[y0:y0 + h // 3, x0:x0 + w // 3, i % 3] = 120 + 10 * (i % 13)
+    img[..., (i + 1) % 3] = rng.integers(0, 255, (h, w))
+    rel = os.path.join(sub, f"img_{i:02d}.png")
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+    Image.fromarray(img).save(os.path.join(root, rel))
+    keys.append(rel)
+  (root / "b" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  Image.new("RGB", (10, 40)).save(root / "tiny.png")
+  step_fail = np.full((40, 40, 3), 200, np.uint8)
+  step_fail[0, 0] = (1, 2, 3)
+  Image.fromarray(step_fail).save(root / "a" / "step_fail.png")
+  return keys
+
+
+def config(shard_size=3):
+  c = configs.zip()
+  c.label.shard_size = shard_size
+  c.label.workers = 3
+  c.label.prefetch = 4
+  return c
+
+
+def request(inputs, out, **kw):
+  return label_job.LabelRequest(out=str(out), inputs=[str(i) for i in inputs], names=NAMES,
+                                config=kw.pop("config", None) or config(), random_init=True, **kw)
+
+
+def run_single(inputs, out, engine_kw=None, logs=None, **kw):
+  from zipjax.jobs.comm import Comm
+  make = fe.factory(**(engine_kw or {}))
+  rc = label_job.run_label(request(inputs, out, **kw), make_engine=make, comm=Comm(0, 1),
+                           log=(logs.append if logs is not None else lambda m: None))
+  return rc, make
+
+
+def run_threads(n, inputs, out, engine_kw=None, **kw):
+  """`n` simulated processes in threads (each with its own fake engine)."""
+  group = fe.ThreadGroup(n)
+  makes = [fe.factory(**(engine_kw or {})) for _ in range(n)]
+  rcs, errors = [None] * n, []
+
+  def body(i):
+    try:
+      rcs[i] = label_job.run_label(request(inputs, out, **kw), make_engine=makes[i],
+                                   comm=fe.ThreadComm(group, i), log=lambda m: None)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+      group.bar.abort()
+
+  threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  if errors:
+    raise errors[0]
+  return rcs, makes
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("label_in")
+  keys = make_images(root)
+  out = tmp_path_factory.mktemp("label_ref") / "out"
+  rc, make = run_single([root], out)
+  assert rc == 0
+  return root, keys, out, make
+
+
+def _bytes(out):
+  return {n: (out / n).read_bytes() for n in ("annotations.json", "errors.json")}
+
+
+def test_annotations_match_the_engine_and_are_canonical(data):
+  root, keys, out, _ = data
+  gt = COCO(str(out / "annotations.json"))
+  images = gt.dataset["images"]
+  good = sorted(keys + ["a/step_fail.png"])
+  good.remove("a/step_fail.png")
+  assert [im["file_name"] for im in images] == sorted(good)  # sorted by key, recursive relative paths
+  assert [im["id"] for im in images] == list(range(1, len(good) + 1))
+  assert [c["name"] for c in gt.dataset["categories"]] == NAMES
+  anns = gt.dataset["annotations"]
+  assert [a["id"] for a in anns] == list(range(1, len(anns) + 1))
+  for im in images:
+    arr = np.asarray(Image.open(root / im["file_name"]).convert("RGB"))
+    want = fe.expected_instances(arr, len(NAMES))
+    got = [a for a in anns if a["image_id"] == im["id"]]
+    assert len(got) == len(want)
+    for a, w in zip(got, want):
+      assert a["category_id"] == w["category"] + 1
+      assert a["score"] == round(w["score"], 6)
+      np.testing.assert_array_equal(mask_utils.decode(a["segmentation"]).astype(bool), w["mask"])
+      x0, y0, x1, y1 = w["box"]
+      assert a["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+      assert a["area"] == float(w["mask"].sum())
+  text = (out / "annotations.json").read_text()
+  assert text.startswith('{"info": {"description": "zipjax label"')
+  assert list(json.loads(text)) == ["info", "images", "annotations", "categories"]
+
+
+def test_errors_listed_per_image_and_run_goes_on(data):
+  _, _, out, _ = data
+  errors = {e["file_name"]: e["reason"] for e in json.loads((out / "errors.json").read_text())}
+  assert set(errors) == {"b/corrupt.jpg", "tiny.png", "a/step_fail.png"}
+  assert "corrupt or truncated" in errors["b/corrupt.jpg"] or "not an image" in errors["b/corrupt.jpg"]
+  assert "too small" in errors["tiny.png"]
+  assert "fake failure inside the step" in errors["a/step_fail.png"]
+  run = json.loads((out / "run.json").read_text())
+  assert run["segmented"] == 11 and run["skipped"] == 3 and run["images"] == 14
+  assert run["images_per_second"] > 0 and run["attempts"][0]["device_seconds"] == {"step": 0.0}
+
+
+def test_scheduler_keeps_buckets_pure_and_batches_bounded(data):
+  _, _, _, make = data
+  eng = make.engines[-1]
+  assert sum(n for _, n in eng.calls) == 12  # every decodable image once (incl. the one failing in the step)
+  assert all(1 <= n <= eng.local_batch for _, n in eng.calls)
+
+
+def test_nothing_to_do_leaves_files_unchanged(data):
+  root, _, out, _ = data
+  before = {n: ((out / n).read_bytes(), os.stat(out / n).st_mtime_ns) for n in ("annotations.json", "errors.json",
+                                                                                "run.json")}
+  logs = []
+  rc, make = run_single([root], out, logs=logs)
+  assert rc == 0 and not make.engines  # no engine built
+  assert any("nothing to do" in m for m in logs)
+  after = {n: ((out / n).read_bytes(), os.stat(out / n).st_mtime_ns) for n in before}
+  assert after == before
+
+
+def test_resume_after_interruption_is_byte_identical(data, tmp_path):
+  root, _, ref, _ = data
+  out = tmp_path / "out"
+  with pytest.raises(KeyboardInterrupt):
+    run_single([root], out, engine_kw={"fail_after_steps": 3})
+  assert not (out / "annotations.json").exists()
+  done = sum(1 for _ in shards.RunDir(out).iter_ledger())
+  assert 0 < done < 14
+  logs = []
+  rc, make = run_single([root], out, logs=logs)
+  assert rc == 0
+  assert any(f"{done} of 14 images already finished" in m for m in logs)
+  assert sum(n for _, n in make.engines[0].calls) + done == 14 - 2  # corrupt + tiny never reach the engine
+  assert _bytes(out) == _bytes(ref)
+
+
+def test_simulated_processes_give_identical_bytes(data, tmp_path):
+  root, _, ref, _ = data
+  for n in (2, 3):
+    out = tmp_path / f"p{n}"
+    rcs, makes = run_threads(n, [root], out, engine_kw={"local_batch": 3})
+    assert rcs == [0] * n
+    calls = [m.engines[0].calls for m in makes]
+    assert all(len(c) == len(calls[0]) for c in calls)  # every process ran every step ...
+    names = shards.RunDir(out).shard_names()
+    assert {nm.split("-p")[1][:5] for nm in names} == {f"{i:05d}" for i in range(n)}  # ... and wrote its shards
+    assert _bytes(out) == _bytes(ref)
+
+
+def test_small_fan_in_merge_is_identical(data, tmp_path, monkeypatch):
+  root, _, ref, _ = data
+  monkeypatch.setattr(shards, "FAN_IN", 2)
+  out = tmp_path / "out"
+  cfg = config(shard_size=1)
+  assert run_single([root], out, config=cfg)[0] == 0
+  assert len(shards.RunDir(out).shard_names()) == 14
+  assert _bytes(out) == _bytes(ref)
+
+
+def test_different_identity_refused_and_overwrite(data, tmp_path):
+  root, _, ref, _ = data
+  out = tmp_path / "out"
+  with pytest.raises(KeyboardInterrupt):
+    run_single([root], out, engine_kw={"fail_after_steps": 1})
+  cfg = config()
+  cfg.scoring.nms_threshold = 0.6
+  with pytest.raises(InputError, match=r"different run identity.*scoring.nms_threshold \(0.5 -> 0.6\)"):
+    run_single([root], out, config=cfg)
+  cfg2 = config(shard_size=5)  # runtime-only fields may change on resume
+  cfg2.batch_size = 7
+  assert run_single([root], out, config=cfg2)[0] == 0
+  assert _bytes(out) == _bytes(ref)
+  logs = []
+  assert run_single([root], out, config=cfg, overwrite=True, logs=logs)[0] == 0
+  assert any("--overwrite" in m for m in logs)
+  info = json.loads((out / ".zipjax" / "job.json").read_text())
+  assert info["config"]["scoring"]["nms_threshold"] == 0.6
+
+
+def test_label_merge_rebuilds_outputs(data, tmp_path):
+  import shutil
+  _, _, ref, _ = data
+  out = tmp_path / "copy"
+  shutil.copytree(ref, out)
+  for n in ("annotations.json", "errors.json", "run.json"):
+    (out / n).unlink()
+  assert label_job.merge_run(str(out), log=lambda m: None) == 0
+  assert _bytes(out) == _bytes(ref)
+
+
+def test_coco_json_input_keeps_ids_and_reports_missing(tmp_path):
+  root = tmp_path / "imgs"
+  keys = make_images(root, n=4)
+  listing = [{"id": 1000 + i, "file_name": k} for i, k in enumerate(sorted(keys))]
+  listing.append({"id": 7, "file_name": "gone.jpg"})
+  (tmp_path / "c.json").write_text(json.dumps({"images": listing[::-1], "annotations": [], "categories": []}))
+  out = tmp_path / "out"
+  rc, _ = run_single([], out, coco_json=str(tmp_path / "c.json"), images_root=str(root))
+  assert rc == 0
+  ds = json.loads((out / "annotations.json").read_text())
+  assert [(im["id"], im["file_name"]) for im in ds["images"]] == [(1000 + i, k) for i, k in enumerate(sorted(keys))]
+  errors = json.loads((out / "errors.json").read_text())
+  assert errors == [{"file_name": "gone.jpg", "id": 7, "reason": "file not found"}]
+
+
+def test_every_image_bad_exits_1(tmp_path):
+  root = tmp_path / "in"
+  root.mkdir()
+  (root / "x.png").write_text("nope")
+  rc, _ = run_single([root], tmp_path / "out")
+  assert rc == 1
+  assert json.loads((tmp_path / "out" / "annotations.json").read_text())["images"] == []

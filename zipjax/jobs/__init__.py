@@ -1,0 +1,1 @@
+"""Long-running drivers built on the engine: `label` (sharded, resumable, merged)."""
