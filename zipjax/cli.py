@@ -17,6 +17,7 @@ COMMANDS = {
     "segment": "segment",
     "train": "train",
     "detect": "detect",
+    "self-train": "self_train",
 }
 
 
