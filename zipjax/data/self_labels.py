@@ -120,7 +120,9 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
       raise InputError(f"prediction {k}: category_id {p['category_id']} is not in the predictions' categories")
     preds_of[p["image_id"]].append(p)
   old_of: dict = {i: [] for i in known}
-  for a in labels["annotations"]:
+  for k, a in enumerate(labels["annotations"]):
+    if not a.get("iscrowd", 0) and a.get("segmentation") in (None, []):
+      raise InputError(f"label {k} (image_id {a['image_id']}): no segmentation")
     old_of[a["image_id"]].append(a)
 
   stats = {"predicted": 0, "added": 0, "kept": 0, "replaced": 0, "dropped": 0, "labels": 0}
