@@ -25,8 +25,8 @@ def get_config():
   config.log_every = 1                  # metrics.jsonl / TensorBoard every this many steps
   config.init_checkpoint = ""           # CLIP ViT file, converted dir or manifest name; "" = random backbone
   config.init_workdir = ""              # start from another run's final parameters (self-training rounds)
-  config.distributed = False
-  config.xla_opt_level = -1             # >= 0: XLA backend optimisation level (0: fast CPU compiles, slower steps)            # jax.distributed.initialize() (multi-host)
+  config.distributed = False            # jax.distributed.initialize() (multi-host)
+  config.xla_opt_level = -1             # >= 0: XLA backend optimisation level (0: fast CPU compiles, slower steps)
 
   # frozen text tower that embeds the class names (used when init_checkpoint is empty)
   config.text = ml_collections.ConfigDict()
@@ -72,6 +72,7 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 100               # with --val-json; 0: only at the end
+  config.eval.at_start = False          # also evaluate the initial parameters (logged as step 0)
   config.eval.batch_size = 8
   config.eval.score_threshold = 0.0     # keep the model's top_k detections per image
 

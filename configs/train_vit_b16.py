@@ -24,7 +24,7 @@ def get_config():
   config.init_checkpoint = "ViT-B/16"   # manifest name, OpenAI .pt file or converted dir
   config.init_workdir = ""
   config.distributed = False
-  config.xla_opt_level = -1             # >= 0: XLA backend optimisation level (0: fast CPU compiles, slower steps)
+  config.xla_opt_level = -1
 
   config.text = ml_collections.ConfigDict()  # only used without init_checkpoint (random text tower)
   config.text.arch = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
@@ -69,6 +69,7 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every = 5000
+  config.eval.at_start = True           # baseline: the initial parameters, as step 0
   config.eval.batch_size = 16
   config.eval.score_threshold = 0.0
 

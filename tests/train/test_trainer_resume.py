@@ -1,7 +1,8 @@
-"""Kill -9 during `zipjax train`, rerun the same command: the metrics of every step (including the final
-evaluation) and the final parameters equal those of an uninterrupted run. A rerun after completion says so and
-exits 0. The runs are real subprocesses on 2 simulated devices with FSDP; they share a persistent XLA cache so
-only the first one compiles."""
+"""Kill -9 during `zipjax train`, rerun the same command (and stop that one with SIGTERM, which saves a
+checkpoint and exits 143, and rerun again): the metrics of every step (including the final evaluation) and the
+final parameters equal those of an uninterrupted run. A rerun after completion says so and exits 0. The runs
+are real subprocesses on 2 simulated devices with FSDP; they share a persistent XLA cache so only the first one
+compiles."""
 import os
 import signal
 import subprocess
@@ -53,6 +54,27 @@ def _run(d, workdir, timeout=600):
   return subprocess.run(_cmd(d, workdir), cwd=ROOT, env=_env(d), capture_output=True, text=True, timeout=timeout)
 
 
+def _interrupt(d, workdir, sig, after_step):
+  """Starts the run and sends `sig` once a checkpoint exists and a step after `after_step` was logged."""
+  proc = subprocess.Popen(_cmd(d, workdir), cwd=ROOT, env=_env(d), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  try:
+    while time.time() < deadline:
+      steps = [m["step"] for m in read_metrics(str(workdir))]
+      if (workdir / "checkpoints" / str(EVERY)).is_dir() and steps and max(steps) > after_step:
+        break
+      assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.stderr.read()[-3000:]
+      time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  return proc.returncode, err
+
+
 def _final_params(workdir):
   config = tr.load_run_config(str(workdir))
   mesh = sharding.make_mesh([("data", 1)])
@@ -66,30 +88,22 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
 
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_cmd(data, killed), cwd=ROOT, env=_env(data), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 600
-  try:
-    while time.time() < deadline:  # kill after the first checkpoint, once later steps were logged
-      ck = killed / "checkpoints" / str(EVERY)
-      steps = [m["step"] for m in read_metrics(str(killed))]
-      if ck.is_dir() and steps and max(steps) > EVERY + 1:
-        break
-      assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stderr.read()[-3000:]
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  rc, _ = _interrupt(data, killed, signal.SIGKILL, EVERY + 1)
+  assert rc == -signal.SIGKILL
   before = read_metrics(str(killed))
   assert EVERY + 1 < max(m["step"] for m in before) < TOTAL  # lines written after the checkpoint exist
 
+  # the rerun resumes at step EVERY; SIGTERM after step 2 * EVERY + 1: it finishes its step, saves, exits 143
+  rc, err = _interrupt(data, killed, signal.SIGTERM, 2 * EVERY + 1)
+  assert rc == 143, err[-3000:]
+  assert "resumed" in err and "SIGTERM" in err
+  stopped = max(m["step"] for m in read_metrics(str(killed)))
+  assert 2 * EVERY + 1 < stopped < TOTAL
+  assert (killed / "checkpoints" / str(stopped)).is_dir()  # saved at the step it stopped at
+
   r = _run(data, killed)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "resumed" in r.stderr
+  assert f"resumed {killed} at step {stopped}" in r.stderr
   # metrics.jsonl: byte for byte, every step 1..TOTAL once, the final evaluation included
   assert (killed / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
   recs = read_metrics(str(full))

@@ -71,7 +71,8 @@ class TrainSet:
       with label an index into `names`).
     names: query names: the category names in file order, or `["object"]` in class-agnostic mode.
     source: the annotation file path.
-    digest: a short hash of the records (image ids, paths, labels, segmentations), checked when resuming.
+    digest: a short hash of the records (image ids, file names, labels, segmentations) and of the query names,
+      checked when resuming.
   """
   records: list
   names: list
@@ -136,9 +137,10 @@ def load_train_set(ann, images_root: str, *, class_agnostic: bool = False, fract
   if not records:
     raise InputError(f"{source}: no training images left (fraction {fraction}, min_score {min_score}, "
                      f"keep_empty {keep_empty})")
-  h = hashlib.sha256()
+  h = hashlib.sha256(json.dumps(names).encode())
   for r in records:
-    h.update(json.dumps([r["image_id"], r["path"], r["anns"]], sort_keys=True).encode())
+    name = gt.images[r["image_id"]]["file_name"]  # not the root: the images may move between restarts
+    h.update(json.dumps([r["image_id"], name, r["anns"]], sort_keys=True).encode())
   return TrainSet(records=records, names=names, source=source, digest=h.hexdigest()[:16])
 
 

@@ -290,6 +290,11 @@ def main(argv=None) -> int:
   p.add_argument("--max-side", type=int, default=SyntheticConfig.max_side)
   p.add_argument("--min-objects", type=int, default=SyntheticConfig.min_objects)
   p.add_argument("--max-objects", type=int, default=SyntheticConfig.max_objects)
+  p.add_argument("--min-object-frac", type=float, default=SyntheticConfig.min_object_frac,
+                 help="smallest object size / shorter image side")
+  p.add_argument("--max-object-frac", type=float, default=SyntheticConfig.max_object_frac,
+                 help="largest object size / shorter image side")
+  p.add_argument("--min-area", type=int, default=SyntheticConfig.min_area, help="fewest visible pixels per object")
   p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated subset of " + ",".join(
       CATEGORIES))
   p.add_argument("--drop-fraction", type=float, default=0.0, help="drop this fraction of the annotations")
@@ -298,7 +303,8 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   try:
     data = generate(a.out, a.num_images, a.seed, min_side=a.min_side, max_side=a.max_side,
-                    min_objects=a.min_objects, max_objects=a.max_objects,
+                    min_objects=a.min_objects, max_objects=a.max_objects, min_object_frac=a.min_object_frac,
+                    max_object_frac=a.max_object_frac, min_area=a.min_area,
                     categories=tuple(c.strip() for c in a.categories.split(",") if c.strip()),
                     drop_fraction=a.drop_fraction, jitter=a.jitter, score=a.score)
   except InputError as e:

@@ -72,6 +72,8 @@ class DetectorConfig:
     remat: rematerialise each ViT block in the backward pass.
     dtype: compute dtype of the backbone and pixel decoder ('float32' or 'bfloat16'); heads and outputs are
       float32, parameters stay float32.
+    merge_class_token: how the CLS token enters the token features: 'mul-ln' (OWL-ViT: patch tokens times
+      CLS, then LayerNorm) or 'drop' (LayerNorm of the patch tokens only).
     top_k: detections kept per image by `postprocess`.
     score: `postprocess` score: 'class' (sigmoid of the class logit) or 'class_objectness' (geometric mean of
       the class and objectness probabilities).
@@ -90,6 +92,7 @@ class DetectorConfig:
   drop_path: float = 0.0
   remat: bool = False
   dtype: str = "float32"
+  merge_class_token: str = "mul-ln"
   top_k: int = 100
   score: str = "class"
 
@@ -107,6 +110,9 @@ class DetectorConfig:
       raise InputError(f"detector config: width {self.width} is not a multiple of heads {self.heads}")
     if self.dtype not in ("float32", "bfloat16"):
       raise InputError(f"detector config: dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.merge_class_token not in ("mul-ln", "drop"):
+      raise InputError(f"detector config: merge_class_token must be 'mul-ln' or 'drop', got "
+                       f"{self.merge_class_token!r}")
     if self.score not in ("class", "class_objectness"):
       raise InputError(f"detector config: score must be 'class' or 'class_objectness', got {self.score!r}")
     if not 0.0 < self.prior_prob < 1.0:
@@ -369,7 +375,7 @@ class Detector(nn.Module):
     pixels = self.normalize(image)  # [B, S, S, 3]
     tokens = ViTBackbone(s, c.patch_size, c.width, c.layers, c.heads, c.drop_path, c.remat, dtype,
                          name="backbone")(pixels, deterministic=not train)  # [B, 1 + N, W]
-    feats = tokens[:, 1:] * tokens[:, :1]  # [B, N, W] patch tokens times CLS ('mul-ln')
+    feats = tokens[:, 1:] * tokens[:, :1] if c.merge_class_token == "mul-ln" else tokens[:, 1:]  # [B, N, W]
     feats = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="merged_class_token")(feats)
 
     boxes = PredictorMLP(4, c.width, zero_last=True, name="box_head")(feats)  # [B, N, 4]

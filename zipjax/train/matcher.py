@@ -6,8 +6,13 @@ most T, padded ones skipped), columns the predictions (N >= T). For each valid r
 over reduced costs `c[i, j] - u[i] - v[j]` (all >= 0) grows a tree of visited columns until it reaches a free
 column; the potentials are updated by the search's distances and the matching is flipped along the path.
 Everything is vectorised over the columns: one search step is O(m) array work, a search has at most k + 1
-steps when k rows are matched, so a problem costs O(T^2) sequential steps of O(N) work, O(T^2 N) in all.
-`lax.while_loop` carries the state, so nothing leaves the device (no host callbacks).
+steps when k rows are matched, so a problem costs at most O(T^2) sequential steps of O(N) work, O(T^2 N) in
+all (typical costs need far fewer steps: most targets find a free prediction at once; among columns at the
+minimum distance a free one is taken, which ends searches early on ties). `lax.while_loop` carries the state,
+so nothing leaves the device (no host callbacks); under `vmap` a batch runs as many steps as its slowest
+member. Measured on this repository's 2-core CPU (8 problems of N = 2304 predictions, T = 100 targets):
+uniform random costs 40-80 ms, integer costs with many ties ~40 ms, the adversarial rank-one costs
+c_ij = x_i y_j (every augmentation reroutes a long path) ~1 s; N = 256, T = 30: 1.5-8 ms.
 
 Exactness. Write the problem as the LP  min sum c_ij x_ij  s.t.  sum_j x_ij = 1 (valid rows i),
 sum_i x_ij <= 1 (columns j), x >= 0, whose matrix is totally unimodular, and its dual
@@ -67,30 +72,34 @@ def _hungarian(a: jax.Array, row_valid: jax.Array, col_valid: jax.Array) -> jax.
     u, v, p = state  # [n + 1], [m + 1], [m + 1] (p[j] = row matched to column j, 0 = free)
     valid = row_valid[i - 1]
     p = p.at[0].set(i)
+    free = (p == 0) & ~blocked  # [m + 1] (the dummy column 0 now holds row i)
 
     def search_cond(s):
-      _, _, p, _, _, _, j0, steps = s
+      _, _, _, _, _, _, j0, steps = s
       return valid & (steps <= m) & ((steps == 0) | (p[j0] != 0))
 
     def search_body(s):
-      u, v, p, way, minv, used, j0, steps = s
+      u, v, way, minv, used, rows, j0, steps = s
       used = used.at[j0].set(True)
       i0 = p[j0]
+      rows = rows.at[i0].set(1.0)  # rows of the search tree: those matched to visited columns
       cur = a[i0] - u[i0] - v  # [m + 1] reduced costs from row i0
       better = ~used & (cur < minv)
       minv = jnp.where(better, cur, minv)
       way = jnp.where(better, j0, way)
       masked = jnp.where(used, inf, minv)
-      j1 = jnp.argmin(masked)
-      delta = masked[j1]
-      # Visited columns are matched to distinct rows (column 0 to row i); the others add 0 to some row.
-      u = u.at[p].add(jnp.where(used, delta, 0).astype(dtype))
+      delta = jnp.min(masked)
+      # Any column at the minimum distance is a valid Dijkstra step; a free one ends the search at once.
+      at_min = masked == delta
+      j1 = jnp.where(jnp.any(at_min & free), jnp.argmax(at_min & free), jnp.argmax(at_min))
+      u = u + delta * rows
       v = jnp.where(used, v - delta, v)
       minv = jnp.where(used, minv, minv - delta)
-      return u, v, p, way, minv, used, j1, steps + 1
+      return u, v, way, minv, used, rows, j1, steps + 1
 
-    init = (u, v, p, jnp.zeros(m + 1, jnp.int32), jnp.full((m + 1,), inf), blocked, jnp.int32(0), jnp.int32(0))
-    u, v, p, way, _, used, j0, _ = jax.lax.while_loop(search_cond, search_body, init)
+    init = (u, v, jnp.zeros(m + 1, jnp.int32), jnp.full((m + 1,), inf), blocked, jnp.zeros(n + 1, dtype),
+            jnp.int32(0), jnp.int32(0))
+    u, v, way, _, used, _, j0, _ = jax.lax.while_loop(search_cond, search_body, init)
     found = valid & (p[j0] == 0) & ~used[j0]  # reached a free, unvisited column
 
     def flip_cond(s):
@@ -126,8 +135,8 @@ def assign(cost: jax.Array, row_valid: jax.Array | None = None, candidates: bool
   n_pred, n_tgt = cost.shape
   if n_pred < n_tgt:
     raise ValueError(f"matcher needs at least as many predictions as targets, got cost {cost.shape}")
-  if row_valid is None:
-    row_valid = jnp.ones((n_tgt,), bool)
+  row_valid = jnp.ones((n_tgt,), bool) if row_valid is None else jnp.asarray(row_valid, bool)
+  cost = jnp.asarray(cost)
   if not jnp.issubdtype(cost.dtype, jnp.floating):
     cost = cost.astype(jnp.float32)
   a = sanitize(cost).T  # [T, N] rows = targets

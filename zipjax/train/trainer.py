@@ -20,7 +20,8 @@ One run, in order (`train`):
   5. Loop until `config.total_steps`: metrics of every `log_every`-th step (fetched one step late, so the host
      does not wait for the device), `MetricsWriter` (metrics.jsonl, perf.jsonl, TensorBoard), a tqdm bar,
      evaluation every `eval.every` steps and at the end on `--val-json` (class-agnostic and class-aware box and
-     mask AP through `zipjax.eval.evaluate`, recorded in the step's metrics), orbax checkpoints every
+     mask AP through `zipjax.eval.evaluate`, recorded in the step's metrics; `eval.at_start`: also the initial
+     parameters, as step 0), orbax checkpoints every
      `checkpoint.every` steps (asynchronous, keeping the last `checkpoint.keep`) and at the end. SIGTERM:
      the current step finishes, a checkpoint is saved, `train` returns `EXIT_PREEMPTED` (143).
   6. A rerun with the same workdir resumes; a run whose checkpoint is at `total_steps` says so and returns 0.
@@ -303,7 +304,7 @@ class Checkpoints:
     # the trainer decides when to save (every `every` steps, at the end, on SIGTERM) and forces each save
     options = ocp.CheckpointManagerOptions(save_interval_steps=max(int(every), 1), max_to_keep=max(int(keep), 1),
                                            enable_async_checkpointing=bool(asynchronous), create=not read_only,
-                                           read_only=read_only)
+                                           read_only=read_only, cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
@@ -594,6 +595,8 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
     last = dict(rec, step=s)
     pending = None
 
+  if evaluator is not None and start == 0 and bool(config.eval.get("at_start", False)):
+    writer.write(0, evaluator(state["params"]))  # the initial parameters (random or init_checkpoint), step 0
   bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not progress or pindex != 0,
              file=sys.stderr, dynamic_ncols=True)
   step = start
@@ -641,4 +644,5 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
 
 
 __all__ = ["Task", "detector_task", "detector_config", "text_encoder", "class_queries", "load_run_config",
-           "Trainer", "Checkpoints", "restore_params", "load_params", "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
+           "compiler_options", "Trainer", "Checkpoints", "restore_params", "load_params", "Evaluator", "RunResult",
+           "train", "EXIT_PREEMPTED"]

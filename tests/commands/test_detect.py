@@ -1,0 +1,98 @@
+"""`zipjax detect` end to end on a briefly trained tiny workdir: the outputs of `zipjax segment` (results.json,
+annotations.json with RLE masks and scores, overlays, errors.json, run.json), loadable by pycocotools and
+accepted by `zipjax eval`; a bad file is reported and skipped; free class names; errors exit 2."""
+import json
+
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from zipjax import cli
+from zipjax.commands.segment import apply_overrides, load_config_file
+from zipjax.data import synthetic
+from zipjax.eval import evaluate
+from zipjax.train import trainer as tr
+
+TINY = ["--config.model.input_size=64", "--config.model.width=32", "--config.model.layers=1",
+        "--config.model.heads=1", "--config.model.embed_dim=32", "--config.model.mask_dim=16",
+        "--config.model.pixel_width=16", "--config.model.stem_width=8", "--config.model.top_k=10",
+        "--config.text.arch.transformer_width=32", "--config.data.max_instances=4", "--config.batch_size=4",
+        "--config.total_steps=6", "--config.optim.warmup_steps=2", "--config.xla_opt_level=0",
+        "--config.mesh=[('data', 1)]", "--config.checkpoint.every=3", "--config.detect.batch_size=3",
+        "--config.detect.score_threshold=0.0"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("detect")
+  synthetic.generate(d / "train", 8, seed=31, min_side=40, max_side=70, max_objects=3)
+  synthetic.generate(d / "val", 4, seed=32, min_side=40, max_side=70, max_objects=3)
+  config = apply_overrides(load_config_file("configs/train_smoke.py"), TINY)
+  res = tr.train(config, str(d / "train" / "annotations.json"), str(d / "train" / "images"), str(d / "w"),
+                 progress=False, log=lambda m: None)
+  assert res.status == "done" and res.step == 6
+  return d
+
+
+def test_detect_outputs(workdir, tmp_path, capsys):
+  d = workdir
+  (tmp_path / "broken.png").write_bytes(b"not a png")
+  out = tmp_path / "out"
+  names = ["circle", "rectangle", "triangle", "ellipse", "star"]
+  rc = cli.main(["detect", str(d / "val" / "images"), str(tmp_path / "broken.png"), "--workdir", str(d / "w"),
+                 "--classes", ",".join(names), "--out", str(out), "--config.detect.overlay_max_side=64"])
+  assert rc == 0, capsys.readouterr().err
+  results = json.loads((out / "results.json").read_text())
+  ann = json.loads((out / "annotations.json").read_text())
+  errors = json.loads((out / "errors.json").read_text())
+  run = json.loads((out / "run.json").read_text())
+  assert [e["path"] for e in errors] == [str(tmp_path / "broken.png")] and "not an image" in errors[0]["reason"]
+  assert run["detected"] == 4 and run["skipped"] == 1 and run["info"]["checkpoint_step"] == 6
+  assert [c["name"] for c in ann["categories"]] == names
+  assert len(ann["images"]) == 4 and len(list((out / "overlays").iterdir())) == 4
+  # top_k = 10 detections per image (score threshold 0), each a scored RLE mask of the image's size
+  assert len(results) == len(ann["annotations"]) == 40
+  sizes = {im["id"]: (im["height"], im["width"]) for im in ann["images"]}
+  for r in results:
+    assert tuple(r["segmentation"]["size"]) == sizes[r["image_id"]]
+    assert 0.0 <= r["score"] <= 1.0 and r["category_name"] in names
+    x, y, w, h = r["bbox"]
+    assert 0 <= x and 0 <= y and x + w <= sizes[r["image_id"]][1] + 1e-3 and y + h <= sizes[r["image_id"]][0] + 1e-3
+    assert mask_utils.area(dict(r["segmentation"], counts=r["segmentation"]["counts"].encode())) >= 0
+  coco = COCO(str(out / "annotations.json"))
+  assert len(coco.getAnnIds()) == 40
+  # zipjax eval accepts the outputs against the validation ground truth (images matched by file name)
+  gt = json.loads((d / "val" / "annotations.json").read_text())
+  for im in gt["images"]:
+    im["file_name"] = str(d / "val" / "images" / im["file_name"])
+  for agnostic in (False, True):
+    m = evaluate(gt, json.loads((out / "annotations.json").read_text()), class_agnostic=agnostic)
+    assert m["num_pred"] == 40 and 0.0 <= m["bbox"]["AP"] <= 1.0 and 0.0 <= m["segm"]["AP"] <= 1.0
+  # open vocabulary: other names, other categories; scores differ with the queries
+  out2 = tmp_path / "out2"
+  assert cli.main(["detect", str(d / "val" / "images" / "000001.png"), "--workdir", str(d / "w"),
+                   "--classes", "red thing,blue shape", "--out", str(out2), "--no-overlays"]) == 0
+  ann2 = json.loads((out2 / "annotations.json").read_text())
+  assert [c["name"] for c in ann2["categories"]] == ["red thing", "blue shape"]
+  assert not (out2 / "overlays").exists()
+  first = sorted(a["score"] for a in ann["annotations"] if a["image_id"] == 1)
+  assert sorted(a["score"] for a in ann2["annotations"]) != first
+
+
+def test_detect_errors(workdir, tmp_path, capsys):
+  d = workdir
+  assert cli.main(["detect", str(d / "val" / "images"), "--workdir", str(tmp_path), "--classes", "a",
+                   "--out", str(tmp_path / "o")]) == 2
+  assert "not a zipjax train workdir" in capsys.readouterr().err
+  assert cli.main(["detect", str(d / "val" / "images"), "--workdir", str(d / "w"), "--classes", "a,,b",
+                   "--out", str(tmp_path / "o")]) == 2
+  assert "empty" in capsys.readouterr().err
+  assert cli.main(["detect", str(d / "val" / "images"), "--workdir", str(d / "w"), "--classes", "a",
+                   "--out", str(tmp_path / "o"), "--config.detect.nope=1"]) == 2
+  assert "no such config field" in capsys.readouterr().err
+  empty = tmp_path / "empty_w"
+  empty.mkdir()
+  (empty / "config.json").write_text((d / "w" / "config.json").read_text())
+  assert cli.main(["detect", str(d / "val" / "images"), "--workdir", str(empty), "--classes", "a",
+                   "--out", str(tmp_path / "o")]) == 2
+  assert "checkpoints" in capsys.readouterr().err
