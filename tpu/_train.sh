@@ -57,7 +57,8 @@ run_on_workers() {
   if [ -n "$per_device" ]; then
     [[ "$per_device" =~ ^[1-9][0-9]*$ ]] || die "--per-device-batch must be a positive integer, got $per_device"
     extra+=("--config.batch_size=$((per_device * devices))")
-    echo "# $type: $hosts worker(s), $devices JAX devices; global batch $((per_device * devices)) = $per_device per device"
+    echo "# $type: $hosts worker(s), $devices JAX devices; global batch $((per_device * devices)) =" \
+      "$per_device per device"
   else
     echo "# $type: $hosts worker(s), $devices JAX devices; the config's batch_size must be a multiple of $devices"
   fi

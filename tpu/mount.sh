@@ -24,10 +24,12 @@ BUCKET="${BUCKET#gs://}"
 BUCKET="${BUCKET%/}"
 [[ "$MOUNT" =~ ^/[A-Za-z0-9_./-]+$ ]] || die "--mount-point must be an absolute path, got $MOUNT"
 tpu_args
-REPO='deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main'
+KEYRING=/usr/share/keyrings/cloud.google.asc
+REPO="deb [signed-by=$KEYRING] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main"
 INSTALL="command -v gcsfuse >/dev/null || { echo \"$REPO\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null"
-INSTALL+=" && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null"
+INSTALL+=" && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee $KEYRING >/dev/null"
 INSTALL+=" && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }"
 MNT="sudo mkdir -p $MOUNT && sudo chown \$(id -u):\$(id -g) $MOUNT && { mountpoint -q $MOUNT || gcsfuse"
 MNT+=" --implicit-dirs --rename-dir-limit=1000000 $BUCKET $MOUNT; }"
-run gcloud compute tpus tpu-vm ssh "${TPU_ARGS[@]}" --worker=all "--command=$INSTALL && $MNT && echo mounted gs://$BUCKET on $MOUNT"
+run gcloud compute tpus tpu-vm ssh "${TPU_ARGS[@]}" --worker=all \
+  "--command=$INSTALL && $MNT && echo mounted gs://$BUCKET on $MOUNT"

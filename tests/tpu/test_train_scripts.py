@@ -52,7 +52,8 @@ def test_self_train_on_v5e_16():
 
 @pytest.mark.parametrize("slice_type,expect", [
     ("v4-32", "# v4-32: 4 worker(s), 16 JAX devices; the config's batch_size must be a multiple of 16"),
-    ("v5litepod-16", "# v5litepod-16: 4 worker(s), 16 JAX devices; the config's batch_size must be a multiple of 16"),
+    ("v5litepod-16",
+     "# v5litepod-16: 4 worker(s), 16 JAX devices; the config's batch_size must be a multiple of 16"),
     ("v4-8", "# v4-8: 1 worker(s), 4 JAX devices; the config's batch_size must be a multiple of 4"),
     ("v5e-8", "# v5e-8: 1 worker(s), 8 JAX devices; the config's batch_size must be a multiple of 8"),
     ("v5p-128", "# v5p-128: 16 worker(s), 64 JAX devices; the config's batch_size must be a multiple of 64"),
@@ -80,8 +81,8 @@ def test_mount():
       "+ gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all '--command=command -v gcsfuse "
       ">/dev/null || { echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] "
       "https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main\" | sudo tee "
-      "/etc/apt/sources.list.d/gcsfuse.list >/dev/null && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg "
-      "| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -y "
+      "/etc/apt/sources.list.d/gcsfuse.list >/dev/null && curl -s "
+      "https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -y "
       "-q gcsfuse; } && sudo mkdir -p /mnt/zipjax && sudo chown $(id -u):$(id -g) /mnt/zipjax && { mountpoint -q "
       "/mnt/zipjax || gcsfuse --implicit-dirs --rename-dir-limit=1000000 my-bucket /mnt/zipjax; } && echo mounted "
       "gs://my-bucket on /mnt/zipjax'"]

@@ -220,10 +220,12 @@ def round_config(config, settings: Settings, workdir: str, r: int):
   return cfg
 
 
-def _check_state(workdir: str, state: dict) -> None:
+def _check_state(workdir: str, state: dict, write: bool = True) -> None:
+  """Refuses a workdir started with other inputs or config; records `state` (when `write`)."""
   path = os.path.join(workdir, STATE_FILE)
   if not os.path.exists(path):
-    atomic_write_json(path, state)
+    if write:
+      atomic_write_json(path, state)
     return
   old = _read_json(path)
   diff = [k for k in ("pseudo_json_sha256", "images_root") if old.get(k) != state[k]]
@@ -489,8 +491,8 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
   os.makedirs(workdir, exist_ok=True)
   state = {"pseudo_json": os.path.abspath(pseudo_json), "pseudo_json_sha256": sha256_file(pseudo_json),
            "images_root": os.path.abspath(images_root), "config": tr.config_to_dict(config)}
-  if pindex == 0:
-    _check_state(workdir, state)
+  if pindex == 0:  # refuse other inputs before anything is written; record them once round 0's labels exist
+    _check_state(workdir, state, write=False)
   gt_digest = sha256_file(gt_json) if gt_json else None
   _barrier("selftrain_start")
   rounds = []
@@ -512,6 +514,8 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
           _kill_point("merge", r)
         _write_compact(labels_path, data)
       _barrier(f"selftrain_labels_{r}")
+    if r == 0 and pindex == 0:
+      _check_state(workdir, state)
     info["labels"] = labels_path
     # ---- train
     done_path = os.path.join(rd, TRAIN_DONE)
