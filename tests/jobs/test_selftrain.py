@@ -7,8 +7,8 @@ jittered (real CLI subprocesses, tiny detector, 1 CPU device, a shared persisten
   labels, predictions, training metrics, evaluations and report equal the uninterrupted run's, byte for byte;
 - fine-tuning the self-trained detector on 10% of the true labels beats the same training from the same
   initialisation as round 0 (random weights here), same steps, on held-out images.
-The run is short (steps 200/40/40); tests marked slow repeat the improvement and fine-tuning checks on a larger
-dataset with longer rounds (and class-aware fine-tuning).
+The run is short (steps 200/40/40); tests marked slow repeat the improvement and fine-tuning checks on twice the
+images with longer rounds (400/200/200), with a validation split, and fine-tune class-aware.
 """
 import contextlib
 import io
@@ -239,17 +239,18 @@ def test_finetune_from_selftrained_beats_same_init_alone(data, reference, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------------- slow
-SLOW_SHAPES = dict(min_side=48, max_side=80, min_objects=1, max_objects=3, min_object_frac=0.3, max_object_frac=0.55)
-SLOW_SELF = ["--config.selftrain.steps=[500,250,250]", "--config.selftrain.thresholds=[0.2,0.2]",
-             "--config.selftrain.predict_chunk=32"]
+# the default test's regime (tiny detector, 1-2 objects per image), twice the images, longer rounds at the smoke
+# config's learning rate
+SLOW_SELF = ["--config.selftrain.steps=[400,200,200]", "--config.selftrain.thresholds=[0.2,0.2]",
+             "--config.selftrain.predict_chunk=32", "--config.optim.lr=2e-3"]
 
 
 @pytest.fixture(scope="module")
 def slow_run(tmp_path_factory):
   d = tmp_path_factory.mktemp("selftrain_slow")
-  synthetic.generate(d / "clean", 96, seed=11, **SLOW_SHAPES)
-  synthetic.generate(d / "noisy", 96, seed=11, **SLOW_SHAPES, **NOISE)
-  synthetic.generate(d / "val", 32, seed=12, **SLOW_SHAPES)
+  synthetic.generate(d / "clean", 64, seed=11, **SHAPES)
+  synthetic.generate(d / "noisy", 64, seed=11, **SHAPES, **NOISE)
+  synthetic.generate(d / "val", 32, seed=12, **SHAPES)
   args = _self_train_args(d, d / "run") + SLOW_SELF + ["--val-json", str(d / "val" / "annotations.json"),
                                                        "--val-images-root", str(d / "val" / "images")]
   r = _zipjax(args, d / "cache", timeout=3600)
@@ -279,8 +280,8 @@ def test_slow_finetune_class_aware(slow_run, tmp_path):
   """Class-aware fine-tuning (the 5 shape names as queries) of the class-agnostic self-trained detector on 10% of
   the true labels, 150 steps, against the same from round 0's initialisation."""
   results = _finetune(slow_run, slow_run / "run" / "round_2", tmp_path, slow_run / "cache", 150,
-                      ["--config.loss.drop_loss=False"])
-  print("\n10% of the true labels (10 images), 150 steps, held-out images:")
+                      ["--config.loss.drop_loss=False", "--config.optim.lr=2e-3"])
+  print("\n10% of the true labels (6 images), 150 steps, held-out images:")
   for name, m in results.items():
     print(f"  {name:12s} " + "  ".join(f"{k[5:]} {m[k]:.3f}" for k in (
         "eval/agnostic/segm_AP50", "eval/agnostic/segm_AR100", "eval/agnostic/bbox_AP50", "eval/class/segm_AP50",
