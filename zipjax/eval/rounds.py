@@ -10,11 +10,13 @@
   - `W/plots/rounds.png` (mask and box AR100 / AP50 of labels and detector against the round) and
     `W/plots/pr_<labels|detector>_<agnostic|class>_<bbox|segm>.png` (precision-recall curves of every round).
 Every file is written atomically, metrics.json last; the contents are a function of the evaluations, so a
-resumed run writes the same metrics.json as an uninterrupted one.
+resumed run writes the same metrics.json as an uninterrupted one, and a rerun that finds the same metrics.json
+(and every plot) leaves the files untouched.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 
 from zipjax.eval.coco import STAT_NAMES
@@ -171,18 +173,26 @@ def write_rounds_report(workdir, evals: list, trains: list, settings: dict, inpu
   workdir = os.fspath(workdir)
   records = round_records(evals, trains, list(settings["thresholds"]))
   comps = comparisons(evals)
-  plots = {"rounds": "plots/rounds.png", "pr": {}}
+  payload = json.loads(json.dumps({"inputs": inputs, "settings": settings, "rounds": records, "comparisons": comps}))
+  plots = {"rounds": "plots/rounds.png",
+           "pr": {key: {t: f"plots/pr_{key.replace('/', '_')}_{t}.png" for t in comp["settings"]["iou_types"]}
+                  for key, comp in comps.items()}}
+  paths = {"report": os.path.join(workdir, "report.md"), "metrics": os.path.join(workdir, "metrics.json")}
+  files = [paths["report"], os.path.join(workdir, plots["rounds"])] + [
+      os.path.join(workdir, n) for names in plots["pr"].values() for n in names.values()]
+  try:  # the same report is already there (a rerun of a finished run): leave every file untouched
+    with open(paths["metrics"], encoding="utf-8") as f:
+      if json.load(f) == payload and all(os.path.exists(p) for p in files):
+        return dict(paths, plots=plots)
+  except (OSError, ValueError):
+    pass
   atomic_write_bytes(os.path.join(workdir, plots["rounds"]), plot_rounds(records))
   for key, comp in comps.items():
-    plots["pr"][key] = {}
-    for t in comp["settings"]["iou_types"]:
-      name = f"plots/pr_{key.replace('/', '_')}_{t}.png"
+    for t, name in plots["pr"][key].items():
       atomic_write_bytes(os.path.join(workdir, name), plot_pr(comp, t))
-      plots["pr"][key][t] = name
-  report = atomic_write_text(os.path.join(workdir, "report.md"), markdown(records, comps, settings, inputs, plots))
-  metrics = atomic_write_json(os.path.join(workdir, "metrics.json"),
-                              {"inputs": inputs, "settings": settings, "rounds": records, "comparisons": comps})
-  return {"report": report, "metrics": metrics, "plots": plots}
+  atomic_write_text(paths["report"], markdown(records, comps, settings, inputs, plots))
+  atomic_write_json(paths["metrics"], payload)
+  return dict(paths, plots=plots)
 
 
 __all__ = ["round_records", "comparisons", "plot_rounds", "write_rounds_report"]
