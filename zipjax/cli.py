@@ -31,6 +31,7 @@ COMMANDS = {
     "segment": "segment",
     "train": "train",
     "detect": "detect",
+    "self-train": "self_train",
 }
 
 EXIT_OK = 0

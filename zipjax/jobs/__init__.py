@@ -1,1 +1,2 @@
-"""Long-running drivers built on the engine: `label` (sharded, resumable, merged)."""
+"""Long-running drivers: `label` (the engine over a dataset: sharded, resumable, merged) and `selftrain` (rounds of
+detector training, prediction and label merging, resumable)."""

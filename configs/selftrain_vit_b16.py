@@ -1,0 +1,46 @@
+"""Self-training the ViT-B/16 detector (configs/train_vit_b16.py) on Zip pseudo-labels, CutLER's recipe.
+
+  python -m zipjax label --coco-json instances_train2017.json --images-root train2017 \
+      --classes-file coco80.txt --config configs/label_coco.py --out runs/zip_train2017
+  python -m zipjax self-train --config configs/selftrain_vit_b16.py \
+      --pseudo-json runs/zip_train2017/annotations.json --images-root train2017 --workdir runs/selftrain \
+      [--gt-json instances_train2017.json] [--val-json instances_val2017.json --val-images-root val2017]
+
+CutLER: class-agnostic training with DropLoss; then rounds that keep the predictions scoring above 0.7, then
+0.65, at most 30 per image, merged with the previous labels; each round initialised from the previous one. Set
+`--config.data.class_agnostic=False` to self-train the open-vocabulary detector on the Zip classes instead.
+The steps of a round default to train_vit_b16's total_steps (160k at batch 16, CutLER's schedule; set
+`--config.selftrain.steps=[160000,80000,80000]` for shorter later rounds). On a TPU slice: tpu/self_train.sh.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _train_config(name):
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+  spec = importlib.util.spec_from_file_location("_zipjax_train_config_" + name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  config = _train_config("train_vit_b16.py")
+  config.data.class_agnostic = True
+  config.loss.drop_loss = True
+
+  config.selftrain = ml_collections.ConfigDict()
+  config.selftrain.rounds = 2
+  config.selftrain.thresholds = [0.7, 0.65]   # CutLER's round 1, round 2 thresholds
+  config.selftrain.max_dets = 30
+  config.selftrain.mode = "union"
+  config.selftrain.dedup_iou = 0.5
+  config.selftrain.min_area = 16
+  config.selftrain.steps = []           # [] total_steps each round, [N], or one value per round
+  config.selftrain.init = "previous"
+  config.selftrain.predict_min_score = 0.05
+  config.selftrain.predict_max_dets = 100
+  config.selftrain.predict_chunk = 1024
+  return config

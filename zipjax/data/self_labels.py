@@ -1,0 +1,162 @@
+"""Self-training labels: a detector's predictions on the training images, filtered and merged with the previous
+round's labels (CutLER's `get_self_training_ann.py` step, as one deterministic function).
+
+Inputs are COCO datasets in memory (`{"images", "annotations", "categories"}`):
+  - `labels`: the previous round's labels (round 0: the Zip pseudo-labels); annotations with a `segmentation`
+    (compressed or uncompressed RLE, or polygons), optional `score`, optional `iscrowd`;
+  - `predictions`: the detector's predictions on the same images (`zipjax.jobs.selftrain` writes them:
+    compressed-RLE masks, `score`, categories by name).
+
+`merge_labels` builds the next round's labels, image by image (in the order of `labels["images"]`):
+  1. candidates: the image's predictions scoring at least `threshold` whose mask has at least `min_area` pixels,
+     best score first (ties keep file order);
+  2. de-duplication among them, greedily: a candidate whose mask IoU with an already kept one is at least
+     `dedup_iou` is dropped (one label per object, whatever the class); at most `max_dets` are kept;
+  3. `mode='replace'`: the kept predictions are the image's labels; `mode='union'`: the previous labels are
+     kept too, except those whose mask IoU with a kept prediction is at least `dedup_iou` (the prediction
+     replaces them, as in CutLER); crowd labels (`iscrowd: 1`) are always kept.
+Mask IoU is pycocotools' `mask.iou` on RLEs (exact pixel counts).
+
+Output records: the image's kept predictions first (best first), then its surviving previous labels in their
+previous order; annotation ids 1..N in that order. A new label is `{id, image_id, category_id, segmentation
+(compressed RLE), area, bbox (the mask's box), iscrowd 0, score}`; a previous label keeps every field but `id`.
+Categories: the previous labels' categories, then (new ids, in order of appearance) any prediction category
+whose name is not among them (e.g. `object` of a class-agnostic detector). Images and category order are those
+of `labels`, so the same inputs give the same output, byte for byte once serialised.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from zipjax.errors import InputError
+from zipjax.io.coco import normalize_name, to_compressed_rle
+
+MODES = ("replace", "union")
+
+
+def _rle_bytes(rle: dict) -> dict:
+  counts = rle["counts"]
+  return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def mask_iou(a: list, b: list) -> np.ndarray:
+  """float64 [len(a), len(b)]: mask IoU of compressed RLEs (pycocotools, non-crowd)."""
+  if not a or not b:
+    return np.zeros((len(a), len(b)), np.float64)
+  return np.asarray(mask_utils.iou([_rle_bytes(r) for r in a], [_rle_bytes(r) for r in b], [0] * len(b)),
+                    np.float64).reshape(len(a), len(b))  # [A, B]
+
+
+def select_predictions(preds: list, threshold: float, max_dets: int, dedup_iou: float, min_area: float) -> list:
+  """Steps 1-2 of the module docstring for one image: the kept prediction records, best first.
+
+  Args:
+    preds: records with `score` and a compressed-RLE `segmentation`.
+  """
+  cand = [p for p in preds if p["score"] >= threshold and _area(p["segmentation"]) >= min_area]
+  order = sorted(range(len(cand)), key=lambda i: -cand[i]["score"])  # stable: ties keep file order
+  kept: list = []
+  for i in order:
+    if len(kept) >= max_dets:
+      break
+    if kept and mask_iou([cand[i]["segmentation"]], [k["segmentation"] for k in kept]).max() >= dedup_iou:
+      continue
+    kept.append(cand[i])
+  return kept
+
+
+def _area(rle: dict) -> float:
+  return float(mask_utils.area(_rle_bytes(rle)))
+
+
+def _check(threshold, max_dets, mode, dedup_iou, min_area) -> None:
+  if mode not in MODES:
+    raise InputError(f"selftrain.mode must be one of {', '.join(MODES)}, got {mode!r}")
+  if not 0.0 <= float(threshold) <= 1.0:
+    raise InputError(f"selftrain threshold must be in [0, 1], got {threshold}")
+  if int(max_dets) < 1:
+    raise InputError(f"selftrain.max_dets must be >= 1, got {max_dets}")
+  if not 0.0 < float(dedup_iou) <= 1.0:
+    raise InputError(f"selftrain.dedup_iou must be in (0, 1], got {dedup_iou}")
+  if float(min_area) < 0:
+    raise InputError(f"selftrain.min_area must be >= 0, got {min_area}")
+
+
+def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets: int = 30, mode: str = "union",
+                 dedup_iou: float = 0.5, min_area: float = 1.0, info: dict | None = None) -> tuple:
+  """The next round's labels (see the module docstring).
+
+  Returns:
+    `(dataset, stats)`: the COCO dataset (`info`, `images`, `annotations`, `categories`) and
+    `{"predicted": candidates at or above the threshold, "added": new labels, "kept": previous labels kept,
+    "replaced": previous labels replaced by a prediction, "dropped": previous labels dropped (replace mode),
+    "labels": total}`.
+
+  Raises:
+    InputError: bad settings, a prediction for an image the labels do not list, a prediction category
+      without a name.
+  """
+  _check(threshold, max_dets, mode, dedup_iou, min_area)
+  categories = [dict(c) for c in labels["categories"]]
+  id_of_name = {normalize_name(c["name"]): c["id"] for c in categories}
+  next_id = max([c["id"] for c in categories] + [0]) + 1
+  pred_cat = {}
+  for c in predictions.get("categories", []):
+    key = normalize_name(c["name"])
+    if key not in id_of_name:
+      categories.append({"id": next_id, "name": c["name"], "supercategory": "object"})
+      id_of_name[key] = next_id
+      next_id += 1
+    pred_cat[c["id"]] = id_of_name[key]
+
+  images = labels["images"]
+  known = {img["id"]: img for img in images}
+  preds_of: dict = {i: [] for i in known}
+  for k, p in enumerate(predictions["annotations"]):
+    if p["image_id"] not in known:
+      raise InputError(f"prediction {k}: image_id {p['image_id']} is not among the labels' images")
+    if p["category_id"] not in pred_cat:
+      raise InputError(f"prediction {k}: category_id {p['category_id']} is not in the predictions' categories")
+    preds_of[p["image_id"]].append(p)
+  old_of: dict = {i: [] for i in known}
+  for k, a in enumerate(labels["annotations"]):
+    if not a.get("iscrowd", 0) and a.get("segmentation") in (None, []):
+      raise InputError(f"label {k} (image_id {a['image_id']}): no segmentation")
+    old_of[a["image_id"]].append(a)
+
+  stats = {"predicted": 0, "added": 0, "kept": 0, "replaced": 0, "dropped": 0, "labels": 0}
+  out = []
+  for img in images:
+    h, w = int(img["height"]), int(img["width"])
+    preds = preds_of[img["id"]]
+    stats["predicted"] += sum(1 for p in preds if p["score"] >= threshold)
+    kept = select_predictions(preds, threshold, max_dets, dedup_iou, min_area)
+    for p in kept:
+      rle = to_compressed_rle(p["segmentation"], h, w)
+      out.append({"id": 0, "image_id": img["id"], "category_id": pred_cat[p["category_id"]], "segmentation": rle,
+                  "area": _area(rle), "bbox": [float(v) for v in mask_utils.toBbox(_rle_bytes(rle))],
+                  "iscrowd": 0, "score": float(p["score"])})
+    stats["added"] += len(kept)
+    old = old_of[img["id"]]
+    if mode == "replace":
+      stats["dropped"] += len(old)
+      continue
+    new_rles = [p["segmentation"] for p in kept]
+    for a in old:
+      if not a.get("iscrowd", 0) and new_rles:
+        rle = to_compressed_rle(a["segmentation"], h, w)
+        if mask_iou([rle], new_rles).max() >= dedup_iou:
+          stats["replaced"] += 1
+          continue
+      out.append(dict(a, id=0))
+      stats["kept"] += 1
+  for k, a in enumerate(out):
+    a["id"] = k + 1
+  stats["labels"] = len(out)
+  data = {"info": dict(info or {}), "images": [dict(i) for i in images], "annotations": out,
+          "categories": categories}
+  return data, stats
+
+
+__all__ = ["MODES", "mask_iou", "select_predictions", "merge_labels"]

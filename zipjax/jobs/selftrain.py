@@ -1,0 +1,566 @@
+"""`zipjax self-train`: CutLER-style self-training rounds as one resumable job, with a per-round quality report.
+
+    python -m zipjax self-train --config configs/selftrain_smoke.py --pseudo-json ANN --images-root DIR \
+        --workdir W [--gt-json GT] [--val-json V --val-images-root DIR2] [--config.key=value ...]
+
+Rounds r = 0 .. R (`R = config.selftrain.rounds`), each in its own folder `W/round_<r>/`, which is also the
+`zipjax train` workdir of the round (so `zipjax detect --workdir W/round_<r>` and
+`zipjax train ... --config.init_workdir=W/round_<r>` use it as is). Phases of round r, in order:
+
+  labels   `round_<r>/annotations.json`, the labels the round trains on (a COCO dataset with scores; the
+           `images_root` is recorded in `info`, so `zipjax gallery W/round_<r>` shows them).
+           r = 0: the pseudo-labels (ANN) as given. r >= 1: round r-1's predictions on the training images,
+           kept when scoring at least `thresholds[r-1]`, de-duplicated and merged with round r-1's labels
+           (`zipjax.data.self_labels.merge_labels`: 'replace' or 'union' with mask-IoU de-duplication, at most
+           `max_dets` new labels per image).
+  train    the detector trained on those labels for `steps` steps (`zipjax.train.trainer.train`, in process),
+           initialised from round r-1's final parameters (`init='previous'`, CutLER's choice) or from the
+           config's own initialisation (`init='base'`); `round_<r>/checkpoints`, `metrics.jsonl`, `tb/`.
+           Marker: `round_<r>/train_done.json` (final step and metrics record).
+  predict  round r's detector on every image of the labels' `images` list (resized like evaluation, top-k,
+           class-agnostic when the config trains class-agnostic): `round_<r>/predictions/annotations.json`
+           (COCO dataset with scores, at most `predict_max_dets` per image scoring at least `predict_min_score`,
+           boxes from the detector, masks thresholded at logit 0). Done in chunks of `predict_chunk` images,
+           each an atomic part file (a rerun skips finished chunks), then assembled. Skipped for the last
+           round unless `--gt-json` asks for its evaluation.
+  eval     with `--gt-json`: the round's labels and its detector's predictions against the ground truth of the
+           training images, class-agnostic and (where the category names allow) class-aware, box and mask
+           (`zipjax.eval.evaluate`, only the images the files cover): `round_<r>/eval.json`.
+At the end, with `--gt-json`, `W/report.md`, `W/metrics.json` and `W/plots/*.png` show the rounds side by side
+(`zipjax.eval.rounds`).
+
+Resume: every phase's output is written atomically and is its own done-marker, so a rerun of the same command
+skips finished phases and redoes an interrupted one from its start (training resumes from its last checkpoint,
+prediction from its last finished chunk). Every phase is deterministic (the trainer's exact resume, a fixed
+image order and batch composition in prediction, a deterministic merge), so a run killed anywhere and rerun
+writes the same labels (byte for byte) and the same metrics as an uninterrupted one. `W/selftrain.json`
+records the inputs (the pseudo-labels' SHA-256, the images root) and the config; a rerun with other inputs or
+another model / loss / data / optimizer / self-training config is refused.
+
+Tests: `ZIPJAX_TEST_KILL_AT=<phase>:<round>` SIGKILLs the process at a fixed point: `train` once the round's
+first checkpoint exists (training goes on until then), `predict` after the round's first part file, `merge`
+after round r's labels are computed and before they are written.
+
+Multi-host (`config.distributed=True`, one process per host, W on a filesystem all hosts share): every process
+trains; prediction chunks are split round-robin over the processes (each uses its local devices); process 0
+writes the labels, the assembled predictions, the evaluation and the report; barriers separate the phases.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from zipjax.errors import InputError
+from zipjax.io.atomic import atomic_write_json
+
+KILL_ENV = "ZIPJAX_TEST_KILL_AT"
+EXIT_PREEMPTED = 143
+LABELS_FILE = "annotations.json"
+PREDICTIONS_DIR = "predictions"
+TRAIN_DONE = "train_done.json"
+EVAL_FILE = "eval.json"
+STATE_FILE = "selftrain.json"
+INITS = ("previous", "base")
+# config groups a rerun must share with the run that started the workdir (runtime settings may change)
+FIXED_KEYS = ("model", "loss", "text", "data", "optim", "batch_size", "seed", "total_steps", "init_checkpoint",
+              "init_workdir", "selftrain")
+
+
+# -------------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """`config.selftrain`, validated.
+
+  Attributes:
+    rounds: self-training rounds R after round 0 (R + 1 detectors are trained).
+    thresholds: score threshold of each round r = 1..R (`thresholds[r - 1]`).
+    max_dets: most new labels per image and round (CutLER: 30).
+    mode: 'union' (previous labels kept unless a new label covers them) or 'replace'.
+    dedup_iou: mask IoU at which two labels are the same object.
+    min_area: smallest mask area (pixels) of a new label.
+    steps: training steps of each round r = 0..R (`[]`: config.total_steps each; `[N]`: N each).
+    init: 'previous' (round r starts from round r-1's final parameters) or 'base' (every round starts from the
+      config's initialisation: init_checkpoint / init_workdir / random).
+    predict_min_score: smallest score of a saved prediction.
+    predict_max_dets: most saved predictions per image.
+    predict_chunk: images per prediction part file.
+  """
+  rounds: int
+  thresholds: tuple
+  max_dets: int
+  mode: str
+  dedup_iou: float
+  min_area: float
+  steps: tuple
+  init: str
+  predict_min_score: float
+  predict_max_dets: int
+  predict_chunk: int
+
+  @classmethod
+  def from_config(cls, config) -> "Settings":
+    from zipjax.data.self_labels import MODES  # pylint: disable=import-outside-toplevel
+    if "selftrain" not in config:
+      raise InputError("the config has no 'selftrain' group (use configs/selftrain_*.py)")
+    s = config.selftrain
+    rounds = int(s.rounds)
+    if rounds < 0:
+      raise InputError(f"selftrain.rounds must be >= 0, got {rounds}")
+    thresholds = tuple(float(t) for t in s.thresholds)
+    if len(thresholds) < rounds:
+      raise InputError(f"selftrain.thresholds has {len(thresholds)} value(s) for {rounds} rounds: give one "
+                       "threshold per round")
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+      raise InputError(f"selftrain.thresholds must be in [0, 1], got {list(thresholds)}")
+    steps = s.steps
+    if isinstance(steps, int) and not isinstance(steps, bool):
+      steps = [steps]
+    steps = [int(v) for v in steps] or [int(config.total_steps)]
+    if len(steps) == 1:
+      steps = steps * (rounds + 1)
+    if len(steps) != rounds + 1 or min(steps) < 1:
+      raise InputError(f"selftrain.steps must be [] (config.total_steps each round), [N] or one positive value per "
+                       f"round 0..{rounds}, got {list(s.steps) if not isinstance(s.steps, int) else s.steps}")
+    steps = tuple(steps)
+    if s.mode not in MODES:
+      raise InputError(f"selftrain.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
+    if s.init not in INITS:
+      raise InputError(f"selftrain.init must be one of {', '.join(INITS)}, got {s.init!r}")
+    out = cls(rounds=rounds, thresholds=thresholds[:rounds], max_dets=int(s.max_dets), mode=str(s.mode),
+              dedup_iou=float(s.dedup_iou), min_area=float(s.min_area), steps=steps, init=str(s.init),
+              predict_min_score=float(s.predict_min_score), predict_max_dets=int(s.predict_max_dets),
+              predict_chunk=int(s.predict_chunk))
+    if out.max_dets < 1 or out.predict_max_dets < 1 or out.predict_chunk < 1:
+      raise InputError("selftrain.max_dets, predict_max_dets and predict_chunk must be >= 1")
+    if not 0.0 < out.dedup_iou <= 1.0:
+      raise InputError(f"selftrain.dedup_iou must be in (0, 1], got {out.dedup_iou}")
+    return out
+
+
+def round_dir(workdir: str, r: int) -> str:
+  return os.path.join(workdir, f"round_{r}")
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_compact(path: str, obj) -> str:
+  return atomic_write_json(path, obj, indent=None)
+
+
+def _kill_point(phase: str, r: int) -> None:
+  """SIGKILLs this process when ZIPJAX_TEST_KILL_AT names this point (tests of the resume protocol)."""
+  if os.environ.get(KILL_ENV) == f"{phase}:{r}":
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_after_checkpoint(directory: str, r: int):
+  """With ZIPJAX_TEST_KILL_AT=train:<r>: a daemon thread that SIGKILLs the process once `directory` (the round's
+  checkpoints) holds a finished checkpoint, i.e. mid-training when checkpoint.every < steps."""
+  if os.environ.get(KILL_ENV) != f"train:{r}":
+    return None
+
+  def watch():
+    while True:
+      try:
+        if any(n.isdigit() for n in os.listdir(directory)):
+          os.kill(os.getpid(), signal.SIGKILL)
+      except FileNotFoundError:
+        pass
+      time.sleep(0.01)
+
+  t = threading.Thread(target=watch, daemon=True)
+  t.start()
+  return t
+
+
+# ----------------------------------------------------------------------------------------- multi-host
+def _process() -> tuple:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index(), jax.process_count()
+
+
+def _barrier(name: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+# --------------------------------------------------------------------------------------------- config
+def round_config(config, settings: Settings, workdir: str, r: int):
+  """The `zipjax train` config of round r (the self-training group removed, steps and initialisation set)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict(json.loads(config.to_json()))
+  with cfg.unlocked():
+    del cfg["selftrain"]
+    cfg.total_steps = int(settings.steps[r])
+    cfg.distributed = False  # initialised once by self_train
+    if r > 0 and settings.init == "previous":
+      cfg.init_workdir = os.path.abspath(round_dir(workdir, r - 1))
+  return cfg
+
+
+def _check_state(workdir: str, state: dict, write: bool = True) -> None:
+  """Refuses a workdir started with other inputs or config; records `state` (when `write`)."""
+  path = os.path.join(workdir, STATE_FILE)
+  if not os.path.exists(path):
+    if write:
+      atomic_write_json(path, state)
+    return
+  old = _read_json(path)
+  diff = [k for k in ("pseudo_json_sha256", "images_root") if old.get(k) != state[k]]
+  diff += [f"config.{k}" for k in FIXED_KEYS if old["config"].get(k) != state["config"].get(k)]
+  if diff:
+    raise InputError(f"{workdir} was started with other inputs or config ({', '.join(diff)} differ); rerun with "
+                     "the same ones to resume, or use a new --workdir")
+  if old != state:
+    atomic_write_json(path, state)
+
+
+# --------------------------------------------------------------------------------------------- labels
+def _initial_labels(pseudo_json: str, images_root: str) -> dict:
+  """Round 0's labels: the pseudo-labels as given (validated), the images root recorded in `info`."""
+  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+  data, source = coco_io.load_json(pseudo_json, "pseudo-label")
+  coco_io.load_ground_truth(data)  # validation: ids, categories, segmentations
+  for i, img in enumerate(data["images"]):
+    if not isinstance(img.get("file_name"), str):
+      raise InputError(f"{source}: image {i} (id {img['id']}): needs a file_name (relative to --images-root)")
+  for k, a in enumerate(data["annotations"]):
+    if not a.get("iscrowd", 0) and a.get("segmentation") in (None, []):
+      raise InputError(f"{source}: annotation {k} (image_id {a['image_id']}): no segmentation (self-training "
+                       "trains masks)")
+  info = dict(data.get("info") or {})
+  info.update(description="zipjax self-train labels, round 0 (the pseudo-labels)", round=0,
+              source=os.path.abspath(pseudo_json), images_root=os.path.abspath(images_root))
+  return {"info": info, "images": data["images"], "annotations": data["annotations"],
+          "categories": data["categories"]}
+
+
+def _merged_labels(settings: Settings, workdir: str, r: int, images_root: str) -> tuple:
+  from zipjax.data.self_labels import merge_labels  # pylint: disable=import-outside-toplevel
+  prev = _read_json(os.path.join(round_dir(workdir, r - 1), LABELS_FILE))
+  preds = _read_json(os.path.join(round_dir(workdir, r - 1), PREDICTIONS_DIR, LABELS_FILE))
+  t = settings.thresholds[r - 1]
+  info = {"description": f"zipjax self-train labels, round {r}", "round": r, "threshold": t,
+          "mode": settings.mode, "max_dets": settings.max_dets, "dedup_iou": settings.dedup_iou,
+          "min_area": settings.min_area, "images_root": os.path.abspath(images_root)}
+  data, stats = merge_labels(prev, preds, threshold=t, max_dets=settings.max_dets, mode=settings.mode,
+                             dedup_iou=settings.dedup_iou, min_area=settings.min_area, info=info)
+  data["info"]["stats"] = stats
+  return data, stats
+
+
+# -------------------------------------------------------------------------------------------- predict
+def _train_names(rd: str) -> list:
+  """The query names the round's detector was trained with (recorded in its final checkpoint)."""
+  from zipjax.train.trainer import Checkpoints  # pylint: disable=import-outside-toplevel
+  ck = Checkpoints(os.path.join(rd, "checkpoints"), every=1, keep=1, asynchronous=False, read_only=True)
+  try:
+    return list(ck.restore_meta(ck.latest_step())["names"])
+  finally:
+    ck.close()
+
+
+def _local_params(rd: str, cfg, mesh):
+  """The round's final parameters, replicated over `mesh` (this process's devices)."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from zipjax.train import sharding as shard_lib  # pylint: disable=import-outside-toplevel
+  from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return tr.load_params(rd, cfg, mesh)[0]
+  global_mesh = shard_lib.make_mesh([("data", -1)])  # orbax restores onto all processes' devices
+  params, _ = tr.load_params(rd, cfg, global_mesh)
+  host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), params)
+  return jax.device_put(host, shard_lib.replicated(mesh))
+
+
+def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: str, r: int, progress: bool = True,
+                  log: Callable = print) -> str:
+  """Round r's detector on the labels' images -> `rd/predictions/annotations.json` (see the module docstring)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
+  from zipjax.io.results import encode_rle  # pylint: disable=import-outside-toplevel
+  from zipjax.train import sharding as shard_lib  # pylint: disable=import-outside-toplevel
+  from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
+  from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
+  out_dir = os.path.join(rd, PREDICTIONS_DIR)
+  final = os.path.join(out_dir, LABELS_FILE)
+  pindex, pcount = _process()
+  images = labels["images"]
+  chunk = settings.predict_chunk
+  n_chunks = -(-len(images) // chunk)
+  mine = [k for k in range(n_chunks) if k % pcount == pindex]
+  part = lambda k: os.path.join(out_dir, f"part_{k:06d}.json")  # noqa: E731
+
+  def part_done(k):
+    if not os.path.exists(part(k)):
+      return False
+    try:
+      return _read_json(part(k))["image_ids"] == [img["id"] for img in images[k * chunk:(k + 1) * chunk]]
+    except (OSError, ValueError, KeyError):
+      return False
+
+  todo = [k for k in mine if not part_done(k)]
+  agnostic = bool(cfg.data.class_agnostic)
+  names = _train_names(rd)
+  if todo:
+    mesh = shard_lib.make_mesh([("data", -1)], jax.local_devices())
+    params = _local_params(rd, cfg, mesh)
+    queries = tr.class_queries(cfg, tr.text_encoder(cfg), names)  # [Q, D]
+    predictor = DetectorPredictor(tr.detector_config(cfg), mesh, int(cfg.eval.batch_size),
+                                  score_threshold=settings.predict_min_score,
+                                  compiler_options=tr.compiler_options(cfg))
+    lim = cfg.input
+    bs = predictor.batch_size
+    bar = tqdm(total=sum(len(images[k * chunk:(k + 1) * chunk]) for k in todo), unit="img",
+               desc=f"predict round {r}", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for k in todo:
+      chunk_images = images[k * chunk:(k + 1) * chunk]
+      anns, errors = [], []
+      for s in range(0, len(chunk_images), bs):
+        batch = []
+        for img in chunk_images[s:s + bs]:
+          path = os.path.join(images_root, img["file_name"])
+          try:
+            arr = images_io.load_image(path, int(lim.min_side), int(lim.max_side), float(lim.max_aspect))
+          except InputError as e:
+            errors.append({"image_id": img["id"], "file_name": img["file_name"], "reason": str(e)})
+            continue
+          if arr.shape[:2] != (int(img["height"]), int(img["width"])):
+            errors.append({"image_id": img["id"], "file_name": img["file_name"],
+                           "reason": f"decoded size {arr.shape[1]}x{arr.shape[0]} differs from the labels' "
+                                     f"{img['width']}x{img['height']}"})
+            continue
+          batch.append((img, arr))
+        outs = predictor.predict(params, [a for _, a in batch], queries, class_agnostic=agnostic) if batch else []
+        for (img, _), insts in zip(batch, outs):
+          kept = 0
+          for inst in insts:
+            if kept >= settings.predict_max_dets:
+              break
+            rle = encode_rle(inst["mask"])
+            area = int(inst["mask"].sum())
+            if area == 0:
+              continue
+            x0, y0, x1, y1 = inst["box"]
+            anns.append({"image_id": img["id"], "category_id": int(inst["category"]) + 1, "segmentation": rle,
+                         "area": float(area), "bbox": [float(x0), float(y0), float(max(x1 - x0, 0.0)),
+                                                       float(max(y1 - y0, 0.0))],
+                         "iscrowd": 0, "score": round(float(inst["score"]), 6)})
+            kept += 1
+        bar.update(len(chunk_images[s:s + bs]))
+      _write_compact(part(k), {"chunk": k, "image_ids": [img["id"] for img in chunk_images],
+                               "annotations": anns, "errors": errors})
+      _kill_point("predict", r)
+    bar.close()
+  _barrier(f"selftrain_predict_{r}")
+  if pindex == 0:
+    anns, errors = [], []
+    for k in range(n_chunks):
+      p = _read_json(part(k))
+      anns.extend(p["annotations"])
+      errors.extend(p["errors"])
+    for i, a in enumerate(anns):
+      a["id"] = i + 1
+    info = {"description": f"zipjax self-train round {r}: the detector's predictions on the training images",
+            "round": r, "class_agnostic": agnostic, "min_score": settings.predict_min_score,
+            "max_dets": settings.predict_max_dets, "images_root": os.path.abspath(images_root),
+            "errors": len(errors)}
+    cats = [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)]
+    atomic_write_json(os.path.join(out_dir, "errors.json"), errors)
+    _write_compact(final, {"info": info, "images": images, "annotations": anns, "categories": cats})
+    for k in range(n_chunks):
+      try:
+        os.unlink(part(k))
+      except FileNotFoundError:
+        pass
+    if errors:
+      log(f"round {r}: {len(errors)} image(s) skipped in prediction, see {os.path.join(out_dir, 'errors.json')}")
+  _barrier(f"selftrain_predicted_{r}")
+  return final
+
+
+# ----------------------------------------------------------------------------------------------- eval
+def _with_scores(data: dict) -> dict:
+  """A COCO dataset whose non-crowd annotations all have a score (1.0 where missing), for evaluation."""
+  anns = [a if "score" in a else dict(a, score=1.0) for a in data["annotations"] if not a.get("iscrowd", 0)]
+  return dict(data, annotations=anns)
+
+
+def _class_aware_ok(data: dict, gt) -> bool:
+  """True when every category used by `data`'s annotations is a ground-truth category by name."""
+  from zipjax.io.coco import normalize_name  # pylint: disable=import-outside-toplevel
+  by_name = gt.category_by_name()
+  used = {a["category_id"] for a in data["annotations"]}
+  return all(normalize_name(c["name"]) in by_name for c in data["categories"] if c["id"] in used)
+
+
+def evaluate_file(gt, data: dict) -> dict:
+  """{'agnostic': evaluate(...), 'class': evaluate(...) or None} of a labels / predictions dataset."""
+  from zipjax.eval import evaluate  # pylint: disable=import-outside-toplevel
+  data = _with_scores(data)
+  out = {"agnostic": evaluate(gt, data, iou_type="both", class_agnostic=True, only_pred_images=True)}
+  out["class"] = (evaluate(gt, data, iou_type="both", class_agnostic=False, only_pred_images=True)
+                  if _class_aware_ok(data, gt) else None)
+  return out
+
+
+def evaluate_round(gt_json: str, gt_digest: str, rd: str, r: int) -> dict:
+  """Writes `rd/eval.json`: the round's labels and (when predicted) its detector against the ground truth."""
+  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+  gt = coco_io.load_ground_truth(gt_json)
+  labels = _read_json(os.path.join(rd, LABELS_FILE))
+  res = {"round": r, "gt": os.path.abspath(gt_json), "gt_sha256": gt_digest,
+         "labels": dict(count=len(labels["annotations"]), images=len(labels["images"]),
+                        stats=labels["info"].get("stats"), **evaluate_file(gt, labels))}
+  pred_path = os.path.join(rd, PREDICTIONS_DIR, LABELS_FILE)
+  if os.path.exists(pred_path):
+    preds = _read_json(pred_path)
+    res["detector"] = dict(count=len(preds["annotations"]), **evaluate_file(gt, preds))
+  else:
+    res["detector"] = None
+  for part in ("labels", "detector"):
+    if res[part] is None:
+      continue
+    for mode in ("agnostic", "class"):
+      if res[part][mode] is not None:
+        res[part][mode]["pred"] = os.path.relpath(pred_path if part == "detector" else
+                                                  os.path.join(rd, LABELS_FILE), os.path.dirname(rd))
+  atomic_write_json(os.path.join(rd, EVAL_FILE), res)
+  return res
+
+
+# ------------------------------------------------------------------------------------------------ run
+@dataclasses.dataclass
+class SelfTrainResult:
+  """What `self_train` did.
+
+  Attributes:
+    status: 'done' or 'preempted' (SIGTERM during a round's training).
+    exit_code: 0 or EXIT_PREEMPTED.
+    rounds: per round {'round', 'labels', 'train': train_done record, 'predictions'?, 'eval'?}.
+    report: paths of report.md / metrics.json (with --gt-json), else None.
+  """
+  status: str
+  exit_code: int
+  rounds: list
+  report: dict | None
+
+
+def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json: str | None = None,
+               val_json: str | None = None, val_images_root: str | None = None, progress: bool = True,
+               log: Callable = print) -> SelfTrainResult:
+  """Runs (or resumes) the self-training rounds of `workdir`; see the module docstring."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
+  from zipjax.train.metrics import read_metrics  # pylint: disable=import-outside-toplevel
+  settings = Settings.from_config(config)
+  for flag, path in (("--pseudo-json", pseudo_json), ("--images-root", images_root), ("--gt-json", gt_json),
+                     ("--val-json", val_json)):
+    if path is not None and not os.path.exists(path):
+      raise InputError(f"{flag} {path}: not found")
+  if bool(config.get("distributed", False)):
+    jax.distributed.initialize()
+  pindex, _ = _process()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  state = {"pseudo_json": os.path.abspath(pseudo_json), "pseudo_json_sha256": sha256_file(pseudo_json),
+           "images_root": os.path.abspath(images_root), "config": tr.config_to_dict(config)}
+  if pindex == 0:  # refuse other inputs before anything is written; record them once round 0's labels exist
+    _check_state(workdir, state, write=False)
+  gt_digest = sha256_file(gt_json) if gt_json else None
+  _barrier("selftrain_start")
+  rounds = []
+  for r in range(settings.rounds + 1):
+    rd = round_dir(workdir, r)
+    os.makedirs(rd, exist_ok=True)
+    info = {"round": r}
+    # ---- labels
+    labels_path = os.path.join(rd, LABELS_FILE)
+    if not os.path.exists(labels_path):
+      if pindex == 0:
+        if r == 0:
+          data = _initial_labels(pseudo_json, images_root)
+        else:
+          data, stats = _merged_labels(settings, workdir, r, images_root)
+          log(f"round {r}: {stats['predicted']} predictions >= {settings.thresholds[r - 1]}, {stats['added']} new "
+              f"labels, {stats['kept']} kept, {stats['replaced']} replaced, {stats['dropped']} dropped -> "
+              f"{stats['labels']} labels")
+          _kill_point("merge", r)
+        _write_compact(labels_path, data)
+      _barrier(f"selftrain_labels_{r}")
+    if r == 0 and pindex == 0:
+      _check_state(workdir, state)
+    info["labels"] = labels_path
+    # ---- train
+    done_path = os.path.join(rd, TRAIN_DONE)
+    cfg = round_config(config, settings, workdir, r)
+    if os.path.exists(done_path):
+      info["train"] = _read_json(done_path)
+    else:
+      log(f"round {r}: training {settings.steps[r]} steps on {labels_path}")
+      _kill_after_checkpoint(os.path.join(rd, "checkpoints"), r)
+      res = tr.train(cfg, labels_path, images_root, rd, val_json=val_json, val_images_root=val_images_root,
+                     progress=progress, log=log)
+      if res.status == "preempted":
+        log("stopped by SIGTERM; rerun the same command to resume")
+        return SelfTrainResult("preempted", EXIT_PREEMPTED, rounds, None)
+      recs = read_metrics(rd)
+      info["train"] = {"round": r, "step": int(res.step), "metrics": recs[-1] if recs else {}}
+      if pindex == 0:
+        atomic_write_json(done_path, info["train"])
+      _barrier(f"selftrain_trained_{r}")
+    # ---- predict
+    if r < settings.rounds or gt_json:
+      pred_path = os.path.join(rd, PREDICTIONS_DIR, LABELS_FILE)
+      if not os.path.exists(pred_path):
+        predict_round(cfg, settings, rd, _read_json(labels_path), images_root, r, progress=progress, log=log)
+      info["predictions"] = pred_path
+    # ---- eval
+    if gt_json:
+      eval_path = os.path.join(rd, EVAL_FILE)
+      current = os.path.exists(eval_path) and _read_json(eval_path).get("gt_sha256") == gt_digest
+      if pindex == 0 and not current:
+        evaluate_round(gt_json, gt_digest, rd, r)
+      _barrier(f"selftrain_eval_{r}")
+      info["eval"] = eval_path
+    rounds.append(info)
+  report = None
+  if gt_json and pindex == 0:
+    from zipjax.eval.rounds import write_rounds_report  # pylint: disable=import-outside-toplevel
+    evals = [_read_json(i["eval"]) for i in rounds]
+    report = write_rounds_report(workdir, evals, [i["train"] for i in rounds], settings=dataclasses.asdict(settings),
+                                 inputs={"pseudo_json": state["pseudo_json"], "images_root": state["images_root"],
+                                         "gt_json": os.path.abspath(gt_json),
+                                         "val_json": os.path.abspath(val_json) if val_json else None})
+  _barrier("selftrain_done")
+  return SelfTrainResult("done", 0, rounds, report)
+
+
+__all__ = ["Settings", "SelfTrainResult", "self_train", "round_config", "round_dir", "predict_round",
+           "evaluate_file", "evaluate_round", "KILL_ENV", "EXIT_PREEMPTED"]
