@@ -344,14 +344,31 @@ class Checkpoints:
     self.manager.close()
 
 
-def _restore_latest_params(workdir: str, abstract_params) -> tuple:
-  """(params restored into `abstract_params`' shardings, step) from the latest checkpoint of `workdir`."""
+def _read_checkpoints(workdir: str) -> Checkpoints:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"{workdir}: no checkpoints/ folder (not a zipjax train workdir)")
-  ck = Checkpoints(ckpt_dir, every=1, keep=1, asynchronous=False, read_only=True)
+  return Checkpoints(ckpt_dir, every=1, keep=1, asynchronous=False, read_only=True)
+
+
+def latest_checkpoint_step(workdir: str) -> int:
+  """The step of the latest finished checkpoint of `workdir` (nothing is restored)."""
+  ck = _read_checkpoints(workdir)
   try:
     step = ck.latest_step()
+  finally:
+    ck.close()
+  if step is None:
+    raise CheckpointError(f"{workdir}: no finished checkpoint")
+  return int(step)
+
+
+def _restore_latest_params(workdir: str, abstract_params, step: int | None = None) -> tuple:
+  """(params restored into `abstract_params`' shardings, step) from the checkpoint `step` (default: the latest)
+  of `workdir`."""
+  ck = _read_checkpoints(workdir)
+  try:
+    step = ck.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{workdir}: no finished checkpoint")
     return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
@@ -364,13 +381,14 @@ def restore_params(workdir: str, trainer: Trainer):
   return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
 
 
-def load_params(workdir: str, config, mesh) -> tuple:
-  """(detector parameters replicated over `mesh`, checkpoint step) of a run's latest checkpoint."""
+def load_params(workdir: str, config, mesh, step: int | None = None) -> tuple:
+  """(detector parameters replicated over `mesh`, checkpoint step) of a run's checkpoint `step` (default: the
+  latest)."""
   task = detector_task(config)
   shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
   rep = shard_lib.replicated(mesh)
   abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-  return _restore_latest_params(workdir, abstract)
+  return _restore_latest_params(workdir, abstract, step)
 
 
 def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
