@@ -134,17 +134,32 @@ def _mesh(v) -> bool:
           sum(a[1] == -1 for a in v) <= 1)
 
 
+def _sharding_action(a) -> bool:
+  if a is None or a in ("replicate", "fsdp"):
+    return True
+  if isinstance(a, str):
+    return a.startswith("fsdp:") and len(a) > 5
+  return isinstance(a, (list, tuple)) and all(
+      d is None or isinstance(d, str) or (isinstance(d, (list, tuple)) and all(isinstance(x, str) for x in d))
+      for d in a)
+
+
 def _sharding_rules(v) -> bool:
   import re  # pylint: disable=import-outside-toplevel
   for rule in v:
-    pattern, spec = rule
-    re.compile(pattern)
-    if not all(d is None or isinstance(d, str) or (isinstance(d, (list, tuple)) and
-                                                    all(isinstance(x, str) for x in d)) for d in spec):
+    pattern, action = rule
+    try:
+      re.compile(pattern)
+    except re.error:
+      return False
+    if not _sharding_action(action):
       return False
   return isinstance(v, (list, tuple))
 
 
+MESH = Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh)
+SHARDING_RULES = Custom("a list of (regex, action) pairs; action: a PartitionSpec tuple of axis names / None, "
+                        "'fsdp', 'fsdp:AXIS' or 'replicate' (zipjax/parallel)", _sharding_rules)
 BOOL = Rule("bool")
 TEXT = Rule("str")
 ARCH = Rule("arch")
@@ -220,9 +235,8 @@ RULES: dict[str, Rule] = {
     "output.overlays": BOOL,
     "output.overlay_max_side": Int(1),
     # device mesh and parameter sharding (zipjax/parallel)
-    "mesh": Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh),
-    "sharding_rules": Custom("a list of (regex, PartitionSpec tuple of axis names / None) pairs",
-                             _sharding_rules),
+    "mesh": MESH,
+    "sharding_rules": SHARDING_RULES,
     # zipjax label (zipjax/jobs/label.py)
     "label.shard_size": Int(1),
     "label.workers": Int(1),

@@ -74,10 +74,10 @@ def build_detector(config, workdir: str, step: int, names) -> _Detector:
   """Loads checkpoint `step` of `workdir`, embeds the class names, compiles nothing yet."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from zipjax.train import sharding as shard_lib  # pylint: disable=import-outside-toplevel
+  from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
   from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
-  mesh = shard_lib.make_mesh([("data", -1)], jax.local_devices())
+  mesh = parallel.create_mesh([("data", -1)], jax.local_devices())
   params, _ = trainer.load_params(workdir, config, mesh, step)
   queries = trainer.class_queries(config, trainer.text_encoder(config), names)  # [Q, D]
   predictor = DetectorPredictor(trainer.detector_config(config), mesh, int(config.detect.batch_size),
