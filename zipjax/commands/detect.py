@@ -115,6 +115,8 @@ def run(args) -> int:
     config.detect.batch_size = args.batch_size
   if args.no_overlays:
     config.detect.overlays = False
+  from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
+  check_train_config(config)  # the run's config with the overrides, before anything is loaded
   if args.classes_file:
     try:
       with open(args.classes_file, encoding="utf-8") as f:
