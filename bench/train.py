@@ -13,10 +13,10 @@ measures the overhead of partitioning, not a speed-up.
 
 `device_section()` is the accelerator part as a function; bench/device_check.py runs it as one of its sections
 (one device, a bounded number of steps and seconds, the step's FLOPs also counted from its jaxpr and by XLA):
-it returns a dict of the measured numbers (and prints a table). The step there runs on a fixed in-memory batch (B images with T
-targets each, Q class queries), so it measures the device, not the input pipeline; FLOPs are the analytic
-count of `zipjax.models.detector.flops_per_example(train=True)` (forward x 3; the matcher and the loss are
-not counted).
+it returns a dict of the measured numbers (and prints a table). The step there runs on a fixed in-memory batch
+(B images with T targets each, Q class queries), so it measures the device, not the input pipeline; FLOPs are the
+analytic count of `zipjax.models.detector.flops_per_example(train=True)` (forward x 3; the matcher and the loss
+are not counted).
 """
 from __future__ import annotations
 
