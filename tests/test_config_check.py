@@ -30,10 +30,12 @@ def test_every_field_of_every_preset_and_config_file_has_a_rule_and_passes(name,
   assert config_check.config_problems(config) == [], name
 
 
-def test_every_rule_names_a_preset_field():
-  """No stale rules: each rule's field exists in the zip preset."""
-  config = configs.zip()
-  for path in config_check.RULES:
+@pytest.mark.parametrize("family", ["segment", "train"])
+def test_every_rule_names_a_field(family):
+  """No stale rules: each rule's field exists in the zip preset (segment family) / configs/train_smoke.py."""
+  config = configs.zip() if family == "segment" else load_config_file(os.path.join(ROOT, "configs",
+                                                                                    "train_smoke.py"))
+  for path in config_check.family_tables(family)[0]:
     node = config
     for part in path.split("."):
       assert part in node, path
@@ -55,16 +57,20 @@ def _bad_value(rule):
   return 3  # arch
 
 
-@pytest.mark.parametrize("path", sorted(config_check.RULES))
-def test_each_field_refuses_a_bad_value(path):
-  config = configs.zip()
+def _set(config, path, value):
+  """config[a][b][c] = value for path 'a.b.c', whatever the field's type."""
   node = config
   *parents, leaf = path.split(".")
   for p in parents:
     node = node[p]
-  value = _bad_value(config_check.RULES[path])
   with node.ignore_type():
     node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("path", sorted(config_check.RULES))
+def test_each_field_refuses_a_bad_value(path):
+  config = _set(configs.zip(), path, _bad_value(config_check.RULES[path]))
   with pytest.raises(InputError, match=f"config.{path} = "):
     config_check.check_config(config)
 
@@ -146,14 +152,6 @@ def test_every_train_config_file_passes_the_train_rules(path):
   assert TRAIN_FILES and config_check.config_problems(load_config_file(path), family="train") == []
 
 
-def test_every_train_rule_names_a_field(train_config):
-  for path in config_check.TRAIN_RULES:
-    node = train_config
-    for part in path.split("."):
-      assert part in node, path
-      node = node[part]
-
-
 def test_a_train_field_without_a_rule_fails(train_config):
   """What the file test above catches: a field added to configs/train_*.py (or a typo) without a rule."""
   config = copy.deepcopy(train_config)
@@ -168,13 +166,7 @@ def test_a_train_field_without_a_rule_fails(train_config):
 
 @pytest.mark.parametrize("path", sorted(config_check.TRAIN_RULES))
 def test_each_train_field_refuses_a_bad_value(train_config, path):
-  config = copy.deepcopy(train_config)
-  node = config
-  *parents, leaf = path.split(".")
-  for p in parents:
-    node = node[p]
-  with node.ignore_type():
-    node[leaf] = _bad_value(config_check.TRAIN_RULES[path])
+  config = _set(copy.deepcopy(train_config), path, _bad_value(config_check.TRAIN_RULES[path]))
   with pytest.raises(InputError, match=f"config.{path} = "):
     config_check.check_train_config(config)
 
@@ -188,12 +180,7 @@ def test_each_train_field_refuses_a_bad_value(train_config, path):
     ("input.min_side", 9000, "input.max_side = 8192 must be >= input.min_side = 9000"),
 ])
 def test_train_relations(train_config, field, value, message):
-  config = copy.deepcopy(train_config)
-  node = config
-  *parents, leaf = field.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+  config = _set(copy.deepcopy(train_config), field, value)
   with pytest.raises(InputError) as e:
     config_check.check_train_config(config)
   assert message in str(e.value)

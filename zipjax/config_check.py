@@ -157,17 +157,24 @@ def _sharding_action(a) -> bool:
       for d in a)
 
 
-def _sharding_rules(v) -> bool:
+def _regex_pairs(v, second: Callable[[Any], bool]) -> bool:
+  """A list of (regex, x) pairs whose regexes compile and whose x pass `second`."""
   import re  # pylint: disable=import-outside-toplevel
+  if not isinstance(v, (list, tuple)):
+    return False
   for rule in v:
-    pattern, action = rule
+    pattern, x = rule
     try:
       re.compile(pattern)
     except re.error:
       return False
-    if not _sharding_action(action):
+    if not second(x):
       return False
-  return isinstance(v, (list, tuple))
+  return True
+
+
+def _sharding_rules(v) -> bool:
+  return _regex_pairs(v, _sharding_action)
 
 
 MESH = Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh)
@@ -292,18 +299,7 @@ def _optional_text(v) -> bool:
 
 
 def _lr_multipliers(v) -> bool:
-  import re  # pylint: disable=import-outside-toplevel
-  if not isinstance(v, (list, tuple)):
-    return False
-  for rule in v:
-    pattern, multiplier = rule
-    try:
-      re.compile(pattern)
-    except re.error:
-      return False
-    if not (_is_number(multiplier) and multiplier >= 0):
-      return False
-  return True
+  return _regex_pairs(v, lambda m: _is_number(m) and m >= 0)
 
 
 OPTIONAL_TEXT = Custom("a string (may be empty)", _optional_text)

@@ -11,14 +11,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.commands import detect_runner
-from tests.commands.test_segment_outputs import _images, _no_volatile, _state
+from tests.commands.test_segment_outputs import _images, _no_volatile, _state, run_cli
 from zipjax import cli
 from zipjax.commands.segment import load_config_file
 from zipjax.io.atomic import atomic_write_json
@@ -29,17 +27,8 @@ RUNNER = os.path.join(ROOT, "tests", "commands", "detect_runner.py")
 
 
 def _run(inputs, out, workdir, fault=None, sleep=None, wait=True):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", ZIPJAX_XLA_CACHE="0")
-  env.pop("ZIPJAX_FAULT", None)
-  if fault:
-    env["ZIPJAX_FAULT"] = fault
-  if sleep:
-    env["ZIPJAX_FAKE_SLEEP"] = str(sleep)
-  cmd = [sys.executable, RUNNER, "detect", *map(str, inputs), "--workdir", str(workdir), "--classes", "r,g,b",
-         "--out", str(out), "--config.detect.overlay_max_side=64"]
-  if not wait:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return run_cli(RUNNER, ["detect", *inputs, "--workdir", workdir, "--classes", "r,g,b", "--out", out,
+                          "--config.detect.overlay_max_side=64"], fault, sleep, wait)
 
 
 def _holder(out) -> str:

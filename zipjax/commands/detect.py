@@ -102,8 +102,7 @@ def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dic
 
 
 def run(args) -> int:
-  from zipjax.commands.segment import apply_overrides, enable_compilation_cache  # pylint: disable=C0415
-  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import apply_overrides, class_names, enable_compilation_cache  # pylint: disable=C0415
   from zipjax.jobs.folder_run import FolderJob, run_folder  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
 
@@ -117,15 +116,7 @@ def run(args) -> int:
     config.detect.overlays = False
   from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
   check_train_config(config)  # the run's config with the overrides, before anything is loaded
-  if args.classes_file:
-    try:
-      with open(args.classes_file, encoding="utf-8") as f:
-        lines = f.readlines()
-    except (OSError, UnicodeDecodeError) as e:
-      raise InputError(f"--classes-file {args.classes_file}: cannot read ({e})") from e
-    names = images_io.parse_class_names(file_lines=lines)
-  else:
-    names = images_io.parse_class_names(args.classes)
+  names = class_names(args)
   step = checkpoint_step(args.workdir)
 
   def build():

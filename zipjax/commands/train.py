@@ -37,7 +37,7 @@ def add_parser(sub):
 
 
 def resolve_config(args):
-  from zipjax.commands.segment import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
   from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
   config = load_config_file(args.config)
   apply_overrides(config, getattr(args, "config_overrides", []) or [])
@@ -45,7 +45,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-  from zipjax.commands.segment import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import enable_compilation_cache  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
   config = resolve_config(args)
   for flag in ("train_json", "images_root"):
@@ -54,6 +54,8 @@ def run(args) -> int:
       raise InputError(f"--{flag.replace('_', '-')} {path}: not found")
   if args.val_json and not os.path.exists(args.val_json):
     raise InputError(f"--val-json {args.val_json}: not found")
+  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
+  check_output_dir(args.workdir, "--workdir")  # a writable directory, before anything is built
   enable_compilation_cache()
   res = trainer.train(config, args.train_json, args.images_root, args.workdir, val_json=args.val_json,
                       val_images_root=args.val_images_root, progress=not args.no_progress,

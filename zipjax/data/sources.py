@@ -28,7 +28,6 @@ import dataclasses
 import io
 import os
 import stat
-import warnings
 
 import numpy as np
 
@@ -86,30 +85,9 @@ class Loaded:
 
 def decode_image_bytes(data: bytes, limits: Limits) -> np.ndarray:
   """`zipjax.io.images.load_image` for encoded bytes (TFDS records, bucket objects): same rules and reasons."""
-  from PIL import Image, ImageOps, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
   if not data:
     raise InputError("empty file (0 bytes)")
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
-        check = images_io._check_size  # pylint: disable=protected-access  (the same limits and messages)
-        check(w, h, limits.min_side, limits.max_side, limits.max_aspect)
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        arr = np.asarray(images_io._to_rgb(img), dtype=np.uint8)  # pylint: disable=protected-access
-  except UnidentifiedImageError:
-    raise InputError("not an image (PIL cannot identify the file format)") from None
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise InputError(f"image too large to decode safely ({e})") from None
-  except InputError:
-    raise
-  except (OSError, SyntaxError, ValueError, EOFError) as e:
-    raise InputError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
-  if arr.ndim != 3 or arr.shape[-1] != 3:
-    raise InputError(f"decoded to an unexpected array shape {arr.shape}")
-  return np.ascontiguousarray(arr)
+  return images_io.decode_image(io.BytesIO(data), limits.min_side, limits.max_side, limits.max_aspect)
 
 
 def load_path(path: str, limits: Limits) -> np.ndarray:

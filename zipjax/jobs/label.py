@@ -42,9 +42,9 @@ import numpy as np
 
 from zipjax.errors import InputError
 from zipjax.io import fs
+from zipjax.io.results import RANDOM_NOTE
 from zipjax.io.shards import RunDir, error_record, fault, image_record, new_nonce
 
-RANDOM_NOTE = "RANDOM WEIGHTS (--random-init): these outputs exercise the pipeline; they are not predictions"
 # config groups that change how fast a run goes, never what it outputs (excluded from the run identity)
 RUNTIME_FIELDS = ("batch_size", "label", "output", "mesh", "sharding_rules")
 
