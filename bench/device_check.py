@@ -21,8 +21,19 @@ case of the zip preset): presence threshold 0 and `scoring.max_present_classes =
 number of present classes, the step's cost depends on the data only through loop trip counts (k-means,
 connected components); every instance slot and SAM prompt is computed whether valid or not.
 
-Hook: `EXTRA_SECTIONS` is a list of callables `section(args) -> list[Row]` whose rows join the table (e.g. a
-detector training bench, added by whoever writes one).
+Also measured (a section of `EXTRA_SECTIONS`, `train_rows`): the detector's training step (`zipjax train`),
+ViT-B/16 at 768 px (configs/train_vit_b16.py: bf16, remat; random weights, a fixed in-memory batch of
+`--train-batch` images with 80 class queries, so the device is measured, not the input pipeline) on the same
+single device: training examples/s, the step's FLOPs per example from its jaxpr (forward, backward, rematerialised
+forward, matcher and loss matmuls) and by XLA's cost analysis of the lowered step (no second compile), and,
+in the note, the model's own count (3 x forward) and that model-FLOP fraction of peak. It runs after the engine
+rows and before the per-model rows, bounded to `--train-steps` timed steps and `--train-seconds` of timing
+(compile excluded), so the whole check stays within the wall budget (the per-model rows are skipped once
+`--budget` is spent). `--smoke` uses a tiny detector (configs/train_smoke.py shrunk further) so the CPU test
+exercises the same code; `--no-train` leaves the section out.
+
+Hook: `EXTRA_SECTIONS` is a list of callables `section(args) -> list[Row]` whose rows join the table after the
+engine rows (the training section is the first of them).
 """
 from __future__ import annotations
 
@@ -67,6 +78,12 @@ class Row:
 
 
 EXTRA_SECTIONS: list[Callable[[argparse.Namespace], list[Row]]] = []
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# --smoke: the training section's detector, smaller than configs/train_smoke.py (compiles in seconds on a CPU)
+TINY_TRAIN = ("--config.model.input_size=64", "--config.model.width=32", "--config.model.layers=1",
+              "--config.model.heads=1", "--config.model.embed_dim=32", "--config.model.mask_dim=16",
+              "--config.model.pixel_width=16", "--config.model.stem_width=8", "--config.model.top_k=10",
+              "--config.text.arch.transformer_width=32", "--config.xla_opt_level=0")
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
@@ -238,6 +255,52 @@ def model_rows(args, eng, deadline: float) -> list[Row]:
   return rows
 
 
+def _bench_train():
+  """bench/train.py as a module (bench/ is not a package)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("zipjax_bench_train", os.path.join(ROOT, "bench", "train.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def train_rows(args) -> list[Row]:
+  """The detector's training step on one device (see the module docstring), as one row."""
+  if args.no_train:
+    return []
+  bench_train = _bench_train()
+
+  def count(trainer, state, batch):
+    bs = int(trainer.config.batch_size)
+    flops, looped = jaxpr_flops(trainer._train_step, state, batch)  # pylint: disable=protected-access
+    try:
+      cost = trainer._step.lower(state, batch).cost_analysis()  # pylint: disable=protected-access
+    except Exception:  # pylint: disable=broad-except
+      cost = None
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else None
+    xf = float(cost["flops"]) if cost and "flops" in cost else None
+    return {"jaxpr_flops_per_example": flops / bs, "jaxpr_looped": looped,
+            "xla_flops_per_example": xf / bs if xf else None}
+
+  res = bench_train.device_section(
+      allow_cpu=True, small=args.smoke, steps=args.train_steps, batch_per_device=args.train_batch or (
+          2 if args.smoke else 8), num_queries=min(args.classes, 80), max_targets=8 if args.smoke else 50,
+      print_fn=lambda *a: None, overrides=TINY_TRAIN if args.smoke else (), num_devices=1,
+      max_seconds=args.train_seconds, inspect=count)
+  peak = peak_flops(res["device"], args.peak_tflops)
+  model = res["flops_per_example"]
+  mfu = f", {100 * model * res['examples_per_s'] / peak:.1f}% of peak" if peak else ""
+  name = "detector train step " + res["model"].replace(" (", ", ").replace(")", "")
+  return [Row(name, res["examples_per_s"], res["jaxpr_flops_per_example"], res["xla_flops_per_example"],
+              res["compile_s"], note=f"training examples/s, batch {res['batch']}, {res['steps']} steps; model "
+                                     f"FLOPs (3 x forward) {model / 1e9:.4g} G/example{mfu}"
+                                     + ("; loops counted once" if res["jaxpr_looped"] else ""))]
+
+
+EXTRA_SECTIONS.append(train_rows)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def peak_flops(kind: str, override: float | None) -> float | None:
   if override:
@@ -290,6 +353,11 @@ def main(argv=None) -> int:
   ap.add_argument("--min-seconds", type=float, default=5.0)
   ap.add_argument("--budget", type=float, default=330.0, help="wall seconds after which model sections are skipped")
   ap.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s of the device (default: table)")
+  ap.add_argument("--train-steps", type=int, default=10, help="timed steps of the training section at most")
+  ap.add_argument("--train-seconds", type=float, default=30.0,
+                  help="seconds of timed steps of the training section at most (at least one step)")
+  ap.add_argument("--train-batch", type=int, help="training images per step (default 8; 2 with --smoke)")
+  ap.add_argument("--no-train", action="store_true", help="leave out the detector training section")
   args = ap.parse_args(argv)
   t_start = time.perf_counter()
   import jax  # pylint: disable=import-outside-toplevel
@@ -300,9 +368,9 @@ def main(argv=None) -> int:
   config, eng, build_s = build(args)
   state: dict = {}
   rows = engine_rows(args, config, eng, state)
-  rows += model_rows(args, eng, t_start + args.budget)
   for section in EXTRA_SECTIONS:
     rows += section(args)
+  rows += model_rows(args, eng, t_start + args.budget)
   peak = peak_flops(dev.device_kind, args.peak_tflops)
   mem = (dev.memory_stats() or {}).get("peak_bytes_in_use") if hasattr(dev, "memory_stats") else None
 

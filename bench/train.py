@@ -11,11 +11,12 @@ the Hungarian matcher); the first steps (compilation) are excluded and reported 
 simulate devices on the same cores (`--xla_force_host_platform_device_count`), so their ratio to 1 device
 measures the overhead of partitioning, not a speed-up.
 
-`device_section()` is the accelerator part as a function, for bench/device_check.py: it returns a dict of
-the measured numbers (and prints a table). The step there runs on a fixed in-memory batch (B images with T
-targets each, Q class queries), so it measures the device, not the input pipeline; FLOPs are the analytic
-count of `zipjax.models.detector.flops_per_example(train=True)` (forward x 3; the matcher and the loss are
-not counted).
+`device_section()` is the accelerator part as a function; bench/device_check.py runs it as one of its sections
+(one device, a bounded number of steps and seconds, the step's FLOPs also counted from its jaxpr and by XLA):
+it returns a dict of the measured numbers (and prints a table). The step there runs on a fixed in-memory batch
+(B images with T targets each, Q class queries), so it measures the device, not the input pipeline; FLOPs are the
+analytic count of `zipjax.models.detector.flops_per_example(train=True)` (forward x 3; the matcher and the loss
+are not counted).
 """
 from __future__ import annotations
 
@@ -119,21 +120,27 @@ def cpu_section(steps: int) -> list:
 
 # ------------------------------------------------------------------------------------------- accelerator
 def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20, batch_per_device: int = 8,
-                   num_queries: int = 80, max_targets: int = 50, print_fn=print) -> dict:
+                   num_queries: int = 80, max_targets: int = 50, print_fn=print, overrides=(),
+                   num_devices: int | None = None, max_seconds: float | None = None, inspect=None) -> dict:
   """ViT-B/16 detector at 768 px on the local accelerators: a timed training step.
 
   Args:
     allow_cpu: run on CPU too (to check the code path); otherwise a CPU-only host returns {'skipped': ...}.
     small: a small model at 128 px instead of ViT-B/16 at 768 px (code-path checks).
-    steps: timed steps (after 2 warm-up steps).
+    steps: timed steps at most (after 2 warm-up steps).
     batch_per_device: images per device per step.
     num_queries: Q class queries per image (80: COCO).
     max_targets: T targets per image (padded; ~7 per image are valid here).
     print_fn: where the table goes.
+    overrides: more `--config.KEY=VALUE` items (e.g. an even smaller model for tests).
+    num_devices: train on the first this many devices (default: all).
+    max_seconds: stop timing after this many seconds (at least one timed step), to bound the section's wall.
+    inspect: optional `(trainer, state, global_batch) -> dict`, called once before the warm-up (e.g. to count
+      the step's FLOPs); its dict joins the result.
 
   Returns:
-    {'device', 'devices', 'model', 'batch', 'steps_per_s', 'examples_per_s', 'flops_per_example',
-     'achieved_tflops', 'peak_tflops', 'fraction_of_peak', 'compile_s', 'peak_device_memory_gb'}.
+    {'device', 'devices', 'model', 'batch', 'steps', 'steps_per_s', 'examples_per_s', 'flops_per_example',
+     'achieved_tflops', 'peak_tflops', 'fraction_of_peak', 'compile_s', 'peak_device_memory_gb'} + inspect's.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -145,11 +152,12 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
   if dev.platform == "cpu" and not allow_cpu:
     return {"skipped": "no accelerator"}
   config = load_config_file(os.path.join(ROOT, "configs", "train_smoke.py" if small else "train_vit_b16.py"))
-  n = len(jax.devices())
+  n = int(num_devices or len(jax.devices()))
   bs = batch_per_device * n
   apply_overrides(config, [f"--config.batch_size={bs}", f"--config.total_steps={steps + 10}",
-                           "--config.optim.warmup_steps=0",
-                           f"--config.data.max_instances={max_targets}", "--config.init_checkpoint="])
+                           "--config.optim.warmup_steps=0", f"--config.mesh=[('data', {n})]",
+                           f"--config.data.max_instances={max_targets}", "--config.init_checkpoint=",
+                           *overrides])
   cfg = tr.detector_config(config)
   trainer = tr.Trainer(config, tr.detector_task(config))
   t0 = time.perf_counter()
@@ -172,15 +180,25 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
                np.int32), "masks": masks, "valid": valid,
            "queries": queries / np.linalg.norm(queries, axis=-1, keepdims=True), "query_valid": np.ones((bs, q), bool)}
   gb = trainer.global_batch(batch)
+  extra = {}
+  if inspect is not None:
+    t_inspect = time.perf_counter()
+    extra = dict(inspect(trainer, state, gb))
+    t0 += time.perf_counter() - t_inspect  # not part of the compile time
   for _ in range(2):
     state, m = trainer.step(state, gb)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t0
   t1 = time.perf_counter()
-  for _ in range(steps):
+  done = 0
+  while done < steps and (done == 0 or max_seconds is None or time.perf_counter() - t1 < max_seconds):
     state, m = trainer.step(state, gb)
+    done += 1
+    if max_seconds is not None:
+      jax.block_until_ready(m)  # the time check needs the step finished
   jax.block_until_ready(m)
   dt = time.perf_counter() - t1
+  steps = done
   ex_s = steps * bs / dt
   fpe = flops_per_example(cfg, q, train=True)
   peak = peak_flops(dev)
@@ -192,11 +210,11 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
   except Exception:  # pylint: disable=broad-except
     pass
   res = {"device": getattr(dev, "device_kind", dev.platform), "devices": n,
-         "model": f"{'small 128 px' if small else 'ViT-B/16 768 px'} ({cfg.dtype}, remat={cfg.remat})",
-         "batch": bs, "steps_per_s": steps / dt, "examples_per_s": ex_s, "flops_per_example": fpe,
+         "model": f"{'small' if small else 'ViT-B/16'} {cfg.input_size} px ({cfg.dtype}, remat={cfg.remat})",
+         "batch": bs, "steps": steps, "steps_per_s": steps / dt, "examples_per_s": ex_s, "flops_per_example": fpe,
          "achieved_tflops": achieved / 1e12, "peak_tflops": None if peak is None else peak * n / 1e12,
          "fraction_of_peak": None if peak is None else achieved / (peak * n), "compile_s": compile_s,
-         "peak_device_memory_gb": mem, "loss": float(m["loss"])}
+         "peak_device_memory_gb": mem, "loss": float(m["loss"]), **extra}
   print_fn(f"zipjax train step, {res['model']}, {n} x {res['device']}, batch {bs}, Q={q}, T={t}")
   print_fn("| examples/s | steps/s | TFLOP/s (analytic) | fraction of peak bf16 | compile (s) | peak memory (GB) |")
   print_fn("|---|---|---|---|---|---|")

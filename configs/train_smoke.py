@@ -7,7 +7,7 @@
 Random weights (no init_checkpoint): the backbone and the text tower that embeds the class names are random
 (tiny CLIP text tower, bare class names). Every group is documented in zipjax/train/trainer.py (run, state,
 checkpoints, eval), zipjax/data/coco_train.py (data), zipjax/train/optim.py (optim) and
-zipjax/train/sharding.py (mesh, sharding_rules).
+zipjax/parallel/ (mesh, sharding_rules: "fsdp" rules).
 """
 import ml_collections
 

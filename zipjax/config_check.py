@@ -1,9 +1,20 @@
 """One place that validates a zipjax config (a preset of `zipjax.configs` or a `--config` file) after every
 override has been applied, before any model is built.
 
-The checks are a table: `RULES` maps each field's dotted path to a `Rule` (type and range), and `RELATIONS`
-holds the checks that involve several fields (e.g. `input.max_side >= input.min_side`). `check_config` walks
-every leaf of the config and
+The checks are tables, one per config family:
+
+- `RULES` / `RELATIONS`: the segment / label family (the presets of zipjax/configs.py, configs/{smoke,zip,
+  reference,label_coco}.py; `zipjax segment`, `zipjax label`);
+- `TRAIN_RULES` / `TRAIN_RELATIONS`: the detector family (configs/train_*.py: groups model, loss, text, data,
+  optim, mesh / sharding_rules, checkpoint, eval, detect, input; `zipjax train`, `zipjax detect`), checked by
+  `check_train_config`;
+- `SELFTRAIN_RULES` / `SELFTRAIN_RELATIONS`: the self-training family (configs/selftrain_*.py: the train rules
+  plus the `selftrain` group; `zipjax self-train`), checked by `check_selftrain_config`. The rounds' workdirs
+  hold plain train configs (no `selftrain` group), which `zipjax detect` checks as the train family.
+
+A rule table maps each field's dotted path to a `Rule` (type and range); the relations are the checks that
+involve several fields (e.g. `input.max_side >= input.min_side`; for the detector, the model and loss configs'
+own consistency checks). `check_config(config, family=...)` walks every leaf of the config and
 
 - refuses a field that has no rule (a typo in a config file, or a new field whose author forgot its rule:
   tests/test_config_check.py runs every preset and configs/*.py through here, so that is a test failure);
@@ -12,7 +23,9 @@ every leaf of the config and
   NaN and infinities, and values outside their range;
 
 and reports every problem at once in one `InputError`. Rules whose kind is `arch` cover a whole subtree
-(architecture dicts are checked by the model builders). Another module adds its fields with `register`.
+(architecture dicts are checked by the model builders). Another module adds its fields with
+`register(path, rule, family=...)`; a family that extends another one is added at run time with `add_family`
+(e.g. `add_family("experiment", {"experiment.knob": Int(0)}, base="train")`).
 """
 from __future__ import annotations
 
@@ -134,17 +147,39 @@ def _mesh(v) -> bool:
           sum(a[1] == -1 for a in v) <= 1)
 
 
-def _sharding_rules(v) -> bool:
+def _sharding_action(a) -> bool:
+  if a is None or a in ("replicate", "fsdp"):
+    return True
+  if isinstance(a, str):
+    return a.startswith("fsdp:") and len(a) > 5
+  return isinstance(a, (list, tuple)) and all(
+      d is None or isinstance(d, str) or (isinstance(d, (list, tuple)) and all(isinstance(x, str) for x in d))
+      for d in a)
+
+
+def _regex_pairs(v, second: Callable[[Any], bool]) -> bool:
+  """A list of (regex, x) pairs whose regexes compile and whose x pass `second`."""
   import re  # pylint: disable=import-outside-toplevel
+  if not isinstance(v, (list, tuple)):
+    return False
   for rule in v:
-    pattern, spec = rule
-    re.compile(pattern)
-    if not all(d is None or isinstance(d, str) or (isinstance(d, (list, tuple)) and
-                                                    all(isinstance(x, str) for x in d)) for d in spec):
+    pattern, x = rule
+    try:
+      re.compile(pattern)
+    except re.error:
       return False
-  return isinstance(v, (list, tuple))
+    if not second(x):
+      return False
+  return True
 
 
+def _sharding_rules(v) -> bool:
+  return _regex_pairs(v, _sharding_action)
+
+
+MESH = Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh)
+SHARDING_RULES = Custom("a list of (regex, action) pairs; action: a PartitionSpec tuple of axis names / None, "
+                        "'fsdp', 'fsdp:AXIS' or 'replicate' (zipjax/parallel)", _sharding_rules)
 BOOL = Rule("bool")
 TEXT = Rule("str")
 ARCH = Rule("arch")
@@ -220,9 +255,8 @@ RULES: dict[str, Rule] = {
     "output.overlays": BOOL,
     "output.overlay_max_side": Int(1),
     # device mesh and parameter sharding (zipjax/parallel)
-    "mesh": Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh),
-    "sharding_rules": Custom("a list of (regex, PartitionSpec tuple of axis names / None) pairs",
-                             _sharding_rules),
+    "mesh": MESH,
+    "sharding_rules": SHARDING_RULES,
     # zipjax label (zipjax/jobs/label.py)
     "label.shard_size": Int(1),
     "label.workers": Int(1),
@@ -260,9 +294,245 @@ def _input_sides(config) -> str | None:
 RELATIONS: list[Callable[[Any], str | None]] = [_input_sides, _discover_semantic_k]
 
 
-def register(path: str, rule: Rule) -> None:
-  """Adds (or replaces) the rule of a field, for modules that add fields to the config."""
-  RULES[path] = rule
+def _optional_text(v) -> bool:
+  return isinstance(v, str)
+
+
+def _lr_multipliers(v) -> bool:
+  return _regex_pairs(v, lambda m: _is_number(m) and m >= 0)
+
+
+OPTIONAL_TEXT = Custom("a string (may be empty)", _optional_text)
+SEED = Int(0, 2**31 - 1)
+
+# Every field of configs/train_*.py (see zipjax/train/trainer.py, zipjax/models/detector.py `DetectorConfig`,
+# zipjax/train/losses.py `LossConfig`, zipjax/data/coco_train.py, zipjax/train/optim.py, zipjax/parallel/).
+TRAIN_RULES: dict[str, Rule] = {
+    "seed": SEED,
+    "total_steps": Int(1),
+    "batch_size": Int(1),               # global; a multiple of the mesh's devices (checked by the trainer)
+    "log_every": Int(1),
+    "init_checkpoint": OPTIONAL_TEXT,   # "" = random backbone
+    "init_workdir": OPTIONAL_TEXT,      # "" = none
+    "distributed": BOOL,
+    "xla_opt_level": Int(-1, 3),        # -1: XLA's default
+    # the detector (DetectorConfig)
+    "model.input_size": Int(1),
+    "model.patch_size": Int(1),
+    "model.width": Int(1),
+    "model.layers": Int(1),
+    "model.heads": Int(1),
+    "model.embed_dim": Int(1),
+    "model.mask_stride": Int(1),
+    "model.mask_dim": Int(1),
+    "model.pixel_width": Int(1),
+    "model.stem_width": Int(0),
+    "model.prior_prob": Float(0.0, 1.0, lo_open=True),
+    "model.drop_path": PROBABILITY,
+    "model.remat": BOOL,
+    "model.dtype": Choice("float32", "bfloat16"),
+    "model.merge_class_token": Choice("mul-ln", "drop"),
+    "model.top_k": Int(1),
+    "model.score": Choice("class", "class_objectness"),
+    "model.box_source": Choice("head", "mask"),
+    # the set loss (LossConfig)
+    "loss.focal_alpha": PROBABILITY,
+    "loss.focal_gamma": Float(0.0),
+    "loss.cost_class": Float(0.0),
+    "loss.cost_l1": Float(0.0),
+    "loss.cost_giou": Float(0.0),
+    "loss.cost_mask": Float(0.0),
+    "loss.cost_mask_points": Int(1),
+    "loss.class_weight": Float(0.0),
+    "loss.l1_weight": Float(0.0),
+    "loss.giou_weight": Float(0.0),
+    "loss.dice_weight": Float(0.0),
+    "loss.mask_bce_weight": Float(0.0),
+    "loss.objectness_weight": Float(0.0),
+    "loss.objectness_loss": Choice("focal", "bce"),
+    "loss.mask_points": Int(0),
+    "loss.drop_loss": BOOL,
+    "loss.drop_loss_iou": PROBABILITY,
+    # the frozen text tower (used without init_checkpoint)
+    "text.arch.context_length": Int(1),
+    "text.arch.vocab_size": Int(1),
+    "text.arch.transformer_width": Int(1),
+    "text.arch.transformer_heads": Int(1),
+    "text.arch.transformer_layers": Int(1),
+    "text.seed": SEED,
+    "text.templates": Choice("bare", "ensemble"),
+    # training input (zipjax/data/coco_train.py)
+    "data.seed": SEED,
+    "data.workers": Int(0),
+    "data.threads": Int(0),
+    "data.max_instances": Int(1),
+    "data.min_scale": Float(0.0, lo_open=True),
+    "data.max_scale": Float(0.0, lo_open=True),
+    "data.hflip": PROBABILITY,
+    "data.min_area": Float(0.0),
+    "data.fraction": Float(0.0, 1.0, lo_open=True),
+    "data.fraction_seed": SEED,
+    "data.class_agnostic": BOOL,
+    "data.min_score": PROBABILITY,
+    "data.keep_empty": BOOL,
+    # optimizer (zipjax/train/optim.py)
+    "optim.lr": Float(0.0, lo_open=True),
+    "optim.end_factor": Float(0.0),
+    "optim.warmup_steps": Int(0),
+    "optim.weight_decay": Float(0.0),
+    "optim.b1": Float(0.0, 1.0),
+    "optim.b2": Float(0.0, 1.0),
+    "optim.eps": Float(0.0, lo_open=True),
+    "optim.clip_norm": Float(0.0),      # 0: no clipping
+    "optim.lr_multipliers": Custom("a list of (regex, multiplier >= 0) pairs", _lr_multipliers),
+    # mesh and FSDP (zipjax/parallel)
+    "mesh": MESH,
+    "sharding_rules": SHARDING_RULES,
+    "fsdp_min_size": Int(0),
+    # checkpoints, evaluation
+    "checkpoint.every": Int(1),
+    "checkpoint.keep": Int(1),
+    "checkpoint.asynchronous": BOOL,
+    "eval.every": Int(0),               # 0: only at the end
+    "eval.at_start": BOOL,
+    "eval.batch_size": Int(1),
+    "eval.score_threshold": PROBABILITY,
+    # zipjax detect
+    "detect.batch_size": Int(1),
+    "detect.score_threshold": PROBABILITY,
+    "detect.overlays": BOOL,
+    "detect.overlay_max_side": Int(1),
+    # image decoding limits (as the segment family's)
+    "input.min_side": RULES["input.min_side"],
+    "input.max_side": RULES["input.max_side"],
+    "input.max_aspect": RULES["input.max_aspect"],
+}
+
+
+def _from_dataclass(group: str, build) -> Callable[[Any], str | None]:
+  """A relation that runs a config dataclass's own consistency checks (`build(config[group])` raising
+  InputError), so they are reported with the other problems before anything is built."""
+  def check(config) -> str | None:
+    try:
+      build(config[group])
+    except InputError as e:
+      return f"config.{group}: {e}"
+    return None
+  check.__name__ = f"_{group}_consistent"
+  return check
+
+
+def _detector_config(model):
+  from zipjax.models.detector import DetectorConfig  # pylint: disable=import-outside-toplevel
+  return DetectorConfig.from_config(model)
+
+
+def _loss_config(loss):
+  from zipjax.train.losses import LossConfig  # pylint: disable=import-outside-toplevel
+  return LossConfig.from_config(loss)
+
+
+def _scales(config) -> str | None:
+  lo, hi = _get(config, "data.min_scale"), _get(config, "data.max_scale")
+  if hi < lo:
+    return f"data.max_scale = {hi} must be >= data.min_scale = {lo}"
+  return None
+
+
+def _warmup(config) -> str | None:
+  w, t = _get(config, "optim.warmup_steps"), _get(config, "total_steps")
+  if w > t:
+    return f"optim.warmup_steps = {w} must be <= total_steps = {t}"
+  return None
+
+
+def _text_heads(config) -> str | None:
+  w, h = _get(config, "text.arch.transformer_width"), _get(config, "text.arch.transformer_heads")
+  if w % h:
+    return f"text.arch.transformer_width = {w} must be a multiple of text.arch.transformer_heads = {h}"
+  return None
+
+
+TRAIN_RELATIONS: list[Callable[[Any], str | None]] = [
+    _input_sides, _scales, _warmup, _text_heads, _from_dataclass("model", _detector_config),
+    _from_dataclass("loss", _loss_config)]
+
+
+def _probabilities(v) -> bool:
+  return isinstance(v, (list, tuple)) and all(_is_number(t) and 0.0 <= t <= 1.0 for t in v)
+
+
+def _round_steps(v) -> bool:
+  if isinstance(v, int) and not isinstance(v, bool):
+    return v >= 1
+  return isinstance(v, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)
+
+
+# The `selftrain` group of configs/selftrain_*.py (zipjax/jobs/selftrain.py `Settings`) over the train rules.
+SELFTRAIN_GROUP_RULES: dict[str, Rule] = {
+    "selftrain.rounds": Int(0),
+    "selftrain.thresholds": Custom("a list of score thresholds in [0, 1], one per round 1..rounds", _probabilities),
+    "selftrain.max_dets": Int(1),
+    "selftrain.mode": Choice("union", "replace"),
+    "selftrain.dedup_iou": Float(0.0, 1.0, lo_open=True),
+    "selftrain.min_area": Float(0.0),
+    "selftrain.steps": Custom("[] (total_steps each round), N, [N] or one positive step count per round 0..rounds",
+                              _round_steps),
+    "selftrain.init": Choice("previous", "base"),
+    "selftrain.predict_min_score": PROBABILITY,
+    "selftrain.predict_max_dets": Int(1),
+    "selftrain.predict_chunk": Int(1),
+}
+
+
+def _selftrain_rounds(config) -> str | None:
+  rounds, thresholds, steps = (_get(config, "selftrain." + k) for k in ("rounds", "thresholds", "steps"))
+  if len(thresholds) < rounds:
+    return f"selftrain.thresholds has {len(thresholds)} value(s) for selftrain.rounds = {rounds}: give one per round"
+  if not isinstance(steps, int) and len(steps) not in (0, 1, rounds + 1):
+    return (f"selftrain.steps has {len(steps)} values: give [] , [N] or one per round 0..{rounds} "
+            f"(selftrain.rounds = {rounds})")
+  return None
+
+
+SELFTRAIN_RULES: dict[str, Rule] = {**TRAIN_RULES, **SELFTRAIN_GROUP_RULES}
+SELFTRAIN_RELATIONS: list[Callable[[Any], str | None]] = TRAIN_RELATIONS + [_selftrain_rounds]
+
+# family name -> (name of its rule table global, name of its relations global, hint for a missing field);
+# tables are looked up by name at call time, so a test may swap a table for a copy
+_FAMILIES: dict[str, tuple[str, str, str]] = {
+    "segment": ("RULES", "RELATIONS", "every preset has it; start from zipjax.configs"),
+    "train": ("TRAIN_RULES", "TRAIN_RELATIONS", "every configs/train_*.py has it; start from configs/train_smoke.py"),
+    "selftrain": ("SELFTRAIN_RULES", "SELFTRAIN_RELATIONS",
+                  "every configs/selftrain_*.py has it; start from configs/selftrain_smoke.py"),
+}
+_EXTRA: dict[str, tuple[dict, list]] = {}  # families added with add_family
+
+
+def family_tables(family: str = "segment") -> tuple[dict, list, str]:
+  """(rules, relations, hint) of a config family."""
+  if family in _EXTRA:
+    rules, relations = _EXTRA[family]
+    return rules, relations, f"every {family} config has it"
+  if family not in _FAMILIES:
+    raise KeyError(f"unknown config family {family!r}; known: {sorted(set(_FAMILIES) | set(_EXTRA))}")
+  rules_name, relations_name, hint = _FAMILIES[family]
+  return globals()[rules_name], globals()[relations_name], hint
+
+
+def register(path: str, rule: Rule, family: str = "segment") -> None:
+  """Adds (or replaces) the rule of a field, for modules that add fields to a family's configs."""
+  family_tables(family)[0][path] = rule
+
+
+def add_family(name: str, rules: Mapping[str, Rule], base: str | None = "train",
+               relations: list | tuple = ()) -> dict:
+  """Adds a config family: `base`'s rules and relations (if any) plus `rules` and `relations`; returns its table.
+  E.g. the self-training configs: `add_family("selftrain", {"selftrain.rounds": Int(0), ...})`."""
+  base_rules, base_relations = ({}, []) if base is None else family_tables(base)[:2]
+  table = {**base_rules, **dict(rules)}
+  _EXTRA[name] = (table, list(base_relations) + list(relations))
+  return table
 
 
 def _leaves(node, rules: Mapping[str, Rule], prefix: str = ""):
@@ -277,40 +547,55 @@ def _leaves(node, rules: Mapping[str, Rule], prefix: str = ""):
       yield path, value
 
 
-def config_problems(config, rules: Mapping[str, Rule] | None = None) -> list[str]:
-  """Every problem of `config` as a list of messages (empty when it is valid)."""
-  rules = RULES if rules is None else rules
+def config_problems(config, rules: Mapping[str, Rule] | None = None, family: str = "segment") -> list[str]:
+  """Every problem of `config` as a list of messages (empty when it is valid), against `family`'s tables (or
+  the rule table `rules` with that family's relations)."""
+  family_rules, relations, hint = family_tables(family)
+  rules = family_rules if rules is None else rules
   problems, seen = [], set()
   for path, value in _leaves(config, rules):
     seen.add(path)
     rule = rules.get(path)
     if rule is None:
-      problems.append(f"config.{path}: unknown field (no validation rule; a typo, or a field that "
-                      "zipjax.config_check.RULES does not know)")
+      problems.append(f"config.{path}: unknown field (no validation rule; a typo, or a field that the "
+                      f"{family} rules of zipjax.config_check do not know)")
       continue
     why = rule.problem(value)
     if why:
       problems.append(f"config.{path} = {value!r}: {why}")
   for path in rules:
     if path not in seen:
-      problems.append(f"config.{path}: missing (every preset has it; start from zipjax.configs)")
+      problems.append(f"config.{path}: missing ({hint})")
   if not problems:
-    problems.extend(p for p in (check(config) for check in RELATIONS) if p)
+    problems.extend(p for p in (check(config) for check in relations) if p)
   return problems
 
 
-def check_config(config, rules: Mapping[str, Rule] | None = None):
+def check_config(config, rules: Mapping[str, Rule] | None = None, family: str = "segment"):
   """Validates `config` (see the module docstring); returns it unchanged.
 
   Raises:
     InputError: listing every problem (field, value, what it must be).
   """
-  problems = config_problems(config, rules)
+  problems = config_problems(config, rules, family)
   if problems:
     head = "invalid config value" if len(problems) == 1 else f"invalid config ({len(problems)} problems)"
     raise InputError(head + ":\n  " + "\n  ".join(problems))
   return config
 
 
-__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "ARCH", "PROBABILITY", "RULES", "RELATIONS",
-           "register", "config_problems", "check_config"]
+def check_train_config(config):
+  """`check_config` for the detector family (configs/train_*.py; `zipjax train`, `zipjax detect`)."""
+  return check_config(config, family="train")
+
+
+def check_selftrain_config(config):
+  """`check_config` for the self-training family (configs/selftrain_*.py; `zipjax self-train`)."""
+  return check_config(config, family="selftrain")
+
+
+__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "OPTIONAL_TEXT", "ARCH", "PROBABILITY",
+           "SEED", "MESH", "SHARDING_RULES", "RULES", "RELATIONS", "TRAIN_RULES", "TRAIN_RELATIONS", "SELFTRAIN_RULES",
+           "SELFTRAIN_RELATIONS", "register",
+           "add_family", "family_tables", "config_problems", "check_config", "check_train_config",
+           "check_selftrain_config"]

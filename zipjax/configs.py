@@ -185,7 +185,8 @@ def reference() -> ml_collections.ConfigDict:
   config.mesh = [("data", -1)]
   # (regex searched in parameter paths such as 'sam/params/image_encoder/blocks_0/mlp/lin1/kernel', spec):
   # the first matching rule gives the parameter's PartitionSpec as a tuple of mesh axis names / None per
-  # dimension (e.g. (None, "model")); unmatched parameters are replicated
+  # dimension (e.g. (None, "model")), or "fsdp" / "fsdp:AXIS" / "replicate" (zipjax/parallel); unmatched
+  # parameters are replicated
   config.sharding_rules = []
   return config
 

@@ -1,5 +1,6 @@
 """bench/device_check.py: its FLOP counter against hand counts, and the whole script on the CPU with the smoke
-models in a subprocess (`--allow-cpu --smoke`), plus its refusal to run on a CPU without the flag."""
+models in a subprocess (`--allow-cpu --smoke`: the labelling engine, each model, and the detector training section
+with a tiny detector), plus its refusal to run on a CPU without the flag."""
 import importlib.util
 import os
 import re
@@ -53,19 +54,28 @@ def test_refuses_the_cpu_without_allow_cpu():
 
 def test_runs_on_cpu_with_smoke_models():
   r = subprocess.run([sys.executable, SCRIPT, "--allow-cpu", "--smoke", "--classes", "4", "--min-calls", "1",
-                      "--min-seconds", "0", "--image-size", "120", "160"],
+                      "--min-seconds", "0", "--image-size", "120", "160", "--train-steps", "2", "--train-seconds", "0"],
                      env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   out = r.stdout
   rows = {}
   for line in out.splitlines():
-    m = re.match(r"^(engine step|run_local|CLIP|SAM)(.{0,60}?)\s+([\d.]+)\s+([\d.-]+)\s+([\d.-]+)", line)
+    m = re.match(r"^(engine step|run_local|detector train|CLIP|SAM)(.{0,60}?)\s+([\d.]+)\s+([\d.-]+)\s+([\d.-]+)",
+                 line)
     if m:
       rows[m.group(1) + m.group(2).strip()] = [float(v) if v != "-" else None for v in m.groups()[2:]]
   names = list(rows)
-  assert len(names) == 6, out
+  assert len(names) == 7, out
   assert names[0].startswith("engine step") and names[1].startswith("run_local")
-  for name in names[2:]:  # each model alone: img/s, and the jaxpr FLOPs agree with XLA's cost analysis (which
+  # the detector training section (tiny detector): examples/s, the step's jaxpr FLOPs against XLA's count of the
+  # lowered step and against the model's own formula (3 x forward; the jaxpr also holds matcher and loss work)
+  assert names[2].startswith("detector train") and "step small 64 px" in names[2], names
+  rate, analytic, xla = rows[names[2]]
+  assert rate > 0 and 0.8 < xla / analytic < 1.25, (analytic, xla)
+  model = float(re.search(r"model FLOPs \(3 x forward\) ([\d.e+-]+) G/example", out).group(1))  # GFLOP
+  assert 0.9 < analytic / model < 1.4, (analytic, model)
+  assert re.search(r"training examples/s, batch 2, [12] steps", out)
+  for name in names[3:]:  # each model alone: img/s, and the jaxpr FLOPs agree with XLA's cost analysis (which
     rate, analytic, xla = rows[name]  # also counts elementwise work: far more of it in the tiny box decoder)
     assert rate > 0 and analytic > 0 and xla > 0, name
     assert 0.8 < xla / analytic < (3.0 if "decoder" in name else 1.5), (name, analytic, xla)

@@ -33,18 +33,24 @@ def _images(folder, n, seed=0):
   return folder
 
 
-def _run(inputs, out, fault=None, sleep=None, wait=True):
+def run_cli(runner, args, fault=None, sleep=None, wait=True):
+  """`python RUNNER ARGS...` in ROOT with the fault injection (ZIPJAX_FAULT) and fake-model delay asked for;
+  wait=False: the Popen of a run left going."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", ZIPJAX_XLA_CACHE="0")
   env.pop("ZIPJAX_FAULT", None)
   if fault:
     env["ZIPJAX_FAULT"] = fault
   if sleep:
     env["ZIPJAX_FAKE_SLEEP"] = str(sleep)
-  cmd = [sys.executable, RUNNER, "segment", *map(str, inputs), "--classes", "r,g,b", "--random-init",
-         "--out", str(out), "--batch-size", "2"]
+  cmd = [sys.executable, runner, *map(str, args)]
   if not wait:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _run(inputs, out, fault=None, sleep=None, wait=True):
+  return run_cli(RUNNER, ["segment", *inputs, "--classes", "r,g,b", "--random-init", "--out", out, "--batch-size",
+                          "2"], fault, sleep, wait)
 
 
 def _state(out):

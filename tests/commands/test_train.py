@@ -41,6 +41,9 @@ def test_input_errors(shapes, tmp_path, capsys):
   assert "no segmentation" in capsys.readouterr().err
   assert _train(shapes, tmp_path / "w3", "--config.batch_size=3") == 2
   assert "multiple" in capsys.readouterr().err
+  (tmp_path / "file").write_text("x")  # --workdir checked as segment's --out, before anything is built
+  assert _train(shapes, tmp_path / "file" / "w") == 2
+  assert "--workdir" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["train", "--config", "configs/train_smoke.py"])  # argparse: required arguments
 

@@ -245,6 +245,28 @@ def test_coco_json_input_keeps_ids_and_reports_missing(tmp_path):
   assert errors == [{"file_name": "gone.jpg", "id": 7, "reason": "file not found"}]
 
 
+def test_gallery_finds_images_of_folder_and_coco_runs(data, tmp_path, monkeypatch):
+  """file_names are relative to the inputs' folder (or --images-root): run.json's absolute `images_root` lets
+  the gallery find every image from any working directory, without --images-root."""
+  from zipjax.gallery import build_gallery
+  root, keys, out, _ = data
+  run = json.loads((out / "run.json").read_text())
+  assert run["images_root"] == str(root)
+  ann = json.loads((out / "annotations.json").read_text())
+  cwd = tmp_path / "elsewhere"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  res = build_gallery(str(out), out=str(tmp_path / "g1"), workers=1, thumb_size=32, image_size=64)
+  assert res.shown == len(ann["images"]) == len(keys) and res.missing == 0
+  listing = [{"id": 50 + i, "file_name": k} for i, k in enumerate(sorted(keys))]
+  (tmp_path / "c.json").write_text(json.dumps({"images": listing, "annotations": [], "categories": []}))
+  out2 = tmp_path / "coco_out"
+  rc, _ = run_single([], out2, coco_json=str(tmp_path / "c.json"), images_root=str(root))
+  assert rc == 0 and json.loads((out2 / "run.json").read_text())["images_root"] == str(root)
+  res = build_gallery(str(out2), out=str(tmp_path / "g2"), workers=1, thumb_size=32, image_size=64)
+  assert res.shown == len(keys) and res.missing == 0
+
+
 def test_every_image_bad_exits_1(tmp_path):
   root = tmp_path / "in"
   root.mkdir()

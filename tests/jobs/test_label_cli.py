@@ -71,6 +71,7 @@ def ref(tmp_path_factory):
   out = base / "ref"
   r = _run(_label_cmd([images], out), _env(base / "cache", 1))
   assert r.returncode == 0, r.stderr[-3000:]
+  (base / "ref.stdout").write_text(r.stdout)
   return base, images, out
 
 
@@ -88,6 +89,23 @@ def test_reference_run_outputs(ref):
   assert [e["file_name"] for e in errors] == ["sub/broken.png"]
   run = json.loads((out / "run.json").read_text())
   assert run["segmented"] == 6 and run["skipped"] == 1 and run["attempts"][0]["compiled_programs"] == 1
+
+
+def test_gallery_finds_the_images_of_a_label_run(ref, tmp_path, monkeypatch):
+  """The run prints the gallery command; run.json records the inputs' folder, so the gallery built without
+  --images-root from another working directory finds every image (file_names are relative to that folder)."""
+  from zipjax.gallery import build_gallery, gallery_hint
+  base, images, out = ref
+  assert gallery_hint(str(out)) in (base / "ref.stdout").read_text()
+  run = json.loads((out / "run.json").read_text())
+  assert run["images_root"] == str(images) and os.path.isabs(run["images_root"])
+  ds = json.loads((out / "annotations.json").read_text())
+  assert all(not (tmp_path / im["file_name"]).exists() for im in ds["images"])
+  monkeypatch.chdir(tmp_path)  # neither the working directory nor the run's folder or parent hold the images
+  res = build_gallery(str(out), out=str(tmp_path / "gallery"), workers=1, thumb_size=32, image_size=64)
+  assert res.shown == len(ds["images"]) == 6 and res.missing == 0
+  page = (tmp_path / "gallery" / "pages" / f"{ds['images'][3]['id']}.html").read_text()
+  assert "image missing" not in page and "blank canvas" not in page
 
 
 def test_eight_devices_in_process_identical(ref, tmp_path, monkeypatch):
@@ -203,3 +221,13 @@ def test_tfds_input_without_tensorflow(ref, tmp_path, monkeypatch):
   assert keys == list(range(1, 6))
   errors = json.loads((out / "errors.json").read_text())
   assert [e["file_name"] for e in errors] == ["img_3.png"] and "not an image" in errors[0]["reason"]
+  # the gallery of a TFDS run: no image files to look up; it says so once and on every page, and draws the
+  # instances on blank canvases
+  assert json.loads((out / "run.json").read_text())["images_root"] is None
+  from zipjax.gallery import build_gallery
+  res = build_gallery(str(out), workers=1, thumb_size=32, image_size=64)
+  assert res.shown == 5 and res.missing == 5
+  index = (out / "gallery" / "index.html").read_text()
+  assert "TFDS dataset tiny_images, split train" in index and "records, not files" in index
+  page = (out / "gallery" / "pages" / "1.html").read_text()
+  assert "no image file: this run read its images from the TFDS dataset" in page and "looked in" not in page

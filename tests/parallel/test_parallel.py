@@ -37,6 +37,53 @@ def test_create_mesh():
   assert one.devices.shape == (1,) and parallel.local_data_size(one) == 1
 
 
+def test_create_mesh_explicit_smaller_takes_the_first_devices_and_bad_specs_refused():
+  m = parallel.create_mesh([("data", 2), ("model", -1)])
+  assert dict(m.shape) == {"data": 2, "model": 4}
+  m = parallel.create_mesh([("data", 1)])  # explicit and smaller: the first device
+  assert m.devices.size == 1 and m.devices.ravel()[0] == jax.devices()[0]
+  m = parallel.create_mesh([("data", 2), ("model", 2)])
+  assert [d.id for d in m.devices.flat] == sorted(d.id for d in jax.devices()[:4])
+  for bad in ([("data", 3), ("x", -1)], [("a", -1), ("b", -1)], [], [("data", 16)], [("d", 2), ("d", 4)],
+              [("model", 2)]):
+    with pytest.raises(InputError):
+      parallel.create_mesh(bad)
+
+
+def test_fsdp_rules():
+  """FSDP is a rule kind: the largest dimension divisible by the axis size (ties: the last), leaves of at least
+  fsdp_min_size elements; 'replicate' and unmatched leaves are replicated; works on ShapeDtypeStructs."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  mesh = parallel.create_mesh([("data", -1)])
+  tree = {"backbone": {"k": jax.ShapeDtypeStruct((24, 64), jnp.float32),   # 64 divisible by 8 -> dim 1
+                       "odd": jax.ShapeDtypeStruct((9, 7), jnp.float32),   # no divisible dim -> replicated
+                       "b": jax.ShapeDtypeStruct((64,), jnp.float32)},     # too small -> replicated
+          "head": {"k": jax.ShapeDtypeStruct((64, 16), jnp.float32),       # tie 64 vs 16: largest (dim 0)
+                   "e": jax.ShapeDtypeStruct((16, 16), jnp.float32)}}      # equal sizes: last divisible dim
+  rules = [("^head/k$", "replicate"), (".*", "fsdp")]
+  sh = parallel.param_shardings(tree, mesh, rules, fsdp_min_size=100)
+  assert sh["backbone"]["k"].spec == P(None, "data")
+  assert sh["backbone"]["odd"].spec == P()
+  assert sh["backbone"]["b"].spec == P()
+  assert sh["head"]["k"].spec == P()
+  assert sh["head"]["e"].spec == P(None, "data")
+  sh = parallel.param_shardings(tree, mesh, [("^head/", "fsdp")])
+  assert sh["head"]["k"].spec == P("data", None) and sh["backbone"]["k"].spec == P()  # unmatched: replicated
+  assert parallel.param_specs(tree, parallel.create_mesh([("data", 1)]), [(".*", "fsdp")])["head"]["k"] == P()
+  # fsdp over another axis, and spec-tuple rules and fsdp rules in one list (first match wins)
+  mesh2 = parallel.create_mesh([("data", -1), ("model", 2)])
+  specs = parallel.param_specs(tree, mesh2, [("^head/k$", (None, "model")), ("^head/", "fsdp:model"),
+                                             (".*", "fsdp")])
+  assert specs["head"]["k"] == P(None, "model") and specs["head"]["e"] == P(None, "model")
+  assert specs["backbone"]["k"] == P(None, "data")  # 64 % 4 == 0
+  with pytest.raises(InputError, match="action"):
+    parallel.param_specs(tree, mesh, [(".*", "shard")])
+  with pytest.raises(InputError, match="FSDP axis 'model' is not in the mesh"):
+    parallel.param_specs(tree, mesh, [(".*", "fsdp:model")])
+  with pytest.raises(InputError, match="bad regex"):
+    parallel.param_specs(tree, mesh, [("(", "fsdp")])
+
+
 def test_param_specs_rules():
   mesh = parallel.create_mesh([("data", -1), ("model", 2)])
   params = {"sam": {"a": {"kernel": np.zeros((4, 6))}, "b": {"kernel": np.zeros((4, 5)), "bias": np.zeros((6,))}},

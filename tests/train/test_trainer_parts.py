@@ -1,4 +1,5 @@
-"""Trainer building blocks: mesh and FSDP rules, the optimizer against a NumPy AdamW, the metrics log."""
+"""Trainer building blocks: the optimizer against a NumPy AdamW, the metrics log (the mesh and FSDP rules are
+zipjax.parallel's: tests/parallel/test_parallel.py)."""
 import json
 import math
 
@@ -7,50 +8,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from zipjax.errors import InputError
 from zipjax.train import metrics as metrics_lib
-from zipjax.train import sharding
 from zipjax.train.optim import make_optimizer
-
-
-def test_make_mesh():
-  m = sharding.make_mesh([("data", -1)])
-  assert m.shape == {"data": 8}
-  m = sharding.make_mesh([("data", 2), ("model", -1)])
-  assert m.shape == {"data": 2, "model": 4}
-  m = sharding.make_mesh([("data", 1)])  # explicit and smaller: the first device
-  assert m.devices.size == 1 and m.devices.ravel()[0] == jax.devices()[0]
-  for bad in ([("data", 3), ("x", -1)], [("a", -1), ("b", -1)], [], [("data", 16)], [("d", 2), ("d", 4)]):
-    with pytest.raises(InputError):
-      sharding.make_mesh(bad)
-
-
-def test_fsdp_rules():
-  mesh = sharding.make_mesh([("data", -1)])
-  tree = {"backbone": {"k": jax.ShapeDtypeStruct((24, 64), jnp.float32),   # 64 divisible by 8 -> dim 1
-                       "odd": jax.ShapeDtypeStruct((9, 7), jnp.float32),   # no divisible dim -> replicated
-                       "b": jax.ShapeDtypeStruct((64,), jnp.float32)},     # too small -> replicated
-          "head": {"k": jax.ShapeDtypeStruct((64, 16), jnp.float32),       # tie 64 vs 16: largest (dim 0)
-                   "e": jax.ShapeDtypeStruct((16, 16), jnp.float32)}}      # equal sizes: last divisible dim
-  rules = [("^head/k$", "replicate"), (".*", "fsdp")]
-  sh = sharding.infer_shardings(tree, rules, mesh, min_size=100)
-  assert sh["backbone"]["k"].spec == P(None, "data")
-  assert sh["backbone"]["odd"].spec == P()
-  assert sh["backbone"]["b"].spec == P()
-  assert sh["head"]["k"].spec == P()
-  assert sh["head"]["e"].spec == P(None, "data")
-  sh = sharding.infer_shardings(tree, [("^head/", "fsdp")], mesh, min_size=0)
-  assert sh["head"]["k"].spec == P("data", None) and sh["backbone"]["k"].spec == P()  # unmatched: replicated
-  assert sharding.infer_shardings(tree, [(".*", "fsdp")], sharding.make_mesh([("data", 1)]),
-                                  0)["head"]["k"].spec == P()
-  with pytest.raises(InputError, match="action"):
-    sharding.infer_shardings(tree, [(".*", "shard")], mesh)
-  with pytest.raises(InputError, match="axis"):
-    sharding.infer_shardings(tree, [(".*", "fsdp:model")], mesh)
-  with pytest.raises(InputError, match="regex"):
-    sharding.infer_shardings(tree, [("(", "fsdp")], mesh)
 
 
 def _optim(**kw):

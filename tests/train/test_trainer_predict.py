@@ -2,7 +2,7 @@
 resize factor, mask logits resampled over the image's part of the canvas), checked on hand-made outputs."""
 import numpy as np
 
-from zipjax.train import sharding
+from zipjax import parallel
 from zipjax.train.predict import DetectorPredictor
 from zipjax.train.trainer import detector_config
 from zipjax.commands.segment import apply_overrides, load_config_file
@@ -11,7 +11,7 @@ from zipjax.commands.segment import apply_overrides, load_config_file
 def _predictor(score_threshold=0.5):
   config = apply_overrides(load_config_file("configs/train_smoke.py"), [
       "--config.model.input_size=64", "--config.model.mask_stride=4", "--config.model.patch_size=16"])
-  return DetectorPredictor(detector_config(config), sharding.make_mesh([("data", 1)]), 2,
+  return DetectorPredictor(detector_config(config), parallel.create_mesh([("data", 1)]), 2,
                            score_threshold=score_threshold)
 
 

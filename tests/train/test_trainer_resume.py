@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from zipjax.data import synthetic
-from zipjax.train import sharding
+from zipjax import parallel
 from zipjax.train import trainer as tr
 from zipjax.train.metrics import read_metrics
 
@@ -77,7 +77,7 @@ def _interrupt(d, workdir, sig, after_step):
 
 def _final_params(workdir):
   config = tr.load_run_config(str(workdir))
-  mesh = sharding.make_mesh([("data", 1)])
+  mesh = parallel.create_mesh([("data", 1)])
   params, step = tr.load_params(str(workdir), config, mesh)
   return jax.device_get(params), step
 

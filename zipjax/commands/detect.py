@@ -4,8 +4,12 @@ INPUT: image files or folders (their image files, sorted). W: a `zipjax train` w
 model and the text tower, its latest checkpoint the parameters. Class names are free text (open vocabulary): they
 are embedded by the run's frozen CLIP text tower. Writes the same outputs as `zipjax segment`: DIR/results.json
 (COCO results), DIR/annotations.json (COCO dataset with scored RLE masks; `zipjax eval --pred` accepts it),
-DIR/overlays/*.png, DIR/errors.json (skipped files with the reason) and DIR/run.json, atomically after every
-batch.
+DIR/overlays/*.png, DIR/errors.json (skipped files with the reason) and DIR/run.json, through the same writer
+(zipjax/jobs/folder_run.py, zipjax/io/shards.py): one shard file per batch, overlays staged, all outputs
+committed together at the end; DIR is locked while a run writes it (a second run exits 2); a killed run is
+resumed by running the same command again (same workdir checkpoint, config, classes and inputs). `--out` is
+checked and missing or odd inputs refused (errors.json) before the model is loaded. Exit status: 0 when at
+least one image was processed, 1 when none could be, 2 on a usage or input error.
 
 Inference: images resized so the longer side is the model's input size and zero-padded, batches of
 `config.detect.batch_size` (padded to a multiple of the local devices and split over them), one jitted step with
@@ -13,8 +17,8 @@ static shapes; detections scoring at least `config.detect.score_threshold` are k
 """
 from __future__ import annotations
 
+import json
 import os
-import sys
 import time
 
 from zipjax.errors import InputError
@@ -37,19 +41,71 @@ def add_parser(sub):
   return p
 
 
-def run(args) -> int:
-  import jax  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+def checkpoint_step(workdir: str) -> int:
+  """The step of the workdir's latest checkpoint: what `zipjax detect` runs (part of the run's identity)."""
+  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
+  return trainer.latest_checkpoint_step(workdir)
 
-  from zipjax.commands.segment import apply_overrides, enable_compilation_cache  # pylint: disable=C0415
-  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from zipjax.io.atomic import atomic_write_json  # pylint: disable=import-outside-toplevel
-  from zipjax.io.results import ResultWriter  # pylint: disable=import-outside-toplevel
-  from zipjax.train import sharding as shard_lib  # pylint: disable=import-outside-toplevel
+
+class _Detector:
+  """The trained detector as a folder-run model (`zipjax.jobs.folder_run`): `segment(images)` -> instances.
+
+  Attributes:
+    predictor: the `DetectorPredictor` (jitted, static shapes, batch split over the local devices).
+    params: the detector parameters (replicated over the local devices).
+    queries: float32 [Q, D] text embeddings of the class names.
+    batch_size: images per step (a multiple of the local device count).
+    timings: seconds spent in `predict`.
+  """
+
+  def __init__(self, predictor, params, queries):
+    self.predictor, self.params, self.queries = predictor, params, queries
+    self.batch_size = predictor.batch_size
+    self.timings = {"detect": 0.0}
+
+  def segment(self, images):
+    t = time.perf_counter()
+    outs = self.predictor.predict(self.params, images, self.queries)
+    self.timings["detect"] += time.perf_counter() - t
+    return [{"instances": insts} for insts in outs]
+
+
+def build_detector(config, workdir: str, step: int, names) -> _Detector:
+  """Loads checkpoint `step` of `workdir`, embeds the class names, compiles nothing yet."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
   from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
+  mesh = parallel.create_mesh([("data", -1)], jax.local_devices())
+  params, _ = trainer.load_params(workdir, config, mesh, step)
+  queries = trainer.class_queries(config, trainer.text_encoder(config), names)  # [Q, D]
+  predictor = DetectorPredictor(trainer.detector_config(config), mesh, int(config.detect.batch_size),
+                                score_threshold=float(config.detect.score_threshold),
+                                compiler_options=trainer.compiler_options(config))
+  return _Detector(predictor, params, queries)
 
-  t_start = time.perf_counter()
+
+def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dict:
+  """What a resumed `zipjax detect` run must share with the run it continues: the model (workdir, checkpoint
+  step, model and text config), the detection settings (all but the batch size), decoding limits, classes and
+  inputs."""
+  import zipjax  # pylint: disable=import-outside-toplevel
+  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
+  d = trainer.config_to_dict(config)
+  result = {k: d.get(k) for k in ("model", "text", "input", "init_checkpoint", "init_workdir")}
+  result["detect"] = {k: v for k, v in d["detect"].items() if k != "batch_size"}
+  return json.loads(json.dumps({
+      "command": "detect", "zipjax_version": zipjax.__version__, "classes": list(names),
+      "workdir": os.path.abspath(workdir), "checkpoint_step": int(step), "config": result, "inputs": inputs},
+      sort_keys=True))
+
+
+def run(args) -> int:
+  from zipjax.commands.common import apply_overrides, class_names, enable_compilation_cache  # pylint: disable=C0415
+  from zipjax.jobs.folder_run import FolderJob, run_folder  # pylint: disable=import-outside-toplevel
+  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
+
   config = trainer.load_run_config(args.workdir)
   apply_overrides(config, getattr(args, "config_overrides", []) or [])
   if args.batch_size is not None:
@@ -58,57 +114,22 @@ def run(args) -> int:
     config.detect.batch_size = args.batch_size
   if args.no_overlays:
     config.detect.overlays = False
-  if args.classes_file:
-    try:
-      with open(args.classes_file, encoding="utf-8") as f:
-        lines = f.readlines()
-    except (OSError, UnicodeDecodeError) as e:
-      raise InputError(f"--classes-file {args.classes_file}: cannot read ({e})") from e
-    names = images_io.parse_class_names(file_lines=lines)
-  else:
-    names = images_io.parse_class_names(args.classes)
-  paths = images_io.find_images(args.inputs)
+  from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
+  check_train_config(config)  # the run's config with the overrides, before anything is loaded
+  names = class_names(args)
+  step = checkpoint_step(args.workdir)
 
-  enable_compilation_cache()
-  mesh = shard_lib.make_mesh([("data", -1)], jax.local_devices())
-  params, step = trainer.load_params(args.workdir, config, mesh)
-  clip = trainer.text_encoder(config)
-  queries = trainer.class_queries(config, clip, names)  # [Q, D]
-  cfg = trainer.detector_config(config)
-  predictor = DetectorPredictor(cfg, mesh, int(config.detect.batch_size),
-                                score_threshold=float(config.detect.score_threshold),
-                                compiler_options=trainer.compiler_options(config))
-  t_ready = time.perf_counter()
-  info = {"description": "zipjax detect", "workdir": os.path.abspath(args.workdir), "checkpoint_step": step,
-          "classes": names}
-  writer = ResultWriter(args.out, names, info)
+  def build():
+    enable_compilation_cache()
+    return build_detector(config, args.workdir, step, names)
+
   lim = config.input
-  bs = predictor.batch_size
-  done = 0
-  with tqdm(total=len(paths), unit="img", desc="detect", disable=None, file=sys.stderr) as bar:
-    for s in range(0, len(paths), bs):
-      batch = []
-      for j, path in enumerate(paths[s:s + bs]):
-        try:
-          img = images_io.load_image(path, int(lim.min_side), int(lim.max_side), float(lim.max_aspect))
-          batch.append((s + j + 1, path, img))
-        except InputError as e:
-          writer.add_error(path, str(e))
-      outs = predictor.predict(params, [img for _, _, img in batch], queries) if batch else []
-      for (image_id, path, img), insts in zip(batch, outs):
-        writer.add_image(image_id, path, img, insts)
-        if config.detect.overlays:
-          writer.write_overlay(image_id, path, img, insts, int(config.detect.overlay_max_side))
-        done += 1
-      writer.flush()
-      bar.update(len(paths[s:s + bs]))
-  elapsed = time.perf_counter() - t_start
-  atomic_write_json(os.path.join(args.out, "run.json"), {
-      "info": info, "config": trainer.config_to_dict(config), "images": len(paths), "detected": done,
-      "skipped": len(writer.errors), "instances": len(writer.results),
-      "seconds": {"total": elapsed, "setup": t_ready - t_start}})
-  print(f"detected {len(writer.results)} instances in {done}/{len(paths)} images in {elapsed:.1f}s "
-        f"(setup {t_ready - t_start:.1f}s); outputs in {args.out}")
-  if writer.errors:
-    print(f"{len(writer.errors)} file(s) skipped, see {os.path.join(args.out, 'errors.json')}")
-  return 0
+  job = FolderJob(
+      command="detect", verb="detected", out=args.out, names=names,
+      identity=lambda inputs: detect_identity(config, names, args.workdir, step, inputs),
+      info={"description": "zipjax detect", "workdir": os.path.abspath(args.workdir), "checkpoint_step": step,
+            "classes": names},
+      config=trainer.config_to_dict(config), build=build, batch_size=int(config.detect.batch_size),
+      limits=(int(lim.min_side), int(lim.max_side), float(lim.max_aspect)), overlays=bool(config.detect.overlays),
+      overlay_max_side=int(config.detect.overlay_max_side))
+  return run_folder(job, args.inputs)

@@ -56,38 +56,16 @@ def add_parser(sub):
 def resolve_config(args):
   """The preset or config file, `--config.KEY=VALUE` overrides, then `--batch-size`."""
   from zipjax import configs  # pylint: disable=import-outside-toplevel
-  from zipjax.commands.segment import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
   config = load_config_file(args.config) if args.config else configs.get_preset(args.preset or "zip")
   if "label" not in config:
-    with config.unlocked() if hasattr(config, "unlocked") else _Null():
+    with config.unlocked():
       config.label = configs._label()  # pylint: disable=protected-access  (configs written before the group)
   apply_overrides(config, getattr(args, "config_overrides", []) or [])
   if args.batch_size is not None:
     config.batch_size = args.batch_size
   from zipjax.config_check import check_config  # pylint: disable=import-outside-toplevel
   return check_config(config)
-
-
-class _Null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
-
-
-def _class_names(args):
-  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  if args.classes_file:
-    from zipjax.io import fs  # pylint: disable=import-outside-toplevel
-    try:
-      lines = fs.read_bytes(args.classes_file).decode("utf-8").splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError) as e:
-      raise InputError(f"--classes-file {args.classes_file}: cannot read ({e})") from e
-    return images_io.parse_class_names(file_lines=lines)
-  if args.classes is None:
-    raise InputError("one of --classes or --classes-file is required")
-  return images_io.parse_class_names(args.classes)
 
 
 def run(args) -> int:
@@ -99,13 +77,14 @@ def run(args) -> int:
     return label_job.merge_run(args.inputs[1])
   if not args.out:
     raise InputError("--out DIR is required")
-  names = _class_names(args)
+  from zipjax.commands.common import class_names  # pylint: disable=import-outside-toplevel
+  names = class_names(args)
   config = resolve_config(args)
   if "://" not in args.out:  # a local --out must be a writable directory (checked before models load)
     from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
     check_output_dir(args.out, "--out")
   comm_lib.initialize(args.coordinator, args.num_processes, args.process_id)
-  from zipjax.commands.segment import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import enable_compilation_cache  # pylint: disable=import-outside-toplevel
   enable_compilation_cache()
   req = label_job.LabelRequest(out=args.out, inputs=list(args.inputs), names=names, config=config,
                                random_init=bool(args.random_init), overwrite=bool(args.overwrite),

@@ -8,7 +8,8 @@ checkpoint and exits 143.
 
 Optional periodic evaluation: `--val-json ANN2 [--val-images-root DIR2]` (class-agnostic and class-aware box and
 mask AP, in metrics.jsonl). Configuration: a configs/train_*.py file, then `--config.KEY=VALUE` overrides (e.g.
-`--config.total_steps=2000 --config.init_checkpoint=ViT-B/16`).
+`--config.total_steps=2000 --config.init_checkpoint=ViT-B/16`); every value is validated after the overrides
+(zipjax/config_check.py, `TRAIN_RULES`): a bad one is refused (exit 2) with all problems listed.
 """
 from __future__ import annotations
 
@@ -36,14 +37,15 @@ def add_parser(sub):
 
 
 def resolve_config(args):
-  from zipjax.commands.segment import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
+  from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
   config = load_config_file(args.config)
   apply_overrides(config, getattr(args, "config_overrides", []) or [])
-  return config
+  return check_train_config(config)  # every value, after the overrides, before anything is built
 
 
 def run(args) -> int:
-  from zipjax.commands.segment import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import enable_compilation_cache  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
   config = resolve_config(args)
   for flag in ("train_json", "images_root"):
@@ -52,6 +54,8 @@ def run(args) -> int:
       raise InputError(f"--{flag.replace('_', '-')} {path}: not found")
   if args.val_json and not os.path.exists(args.val_json):
     raise InputError(f"--val-json {args.val_json}: not found")
+  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
+  check_output_dir(args.workdir, "--workdir")  # a writable directory, before anything is built
   enable_compilation_cache()
   res = trainer.train(config, args.train_json, args.images_root, args.workdir, val_json=args.val_json,
                       val_images_root=args.val_images_root, progress=not args.no_progress,

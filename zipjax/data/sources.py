@@ -6,13 +6,16 @@ machine, the working directory or the process count:
 
 - `FileList` (image folders, searched recursively, and image files): the path relative to the inputs' common
   folder, with '/' separators (one folder `coco/train2017/` gives `000000000009.jpg`). Local paths and bucket
-  URLs (`gs://...`, read through etils.epath) both work. `file_name` = key.
+  URLs (`gs://...`, read through etils.epath) both work. `file_name` = key; the common folder (absolute, or
+  the URL) is the spec's `images_root`.
 - `CocoList` (`--coco-json FILE --images-root DIR`): the `file_name` of each entry of the json's `images`
-  list; its `id` is kept as the output image id. A listed file that is missing is a per-image error.
+  list; its `id` is kept as the output image id. A listed file that is missing is a per-image error. The
+  spec's `images_root` is DIR (absolute).
 - `TfdsList` (`tfds:NAME:SPLIT --data-dir DIR`): `SPLIT/<index, zero-padded>`, read with `tfds.data_source`
   from the prepared ArrayRecord files (never downloaded, no TensorFlow); the image feature's encoded bytes
   are decoded here, so the decoding rules are the same as for files. `image/filename` (when the dataset has
-  it) becomes `file_name` and `image/id` the `source_id` of the output image.
+  it) becomes `file_name` and `image/id` the `source_id` of the output image. There are no image files: the
+  spec has no `images_root`.
 
 `WorkList.load(i, limits)` returns a `Loaded` whose `image` is uint8 RGB [H, W, 3] or whose `reason` says why
 the image was refused (`zipjax.io.images` rules); it never raises for a bad image, so one bad file never stops
@@ -25,7 +28,6 @@ import dataclasses
 import io
 import os
 import stat
-import warnings
 
 import numpy as np
 
@@ -83,30 +85,9 @@ class Loaded:
 
 def decode_image_bytes(data: bytes, limits: Limits) -> np.ndarray:
   """`zipjax.io.images.load_image` for encoded bytes (TFDS records, bucket objects): same rules and reasons."""
-  from PIL import Image, ImageOps, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
   if not data:
     raise InputError("empty file (0 bytes)")
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
-        check = images_io._check_size  # pylint: disable=protected-access  (the same limits and messages)
-        check(w, h, limits.min_side, limits.max_side, limits.max_aspect)
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        arr = np.asarray(images_io._to_rgb(img), dtype=np.uint8)  # pylint: disable=protected-access
-  except UnidentifiedImageError:
-    raise InputError("not an image (PIL cannot identify the file format)") from None
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise InputError(f"image too large to decode safely ({e})") from None
-  except InputError:
-    raise
-  except (OSError, SyntaxError, ValueError, EOFError) as e:
-    raise InputError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
-  if arr.ndim != 3 or arr.shape[-1] != 3:
-    raise InputError(f"decoded to an unexpected array shape {arr.shape}")
-  return np.ascontiguousarray(arr)
+  return images_io.decode_image(io.BytesIO(data), limits.min_side, limits.max_side, limits.max_aspect)
 
 
 def load_path(path: str, limits: Limits) -> np.ndarray:
@@ -227,7 +208,10 @@ class FileList(_SortedKeys):
     keys = sorted(by_key)
     super().__init__(keys)
     self._paths = [by_key[k] for k in keys]
-    self.spec = {"kind": self.kind, "inputs": sorted({os.path.abspath(x) if fs.is_local(x) else x for x in inputs})}
+    # images_root: the folder the keys (= file_names) are relative to, absolute (or a URL), so that a reader
+    # of the run (`zipjax gallery`) finds the images from any working directory
+    self.spec = {"kind": self.kind, "inputs": sorted({os.path.abspath(x) if fs.is_local(x) else x for x in inputs}),
+                 "images_root": common}
 
   def path(self, i: int) -> str:
     return self._paths[i]

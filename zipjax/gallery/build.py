@@ -24,6 +24,11 @@ Image paths: `file_name` as is when absolute; a relative one is looked up under 
 (only there), else under the root recorded by the run (`images_root` / `image_root` / `images_dir` /
 `image_dir` in annotations.json's `info` or in run.json, top level or its `info`; as given and relative to
 the run folder), then the current directory, the run folder and its parent; the first existing file wins.
+`zipjax label` records its inputs' folder (absolute) as run.json's `images_root`; `zipjax segment` and
+`zipjax detect` record the working directory their relative input paths are relative to. A run whose images
+were records, not files (`zipjax label tfds:NAME:SPLIT`; run.json `inputs.kind` 'tfds') has no files to show:
+without `--images-root` its images are not looked up, each page says why, the index warns once, and the
+instances are drawn on blank canvases.
 """
 from __future__ import annotations
 
@@ -153,6 +158,18 @@ def image_roots(run_dir: str, info: dict, run_info, images_root: str | None) -> 
   return out
 
 
+def records_source(run_info) -> str | None:
+  """Why the images of a run cannot be shown (they were dataset records, not files), or None."""
+  inputs = run_info.get("inputs") if isinstance(run_info, dict) else None
+  if not isinstance(inputs, dict) or inputs.get("kind") != "tfds":
+    return None
+  where = f"TFDS dataset {inputs.get('dataset', '?')}, split {inputs.get('split', '?')}"
+  if inputs.get("data_dir"):
+    where += f", in {inputs['data_dir']}"
+  return (f"no image file: this run read its images from the {where} (records, not files), so the gallery "
+          "cannot show them; --images-root DIR shows images stored as files named by file_name")
+
+
 def resolve_image(file_name: str | None, roots: list) -> tuple[str | None, str | None]:
   """(path, why missing or None)."""
   if not file_name:
@@ -236,12 +253,15 @@ class _Builder:
     names, colours, cat_pos: category id -> name, (r, g, b), position in the class table.
     thumb_size, image_size: longer sides of thumbnails and display copies.
     class_agnostic: ignore classes when matching to the ground truth.
+    no_files: why the run's images cannot be shown (`records_source`), or None.
   """
 
-  def __init__(self, run_dir, out, index, gt, gt_map, roots, thumb_size, image_size, class_agnostic):
+  def __init__(self, run_dir, out, index, gt, gt_map, roots, thumb_size, image_size, class_agnostic,
+               no_files=None):
     self.run_dir, self.out, self.index, self.gt, self.gt_map = run_dir, out, index, gt, gt_map
     self.roots, self.thumb_size, self.image_size = roots, thumb_size, image_size
     self.class_agnostic = class_agnostic
+    self.no_files = no_files
     cats = index.categories
     self.names = {c["id"]: c["name"] for c in cats}
     self.colours = {c["id"]: render.class_colour(i) for i, c in enumerate(cats)}
@@ -253,7 +273,10 @@ class _Builder:
     im = self.index.images[pos]
     records, ann_hash = self.index.records(pos)
     job = {"pos": pos, "image": im, "records": records, "ann_hash": ann_hash, "gt_pos": None, "gt_records": None}
-    job["path"], job["missing"] = resolve_image(im["file_name"], self.roots)
+    if self.no_files:  # the run's images were dataset records: nothing to look up
+      job["path"], job["missing"] = None, self.no_files
+    else:
+      job["path"], job["missing"] = resolve_image(im["file_name"], self.roots)
     if self.gt is not None:
       job["gt_pos"] = self.gt_map[pos]
       if job["gt_pos"] is not None:
@@ -500,10 +523,13 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
     if p:
       print(f"zipjax gallery: warning: {p}", file=sys.stderr)
   roots = image_roots(run_dir, index.info, run_info, images_root)
+  no_files = None if images_root else records_source(run_info)
+  if no_files:
+    print(f"zipjax gallery: warning: {no_files}", file=sys.stderr)
   images = index.images
   shown = sample_images(images, max_images)
   gt_map = gt_image_mapping(images, gt_index.images) if gt_index is not None else None
-  b = _Builder(run_dir, out, index, gt_index, gt_map, roots, thumb_size, image_size, class_agnostic)
+  b = _Builder(run_dir, out, index, gt_index, gt_map, roots, thumb_size, image_size, class_agnostic, no_files)
   for sub in ("thumbs", "images", "pages", "static"):
     os.makedirs(os.path.join(out, sub), exist_ok=True)
   write_if_changed(os.path.join(out, "static", "gallery.css"), _static("gallery.css"))
@@ -566,7 +592,9 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
   warnings = []
   if info.get("random_init"):
     warnings.append(str(info.get("note") or RANDOM_NOTE))
-  if result.missing:
+  if no_files:
+    warnings.append(no_files[0].upper() + no_files[1:] + ".")
+  elif result.missing:
     warnings.append(f"{result.missing} of the shown images are missing or unreadable; their pages say which")
   sampling = None
   if len(shown) < len(images):
@@ -590,4 +618,4 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
 
 
 __all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "build_gallery", "find_annotations", "image_roots",
-           "resolve_image", "sample_images", "gt_image_mapping", "class_stats"]
+           "records_source", "resolve_image", "sample_images", "gt_image_mapping", "class_stats"]

@@ -167,10 +167,21 @@ def load_image(path, min_side: int = 32, max_side: int = 8192, max_aspect: float
     raise InputError(problem)
   if os.path.getsize(path) == 0:
     raise InputError("empty file (0 bytes)")
+  return decode_image(path, min_side, max_side, max_aspect)
+
+
+def decode_image(source, min_side: int = 32, max_side: int = 8192, max_aspect: float = 16.0) -> np.ndarray:
+  """Decodes `source` (a regular file's path, or a binary file object such as `io.BytesIO` of a TFDS record or a
+  bucket object) to uint8 RGB [H, W, 3] under the size limits, EXIF orientation applied: the decoding rules and
+  reasons of `load_image`, which checks the file first.
+
+  Raises:
+    InputError: the reason the image cannot be used.
+  """
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as img:
+      with Image.open(source) as img:
         w, h = img.size
         _check_size(w, h, min_side, max_side, max_aspect)
         img.load()
@@ -234,4 +245,5 @@ def parse_class_names(text: str | None = None, file_lines: list[str] | None = No
   return names
 
 
-__all__ = ["IMAGE_EXTENSIONS", "file_problem", "scan_inputs", "find_images", "load_image", "parse_class_names"]
+__all__ = ["IMAGE_EXTENSIONS", "file_problem", "scan_inputs", "find_images", "load_image", "decode_image",
+           "parse_class_names"]

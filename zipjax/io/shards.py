@@ -1,15 +1,15 @@
-"""Run directories of batch jobs (`zipjax label`, `zipjax segment`): append-only shards, a ledger, one canonical
-merge, and a commit that a kill at any moment cannot tear.
+"""Run directories of batch jobs (`zipjax label`, `zipjax segment`, `zipjax detect`): append-only shards, a
+ledger, one canonical merge, and a commit that a kill at any moment cannot tear.
 
 Layout of a run directory `OUT/` (local or `gs://...`, see `zipjax/io/fs.py`):
 
 ```
-OUT/annotations.json, errors.json, run.json   final outputs (+ results.json, overlays/ for `zipjax segment`)
+OUT/annotations.json, errors.json, run.json   final outputs (+ results.json, overlays/ for segment / detect)
 OUT/.zipjax/lock                              the directory lock (zipjax/io/lock.py)
 OUT/.zipjax/job.json                          identity of the run: command, config, models, classes, inputs
 OUT/.zipjax/shards/<nonce>-p<proc>-<seq>.jsonl  per-process shard files (complete or absent)
 OUT/.zipjax/attempts/<nonce>.json             statistics of each attempt (for run.json)
-OUT/.zipjax/overlays/                         overlays drawn by `segment`, moved into OUT/overlays/ at commit
+OUT/.zipjax/overlays/                         overlays drawn by segment / detect, moved into OUT/overlays/ at commit
 OUT/.zipjax/commit/                           the next outputs, staged; COMMIT marks them complete
 OUT/.zipjax/merged.json                       fingerprint of the shard set the final outputs were merged from
 ```
@@ -43,7 +43,8 @@ by the next run (`RunDir.recover`). At every moment the output files present all
 old files are all deleted before the first new one appears, and `annotations.json` only ever appears complete.
 
 Fault injection for the kill tests: `ZIPJAX_FAULT=<point>@<n>` SIGKILLs the process the n-th time `fault(point)`
-is reached (points: `label.step`, `shard.written`, `merge.record`, `commit.file`, `segment.batch`).
+is reached (points: `label.step`, `shard.written`, `merge.record`, `commit.file`, `segment.batch`,
+`detect.batch`).
 """
 from __future__ import annotations
 

@@ -42,9 +42,9 @@ import numpy as np
 
 from zipjax.errors import InputError
 from zipjax.io import fs
+from zipjax.io.results import RANDOM_NOTE
 from zipjax.io.shards import RunDir, error_record, fault, image_record, new_nonce
 
-RANDOM_NOTE = "RANDOM WEIGHTS (--random-init): these outputs exercise the pipeline; they are not predictions"
 # config groups that change how fast a run goes, never what it outputs (excluded from the run identity)
 RUNTIME_FIELDS = ("batch_size", "label", "output", "mesh", "sharding_rules")
 
@@ -349,6 +349,7 @@ def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
     if len(remaining) == 0 and rd.is_complete():
       log(f"nothing to do: all {len(worklist)} images of {rd.root} are labelled and merged "
           f"({failed} skipped); no file was changed")
+      _gallery_hint(rd, job, log)
       return 0
     if n_done:
       log(f"resuming {rd.root}: {n_done} of {len(worklist)} images already finished ({failed} failed), skipped; "
@@ -462,7 +463,8 @@ def _merge_and_report(rd: RunDir, job: dict, config, n_images: int | None, log) 
     loop = sum(a.get("loop_seconds", 0.0) for a in attempts)
     labelled = sum(a.get("images", 0) for a in attempts)
     return {"info": annotations_info(job), "config": config.to_dict() if config is not None else job["config"],
-            "inputs": job["inputs"], "images": n_images if n_images is not None else stats.images + stats.errors,
+            "inputs": job["inputs"], "images_root": images_root(job),
+            "images": n_images if n_images is not None else stats.images + stats.errors,
             "segmented": stats.images, "skipped": stats.errors, "instances": stats.annotations,
             "images_per_second": round(labelled / loop, 3) if loop > 0 else None, "attempts": attempts,
             "merge": stats.as_dict()}
@@ -479,7 +481,33 @@ def _merge_and_report(rd: RunDir, job: dict, config, n_images: int | None, log) 
   if stats.images == 0 and stats.errors:
     log("error: no image could be labelled")
     return 1
+  _gallery_hint(rd, job, log)
   return 0
+
+
+def images_root(job: dict) -> str | None:
+  """The folder the run's `file_name`s are relative to (run.json `images_root`, where `zipjax gallery` looks):
+  the inputs' common folder or `--images-root`, absolute (a bucket URL stays a URL); None for TFDS inputs,
+  whose images are records, not files.
+
+  Absolute, not relative to the run directory: it is a function of the command alone (the inputs as the job
+  identity records them), so it is the same whatever the device or process count, and it stays right when the
+  run directory is moved or the gallery is built from another working directory. It lives in run.json, not in
+  annotations.json, so annotations.json stays a function of the images and the config only (the same bytes
+  for the same dataset stored elsewhere)."""
+  root = job.get("inputs", {}).get("images_root")
+  return str(root) if root else None
+
+
+def _gallery_hint(rd: RunDir, job: dict, log) -> None:
+  """Tells the user how to look at the labels (`zipjax gallery`), for a local run directory."""
+  if not fs.is_local(rd.root):
+    return
+  from zipjax.gallery import gallery_hint  # pylint: disable=import-outside-toplevel
+  log(gallery_hint(rd.root))
+  if job.get("inputs", {}).get("kind") == "tfds":
+    log("  (the images of a TFDS input are records, not files: the gallery draws the instances on blank canvases "
+        "unless --images-root names a folder holding them as files)")
 
 
 def merge_run(out: str, comm=None, log=None) -> int:
@@ -497,4 +525,4 @@ def merge_run(out: str, comm=None, log=None) -> int:
 
 
 __all__ = ["LabelRequest", "run_label", "merge_run", "schedule", "job_identity", "model_identity",
-           "result_config", "annotations_info", "check_identity", "default_engine", "RUNTIME_FIELDS"]
+           "result_config", "annotations_info", "images_root", "check_identity", "default_engine", "RUNTIME_FIELDS"]

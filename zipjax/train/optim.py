@@ -6,7 +6,7 @@
 - Schedule: linear warm-up from 0 to `lr` over `warmup_steps`, then cosine decay to `lr * end_factor` at
   `total_steps` (optax.warmup_cosine_decay_schedule), times the group's multiplier.
 - Groups: `optim.lr_multipliers = [(regex, multiplier), ...]`; a parameter's path ('backbone/conv1/kernel',
-  see zipjax/train/sharding.py) takes the multiplier of the first regex that matches (`re.search`), 1.0 when
+  see zipjax/parallel/) takes the multiplier of the first regex that matches (`re.search`), 1.0 when
   none does. A multiplier of 0 freezes the group (`optax.set_to_zero`, no optimizer state).
 - Weight decay applies to parameters with 2 or more dimensions (kernels, embeddings), not to biases, scales,
   norms or 1-d embeddings (class_embedding), the usual AdamW practice.
@@ -20,7 +20,7 @@ import jax
 import optax
 
 from zipjax.errors import InputError
-from zipjax.train.sharding import path_name
+from zipjax.parallel import path_name
 
 
 def schedule(optim, total_steps: int, multiplier: float = 1.0) -> Callable:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from zipjax.data import coco_train
-from zipjax.train import sharding as shard_lib
+from zipjax import parallel
 
 
 class DetectorPredictor:
@@ -47,7 +47,7 @@ class DetectorPredictor:
     self.batch_size = max(n, -(-int(batch_size) // n) * n)
     self.score_threshold = float(score_threshold)
     self.mask_threshold = float(mask_threshold)
-    self._sharding = shard_lib.batch_sharding(mesh)
+    self._sharding = parallel.batch_sharding(mesh, mesh.axis_names)
     model = Detector(cfg)
 
     def step(params, images, queries, query_valid, agnostic):
@@ -58,7 +58,7 @@ class DetectorPredictor:
       res = postprocess(out, cfg)
       return {k: res[k] for k in ("boxes", "scores", "classes", "mask_logits")}
 
-    self._step = jax.jit(step, static_argnums=(4,), out_shardings=shard_lib.replicated(mesh),
+    self._step = jax.jit(step, static_argnums=(4,), out_shardings=parallel.replicated(mesh),
                          compiler_options=compiler_options)
 
   def prepare(self, image: np.ndarray):
@@ -94,7 +94,7 @@ class DetectorPredictor:
     if len(procs) > 1:  # a multi-host mesh: each process passes its block of rows (all hold the whole batch)
       k, n = procs.index(jax.process_index()), len(procs)
       rows = {key: v[k * len(v) // n:(k + 1) * len(v) // n] for key, v in rows.items()}
-    batch = shard_lib.global_batch(rows, self._sharding)
+    batch = parallel.global_batch(rows, self._sharding)
     out = self._step(params, batch["image"], batch["queries"], batch["query_valid"], bool(class_agnostic))
     out = jax.tree_util.tree_map(np.asarray, out)
     return [self.instances({k: v[i] for k, v in out.items()}, geoms[i], img.shape[0], img.shape[1])

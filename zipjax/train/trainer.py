@@ -4,7 +4,8 @@
         [--val-json ANN2 --val-images-root DIR2] [--config.key=value ...]
 
 One run, in order (`train`):
-  1. Mesh from `config.mesh` (`zipjax/train/sharding.py`); the batch is split over every mesh axis.
+  1. Mesh from `config.mesh` (`zipjax/parallel/`, shared with the labelling engine); the batch is split over
+     every mesh axis.
   2. Data (`zipjax/data/coco_train.py`): the training set, its query names (categories, or "object" in
      class-agnostic mode) and their CLIP text embeddings, computed once by the frozen text tower
      (`text_encoder`: the CLIP of `init_checkpoint`, else a random text tower from `config.text`, inherited
@@ -54,7 +55,7 @@ import optax
 
 from zipjax.errors import CheckpointError, InputError
 from zipjax.io.atomic import atomic_write_json
-from zipjax.train import sharding as shard_lib
+from zipjax import parallel
 from zipjax.train.metrics import MetricsWriter
 from zipjax.train.optim import make_optimizer
 
@@ -211,7 +212,7 @@ class Trainer:
   def __init__(self, config, task: Task, mesh=None):
     self.config = config
     self.task = task
-    self.mesh = mesh if mesh is not None else shard_lib.make_mesh(config.mesh)
+    self.mesh = mesh if mesh is not None else parallel.create_mesh(config.mesh)
     bs = int(config.batch_size)
     if bs % self.mesh.devices.size:
       raise InputError(f"batch_size {bs} is not a multiple of the {self.mesh.devices.size} devices of the mesh")
@@ -221,12 +222,12 @@ class Trainer:
     self.tx, self.schedules = make_optimizer(config.optim, int(config.total_steps), param_shapes)
     self.state_shapes = jax.eval_shape(self._make_state, param_shapes)
     rules, min_size = list(config.sharding_rules), int(config.fsdp_min_size)
-    rep = shard_lib.replicated(self.mesh)
+    rep = parallel.replicated(self.mesh)
     self.state_shardings = {
-        "params": shard_lib.infer_shardings(self.state_shapes["params"], rules, self.mesh, min_size),
-        "opt_state": shard_lib.infer_shardings(self.state_shapes["opt_state"], rules, self.mesh, min_size),
+        "params": parallel.param_shardings(self.state_shapes["params"], self.mesh, rules, min_size),
+        "opt_state": parallel.param_shardings(self.state_shapes["opt_state"], self.mesh, rules, min_size),
         "step": rep, "rng": rep}
-    self.batch_sharding = shard_lib.batch_sharding(self.mesh)
+    self.batch_sharding = parallel.batch_sharding(self.mesh, self.mesh.axis_names)  # every device: data parallel
     self.compiler_options = compiler_options(config)
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                          out_shardings=(self.state_shardings, rep), donate_argnums=(0,),
@@ -283,7 +284,7 @@ class Trainer:
     return self._step(state, batch)
 
   def global_batch(self, local: dict) -> dict:
-    return shard_lib.global_batch(local, self.batch_sharding)
+    return parallel.global_batch(local, self.batch_sharding)
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -344,14 +345,31 @@ class Checkpoints:
     self.manager.close()
 
 
-def _restore_latest_params(workdir: str, abstract_params) -> tuple:
-  """(params restored into `abstract_params`' shardings, step) from the latest checkpoint of `workdir`."""
+def _read_checkpoints(workdir: str) -> Checkpoints:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"{workdir}: no checkpoints/ folder (not a zipjax train workdir)")
-  ck = Checkpoints(ckpt_dir, every=1, keep=1, asynchronous=False, read_only=True)
+  return Checkpoints(ckpt_dir, every=1, keep=1, asynchronous=False, read_only=True)
+
+
+def latest_checkpoint_step(workdir: str) -> int:
+  """The step of the latest finished checkpoint of `workdir` (nothing is restored)."""
+  ck = _read_checkpoints(workdir)
   try:
     step = ck.latest_step()
+  finally:
+    ck.close()
+  if step is None:
+    raise CheckpointError(f"{workdir}: no finished checkpoint")
+  return int(step)
+
+
+def _restore_latest_params(workdir: str, abstract_params, step: int | None = None) -> tuple:
+  """(params restored into `abstract_params`' shardings, step) from the checkpoint `step` (default: the latest)
+  of `workdir`."""
+  ck = _read_checkpoints(workdir)
+  try:
+    step = ck.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{workdir}: no finished checkpoint")
     return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
@@ -364,13 +382,14 @@ def restore_params(workdir: str, trainer: Trainer):
   return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
 
 
-def load_params(workdir: str, config, mesh) -> tuple:
-  """(detector parameters replicated over `mesh`, checkpoint step) of a run's latest checkpoint."""
+def load_params(workdir: str, config, mesh, step: int | None = None) -> tuple:
+  """(detector parameters replicated over `mesh`, checkpoint step) of a run's checkpoint `step` (default: the
+  latest)."""
   task = detector_task(config)
   shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  rep = shard_lib.replicated(mesh)
+  rep = parallel.replicated(mesh)
   abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-  return _restore_latest_params(workdir, abstract)
+  return _restore_latest_params(workdir, abstract, step)
 
 
 def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):

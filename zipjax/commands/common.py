@@ -1,0 +1,149 @@
+"""What the commands share (`zipjax segment`, `label`, `detect`, `train`): config files and `--config.KEY=VALUE`
+overrides, class names from `--classes` / `--classes-file`, and the persistent XLA compilation cache.
+
+- `load_config_file(path)`: `get_config()` of a `configs/*.py` file, with one clear `InputError` for every way it
+  can fail (missing, not a `.py` file, fails to run, no `get_config()`, not a ConfigDict).
+- `apply_overrides(config, items)`: `--config.a.b=value` items onto existing fields, values parsed by the old
+  value's type (booleans, ints, floats, strings; Python literals for lists and tuples).
+- `class_names(args)`: the class list of `--classes a,b` or `--classes-file F` (local file or bucket URL; one
+  name a line, '#' comments), checked by `zipjax.io.images.parse_class_names`.
+- `enable_compilation_cache()`: XLA executables persisted under the zipjax cache.
+Each command validates its config after the overrides with `zipjax.config_check` (its family's rule table).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import os
+
+from zipjax.errors import InputError
+
+
+# ------------------------------------------------------------------------------------------------- config
+def load_config_file(path: str):
+  """`get_config()` of a Python config file (a `.py` file defining `get_config()` -> ml_collections.ConfigDict).
+
+  Raises:
+    InputError: the file is missing, not a regular `.py` file, fails to run, has no `get_config()`, or that
+      returns something other than a ConfigDict.
+  """
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  where = f"--config {path}"
+  if not os.path.exists(path):
+    raise InputError(f"{where}: file not found")
+  if not os.path.isfile(path):
+    raise InputError(f"{where}: not a regular file")
+  if not path.endswith(".py"):
+    raise InputError(f"{where}: not a Python config file (expected a .py file that defines get_config(), "
+                     "e.g. configs/smoke.py; or use --preset)")
+  spec = importlib.util.spec_from_file_location(f"_zipjax_config_{abs(hash(path))}", path)
+  if spec is None or spec.loader is None:
+    raise InputError(f"{where}: cannot be loaded as a Python module")
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"{where}: the file fails to run ({type(e).__name__}: {e})") from e
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise InputError(f"{where}: defines no get_config() function")
+  try:
+    config = get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"{where}: get_config() failed ({type(e).__name__}: {e})") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise InputError(f"{where}: get_config() returned a {type(config).__name__}, expected an "
+                     "ml_collections.ConfigDict")
+  return config
+
+
+def _convert(old, text: str, key: str):
+  if isinstance(old, bool):
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+      return True
+    if low in ("0", "false", "no", "off"):
+      return False
+    raise InputError(f"--config.{key}: expected a boolean, got {text!r}")
+  try:
+    if isinstance(old, int):
+      return int(text)
+    if isinstance(old, float):
+      return float(text)
+  except ValueError:
+    raise InputError(f"--config.{key}: expected {type(old).__name__}, got {text!r}") from None
+  if isinstance(old, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides: list[str]):
+  """Applies `--config.a.b=value` / `--config.a.b value` items to `config` (fields must exist)."""
+  items = list(overrides)
+  i = 0
+  while i < len(items):
+    arg = items[i]
+    if not arg.startswith("--config."):
+      raise InputError(f"unrecognised argument {arg!r}")
+    key, eq, value = arg[len("--config."):].partition("=")
+    if not eq:
+      if i + 1 >= len(items):
+        raise InputError(f"--config.{key}: missing value")
+      value = items[i + 1]
+      i += 1
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+      if part not in node:
+        raise InputError(f"--config.{key}: no field {part!r}")
+      node = node[part]
+    if parts[-1] not in node:
+      raise InputError(f"--config.{key}: no such config field")
+    old = node[parts[-1]]
+    if hasattr(old, "keys"):
+      raise InputError(f"--config.{key} is a group of fields; set its members")
+    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+      node[parts[-1]] = _convert(old, value, key)
+    i += 1
+  return config
+
+
+def class_names(args) -> list[str]:
+  """The class names of `--classes` or `--classes-file` (a local file or a bucket URL)."""
+  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
+  if getattr(args, "classes_file", None):
+    from zipjax.io import fs  # pylint: disable=import-outside-toplevel
+    try:
+      lines = fs.read_bytes(args.classes_file).decode("utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as e:
+      raise InputError(f"--classes-file {args.classes_file}: cannot read ({e})") from e
+    return images_io.parse_class_names(file_lines=lines)
+  if getattr(args, "classes", None) is None:
+    raise InputError("one of --classes or --classes-file is required")
+  return images_io.parse_class_names(args.classes)
+
+
+# ------------------------------------------------------------------------------------------------- runtime
+def enable_compilation_cache() -> str | None:
+  """Persists XLA executables in <cache>/xla (ZIPJAX_XLA_CACHE=0 turns it off), so a second run with the same
+  models and image sizes skips compilation (most of a cold start on CPU)."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from zipjax.weights import cache_dir  # pylint: disable=import-outside-toplevel
+  if os.environ.get("ZIPJAX_XLA_CACHE", "1") == "0":
+    return None
+  path = os.path.join(cache_dir(), "xla")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None  # a read-only cache is no reason to fail a run
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
+__all__ = ["load_config_file", "apply_overrides", "class_names", "enable_compilation_cache"]
