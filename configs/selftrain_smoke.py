@@ -13,22 +13,15 @@ instead of falling: at 0.2 about half of round 0's new labels are right on the g
 two thirds of round 1's (tests/jobs/test_selftrain.py). `config.selftrain` is documented in
 zipjax/jobs/selftrain.py (`Settings`).
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _train_config(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-  spec = importlib.util.spec_from_file_location("_zipjax_train_config_" + name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from zipjax.commands.common import load_config_file
 
 
 def get_config():
-  config = _train_config("train_smoke.py")
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_smoke.py"))
   config.data.class_agnostic = True     # CutLER self-trains class-agnostic
   config.loss.drop_loss = True          # no background loss where no label is near (missing objects)
   config.checkpoint.keep = 1

@@ -12,22 +12,15 @@ CutLER: class-agnostic training with DropLoss; then rounds that keep the predict
 The steps of a round default to train_vit_b16's total_steps (160k at batch 16, CutLER's schedule; set
 `--config.selftrain.steps=[160000,80000,80000]` for shorter later rounds). On a TPU slice: tpu/self_train.sh.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _train_config(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-  spec = importlib.util.spec_from_file_location("_zipjax_train_config_" + name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from zipjax.commands.common import load_config_file
 
 
 def get_config():
-  config = _train_config("train_vit_b16.py")
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_vit_b16.py"))
   config.data.class_agnostic = True
   config.loss.drop_loss = True
 

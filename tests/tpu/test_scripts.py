@@ -1,23 +1,12 @@
 """tpu/*.sh --dry-run: the exact gcloud / git commands each script would run (as text), and argument errors."""
 import os
-import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("ZIPJAX_TPU_")}
+from tests.tpu.run_script import ROOT, lines, sh
+
 METADATA = ("$(curl -s -H Metadata-Flavor:Google "
             "http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)")
-
-
-def sh(script, *args, env=None):
-  return subprocess.run(["bash", os.path.join(ROOT, "tpu", script), *args], capture_output=True, text=True,
-                        env=dict(ENV, **(env or {})), timeout=60)
-
-
-def lines(r):
-  assert r.returncode == 0, r.stderr
-  return r.stdout.splitlines()
 
 
 def test_create():

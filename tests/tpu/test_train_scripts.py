@@ -1,12 +1,11 @@
 """tpu/mount.sh, tpu/train.sh, tpu/self_train.sh --dry-run: the exact commands for a v4-32 and a v5e-16 slice (as
 text), the device arithmetic behind --per-device-batch, and argument errors."""
 import os
-import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("ZIPJAX_TPU_")}
+from tests.tpu.run_script import lines, sh
+
 B = "/mnt/zipjax"
 SELF_ARGS = ["--config", "configs/selftrain_vit_b16.py", "--pseudo-json", f"{B}/runs/zip_train2017/annotations.json",
              "--images-root", f"{B}/coco/train2017", "--gt-json", f"{B}/coco/instances_train2017.json",
@@ -15,16 +14,6 @@ TRAIN_ARGS = ["--config", "configs/train_vit_b16.py", "--train-json", f"{B}/coco
               "--images-root", f"{B}/coco/train2017", "--workdir", f"{B}/runs/finetune 10%",
               "--config.data.fraction=0.1", f"--config.init_workdir={B}/runs/selftrain/round_2"]
 SSH = "+ gcloud compute tpus tpu-vm ssh {name} --zone={zone} --worker=all '--command=cd ~/zipjax 2>/dev/null || cd ~; "
-
-
-def sh(script, *args, env=None):
-  return subprocess.run(["bash", os.path.join(ROOT, "tpu", script), *args], capture_output=True, text=True,
-                        env=dict(ENV, **(env or {})), timeout=60)
-
-
-def lines(r):
-  assert r.returncode == 0, r.stderr
-  return r.stdout.splitlines()
 
 
 def test_self_train_on_v4_32():

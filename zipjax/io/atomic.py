@@ -13,6 +13,14 @@ import tempfile
 _DEFAULT_MODE = 0o644
 
 
+def _mode_of(path: str) -> int:
+  """The permission bits a replacement of `path` keeps (the existing file's, else the default)."""
+  try:
+    return os.stat(path).st_mode & 0o7777
+  except FileNotFoundError:
+    return _DEFAULT_MODE
+
+
 def atomic_write_bytes(path, data: bytes) -> str:
   """Writes `data` to `path` atomically.
 
@@ -26,10 +34,7 @@ def atomic_write_bytes(path, data: bytes) -> str:
   path = os.path.abspath(os.fspath(path))
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  try:
-    mode = os.stat(path).st_mode & 0o7777
-  except FileNotFoundError:
-    mode = _DEFAULT_MODE
+  mode = _mode_of(path)
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=parent)
   try:
     with os.fdopen(fd, "wb") as f:
@@ -85,10 +90,7 @@ def atomic_write_many(files) -> list[str]:
     for path, data in items:
       parent = os.path.dirname(path)
       os.makedirs(parent, exist_ok=True)
-      try:
-        mode = os.stat(path).st_mode & 0o7777
-      except FileNotFoundError:
-        mode = _DEFAULT_MODE
+      mode = _mode_of(path)
       fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=parent)
       tmps.append(tmp)
       with os.fdopen(fd, "wb") as f:
