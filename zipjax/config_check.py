@@ -488,7 +488,8 @@ SELFTRAIN_GROUP_RULES: dict[str, Rule] = {
 def _selftrain_rounds(config) -> str | None:
   rounds, thresholds, steps = (_get(config, "selftrain." + k) for k in ("rounds", "thresholds", "steps"))
   if len(thresholds) < rounds:
-    return f"selftrain.thresholds has {len(thresholds)} value(s) for selftrain.rounds = {rounds}: give one per round"
+    return (f"selftrain.thresholds has {len(thresholds)} value(s) for selftrain.rounds = {rounds}: give one "
+            "threshold per round")
   if not isinstance(steps, int) and len(steps) not in (0, 1, rounds + 1):
     return (f"selftrain.steps has {len(steps)} values: give [] , [N] or one per round 0..{rounds} "
             f"(selftrain.rounds = {rounds})")
@@ -591,6 +592,9 @@ def check_train_config(config):
 
 def check_selftrain_config(config):
   """`check_config` for the self-training family (configs/selftrain_*.py; `zipjax self-train`)."""
+  if "selftrain" not in config:
+    raise InputError("the config has no 'selftrain' group (use configs/selftrain_*.py; a train config is trained "
+                     "with `zipjax train`)")
   return check_config(config, family="selftrain")
 
 

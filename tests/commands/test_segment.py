@@ -142,15 +142,25 @@ def test_unknown_override_rejected(tmp_path, capsys):
   assert "no such config field" in capsys.readouterr().err
 
 
-def test_compilation_cache_persists_executables(tmp_path):
-  """A run fills <cache>/xla; ZIPJAX_XLA_CACHE=0 leaves it alone (subprocesses: jax config is global)."""
+def test_compilation_cache_persists_executables(tmp_path, monkeypatch):
+  """A run fills <cache>/xla (a subprocess: jax config is global); ZIPJAX_XLA_CACHE=0 leaves jax and the cache
+  folder alone."""
   import subprocess
   import sys
+
+  import jax
+
+  from zipjax.commands.common import enable_compilation_cache
+  updates = []
+  monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
+  monkeypatch.setenv("ZIPJAX_CACHE", str(tmp_path / "off"))
+  monkeypatch.setenv("ZIPJAX_XLA_CACHE", "0")
+  assert enable_compilation_cache() is None and updates == [] and not (tmp_path / "off").exists()
+  monkeypatch.setenv("ZIPJAX_XLA_CACHE", "1")  # the same call with the cache on (jax.config.update recorded)
+  assert enable_compilation_cache() == str(tmp_path / "off" / "xla")
+  assert ("jax_compilation_cache_dir", str(tmp_path / "off" / "xla")) in updates
   cmd = [sys.executable, "-m", "zipjax", "segment", os.path.join(ROOT, "examples", "oranges.png"), "--classes",
-         "orange", "--random-init", "--config", SMOKE, "--no-overlays"]
-  for flag, cache in (("0", tmp_path / "off"), ("1", tmp_path / "on")):
-    env = dict(os.environ, ZIPJAX_CACHE=str(cache), ZIPJAX_XLA_CACHE=flag, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    subprocess.run(cmd + ["--out", str(tmp_path / f"out{flag}")], check=True, env=env, cwd=ROOT,
-                   capture_output=True)
-  assert not (tmp_path / "off" / "xla").exists()
+         "orange", "--random-init", "--config", SMOKE, "--no-overlays", "--out", str(tmp_path / "out")]
+  env = dict(os.environ, ZIPJAX_CACHE=str(tmp_path / "on"), ZIPJAX_XLA_CACHE="1", JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)
   assert len(os.listdir(tmp_path / "on" / "xla")) > 0

@@ -5,10 +5,10 @@ jittered (real CLI subprocesses, tiny detector, 1 CPU device, a shared persisten
   report's numbers, checked against pycocotools' COCOeval run here directly);
 - SIGKILL in round 1's training, in round 1's prediction and in round 2's merge, each followed by a rerun: the
   labels, predictions, training metrics, evaluations and report equal the uninterrupted run's, byte for byte;
-- fine-tuning the self-trained detector on 10% of the true labels beats the same training from the same
+- (slow) fine-tuning the self-trained detector on 10% of the true labels beats the same training from the same
   initialisation as round 0 (random weights here), same steps, on held-out images.
-The run is short (steps 200/40/40); tests marked slow repeat the improvement and fine-tuning checks on twice the
-images with longer rounds (400/200/200), with a validation split, and fine-tune class-aware.
+The run is short (steps 200/40/40); tests marked slow fine-tune on it, and repeat the improvement and fine-tuning
+checks on twice the images with longer rounds (400/200/200), with a validation split, fine-tuning class-aware.
 """
 import contextlib
 import io
@@ -212,6 +212,7 @@ def _finetune(data, ref_round, tmp_path, cache, steps, extra=()):
   return results
 
 
+@pytest.mark.slow  # 10% fine-tuning on the short run (test_slow_finetune_class_aware: more images, longer rounds)
 def test_finetune_from_selftrained_beats_same_init_alone(data, reference, tmp_path):
   ref, _ = reference
   # class-agnostic with DropLoss and 40 steps like rounds 1-2: the XLA programs of the reference run serve

@@ -105,17 +105,19 @@ def test_rn50_every_stage():
   assert rel_err(model.encode_image(x), torch_model.encode_image(nchw(x)).numpy()) < TOL
 
 
-@pytest.mark.parametrize("arch", ["RN50x64"])
-def test_rn50x64_shaped_every_stage(arch):
+@pytest.mark.parametrize("stages", [
+    (3,),  # layer3: the boundary features Zip uses (each stage is its own large program to compile)
+    pytest.param((0, 1, 2, 3, 4), marks=pytest.mark.slow)])
+def test_rn50x64_shaped(stages):
   """RN50x64's image tower (layers 3-15-36-10, width 128), random weights, a small input."""
   torch_model, model = _pair(embed_dim=1024, image_resolution=448, vision_layers=(3, 15, 36, 10),
                              vision_width=128, vision_patch_size=None, **TINY_TEXT)
   assert model.config.vision_layers == (3, 15, 36, 10)
   x = _pixels((1, 96, 64, 3))
   refs = resnet_stages(torch_model.visual, nchw(x))
-  for stage, ref in enumerate(refs):
+  for stage in stages:
     out = np.asarray(model.trunk_features(x, stage=stage))
-    assert rel_err(out, ref.permute(0, 2, 3, 1).numpy()) < TOL, stage
+    assert rel_err(out, refs[stage].permute(0, 2, 3, 1).numpy()) < TOL, stage
   assert refs[3].shape[1] == 2048  # layer3: 2048 channels at stride 16
 
 

@@ -68,6 +68,7 @@ def test_sgd_steps_lower_the_loss(setup):
   assert sum(b < a for a, b in zip(losses, losses[1:])) >= 6, losses  # (almost) monotone descent
 
 
+@pytest.mark.slow  # the default suite shows learning end to end (test_trainer_learns.py)
 def test_adam_fits_rectangles_boxes_and_masks(setup):
   model, grad_fn, params, batch = setup
   opt = optax.adam(1e-3)
