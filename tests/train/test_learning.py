@@ -2,6 +2,8 @@
 wrong), and a few hundred Adam steps fit generated rectangles (boxes and masks) with IoU > 0.5.
 
 The batch is generated here: 1-3 coloured rectangles on noise per 128 px image, exact masks at stride 4.
+All under the slow marker: the default suite's learning check is test_trainer_learns.py (the whole trainer on
+generated shapes, evaluated with COCO AP), and test_losses.py checks the gradients against finite differences.
 """
 import numpy as np
 import optax
@@ -55,6 +57,7 @@ def setup():
   return model, grad_fn, params, make_batch(0)
 
 
+@pytest.mark.slow  # the default suite shows learning end to end (test_trainer_learns.py)
 def test_sgd_steps_lower_the_loss(setup):
   _, grad_fn, params, batch = setup
   sgd = jax.jit(lambda p, g: jax.tree_util.tree_map(lambda a, b: a - 0.005 * b, p, g))

@@ -84,6 +84,7 @@ def test_bfloat16_and_fused_attention_close_to_float32():
   assert rel_err(got_l, want_l) < 5e-2 and rel_err(got_iou, want_iou) < 5e-2
 
 
+@pytest.mark.slow  # two backward compiles; remat=True also runs forward in the bf16/fused test
 def test_remat_gives_the_same_gradients():
   import jax
   import jax.numpy as jnp
