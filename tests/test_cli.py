@@ -38,6 +38,51 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
   assert [ln for ln in err.splitlines() if ln.strip()] == ["zipjax segment: interrupted"]
 
 
+def test_the_console_script_reaches_its_handler_before_jax_is_imported(tmp_path):
+  """The `zipjax` console script runs `from zipjax.cli import main; main()`: if that import (the package
+  `__init__` included) or the parser pulled in jax, a Ctrl-C during jax's import would escape main's handler
+  with a traceback. Neither imports jax (nor flax), so every Ctrl-C lands in main (exit 130, one line)."""
+  code = ("import sys; from zipjax.cli import build_parser; build_parser(); "
+          "print(sorted(m for m in ('jax', 'flax', 'numpy', 'zipjax.clip') if m in sys.modules))")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert "'jax'" not in r.stdout and "'flax'" not in r.stdout and "zipjax.clip" not in r.stdout, r.stdout
+  # the public names still resolve (on first use)
+  r = subprocess.run([sys.executable, "-c", "import zipjax; print(zipjax.load_clip.__module__, "
+                      "zipjax.ClipModel.__name__, zipjax.discover_instances.__module__, zipjax.engine.__name__)"],
+                     cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+  assert r.stdout.split() == ["zipjax.clip", "ClipModel", "zipjax.pipeline.discover", "zipjax.engine"], r.stderr
+
+
+def test_ctrl_c_dropped_by_a_gc_callback_still_stops_the_command(monkeypatch, capsys):
+  """A KeyboardInterrupt raised inside a `__del__` / gc callback (where a real Ctrl-C can land, e.g. in jax's
+  `_xla_gc_callback`) is dropped by Python; main delivers it again: exit 130, not a command that runs on."""
+  import gc  # pylint: disable=import-outside-toplevel
+
+  import zipjax.commands.convert as convert_cmd  # pylint: disable=import-outside-toplevel
+
+  class InterruptedFinaliser:
+    def __del__(self):
+      raise KeyboardInterrupt
+
+  steps = []
+
+  def long_run(args):
+    obj = InterruptedFinaliser()
+    del obj
+    gc.collect()
+    for _ in range(400):  # 4 s of "work" unless interrupted
+      steps.append(1)
+      time.sleep(0.01)
+    return 0
+
+  monkeypatch.setattr(convert_cmd, "run", long_run)
+  assert cli.main(["convert", "clip", "a", "b"]) == cli.EXIT_INTERRUPTED
+  assert len(steps) < 400
+  assert capsys.readouterr().err.strip().splitlines()[-1] == "zipjax convert: interrupted"
+
+
 def test_input_error_is_one_line_exit_2(monkeypatch, capsys):
   def boom(args):
     raise InputError("the reason")

@@ -15,9 +15,11 @@ backslash escapes instead of failing (`zipjax.io.paths.display`).
 """
 from __future__ import annotations
 
+import _thread
 import argparse
 import importlib
 import sys
+import threading
 
 from zipjax.errors import ZipjaxError
 
@@ -64,20 +66,65 @@ def _tolerant_streams() -> None:
         pass
 
 
+class _RedeliverSwallowedInterrupts:
+  """Python drops an exception raised inside a garbage-collector callback or a `__del__` (it prints "Exception
+  ignored in ..." through `sys.unraisablehook`). A Ctrl-C whose KeyboardInterrupt lands there (e.g. in jax's
+  `_xla_gc_callback`) would be lost and the command would run on. While active, such a KeyboardInterrupt is
+  delivered again to the main thread (`_thread.interrupt_main`, from a timer thread a moment later: raised inside
+  the hook it would be dropped again; landing in such a callback again, it is delivered again). One still
+  pending when the block ends is raised there. main's handler turns it into exit 130."""
+
+  def __enter__(self):
+    self._previous = sys.unraisablehook
+    self._lock = threading.Lock()
+    self._active, self._pending = True, []
+
+    def deliver(timer):
+      with self._lock:
+        if self._active:
+          self._pending.remove(timer)
+          _thread.interrupt_main()
+
+    def hook(unraisable):
+      if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        timer = threading.Timer(0.05, lambda: deliver(timer))
+        timer.daemon = True
+        with self._lock:
+          self._pending.append(timer)
+        timer.start()
+        return
+      self._previous(unraisable)
+
+    sys.unraisablehook = hook
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    sys.unraisablehook = self._previous
+    with self._lock:
+      self._active = False
+      pending, self._pending = self._pending, []
+    for timer in pending:
+      timer.cancel()
+    if pending and exc_type is None:
+      raise KeyboardInterrupt
+    return False
+
+
 def main(argv=None) -> int:
   _tolerant_streams()
   command = "?"
   try:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    command = args.command
-    if extra:  # only commands that declare ACCEPTS_CONFIG_OVERRIDES take `--config.key=value` items
-      module = importlib.import_module(f"zipjax.commands.{COMMANDS[args.command]}")
-      if not getattr(module, "ACCEPTS_CONFIG_OVERRIDES", False) or not all(
-          a.startswith("--config.") or not a.startswith("-") for a in extra):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-      args.config_overrides = extra
-    return int(args._run(args) or 0)
+    with _RedeliverSwallowedInterrupts():
+      parser = build_parser()
+      args, extra = parser.parse_known_args(argv)
+      command = args.command
+      if extra:  # only commands that declare ACCEPTS_CONFIG_OVERRIDES take `--config.key=value` items
+        module = importlib.import_module(f"zipjax.commands.{COMMANDS[args.command]}")
+        if not getattr(module, "ACCEPTS_CONFIG_OVERRIDES", False) or not all(
+            a.startswith("--config.") or not a.startswith("-") for a in extra):
+          parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.config_overrides = extra
+      return int(args._run(args) or 0)
   except ZipjaxError as e:
     print(f"zipjax {command}: error: {e}", file=sys.stderr)
     return EXIT_USAGE
