@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests.pipeline.test_refine import _numpy_select
 from zipjax import configs
@@ -65,6 +66,7 @@ def test_select_classes():
   assert not np.asarray(ok).any()
 
 
+@pytest.mark.slow  # bf16 towers; the float32 towers are checked against the old path by tests/test_engine.py
 def test_image_towers_run_in_the_config_dtype():
   """The engine's standalone image towers (ResNet variables pruned after the stage) run bf16 matmuls when the
   config says so, within bf16 rounding of their float32 result (tests/test_engine.py checks the float32 towers
