@@ -86,6 +86,7 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
   full = tmp_path / "full"
   r = _run(data, full)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert len(os.listdir(data / "cache" / "xla")) > 0  # ZIPJAX_XLA_CACHE=1: the run filled <ZIPJAX_CACHE>/xla
 
   killed = tmp_path / "killed"
   rc, _ = _interrupt(data, killed, signal.SIGKILL, EVERY + 1)

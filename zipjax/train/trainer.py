@@ -40,8 +40,10 @@ process 0 writes metrics and runs the COCO evaluation.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -288,6 +290,22 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
+@contextlib.contextmanager
+def _quiet_orbax_read_only():
+  """Drops orbax's "Given directory is read only=..." warning (absl), logged each time a reader opens a run's
+  checkpoints read-only on purpose; every other message passes."""
+  logger = logging.getLogger("absl")
+
+  def keep(record):
+    return not str(record.getMessage()).startswith("Given directory is read only")
+
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
 class Checkpoints:
   """orbax CheckpointManager of `W/checkpoints`: items `state` (PyTree), `data` (grain iterator), `meta` (JSON).
 
@@ -302,14 +320,19 @@ class Checkpoints:
     self._ocp = ocp
     self._grain = grain
     self.directory = os.path.abspath(directory)
-    # the trainer decides when to save (every `every` steps, at the end, on SIGTERM) and forces each save
-    options = ocp.CheckpointManagerOptions(save_interval_steps=max(int(every), 1), max_to_keep=max(int(keep), 1),
-                                           enable_async_checkpointing=bool(asynchronous), create=not read_only,
-                                           read_only=read_only, cleanup_tmp_directories=not read_only)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+    # the trainer decides when to save (every `every` steps, at the end, on SIGTERM) and forces each save;
+    # a reader (detect, self-training's prediction) opens the folder read-only with the options orbax expects
+    # of a reader, so orbax has nothing to warn about
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=0 if read_only else max(int(every), 1),
+        max_to_keep=None if read_only else max(int(keep), 1),
+        enable_async_checkpointing=bool(asynchronous), create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only)
+    with _quiet_orbax_read_only():
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self):
     return self.manager.latest_step()
