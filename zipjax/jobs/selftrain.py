@@ -286,14 +286,14 @@ def _local_params(rd: str, cfg, mesh):
   """The round's final parameters, replicated over `mesh` (this process's devices)."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from zipjax.train import sharding as shard_lib  # pylint: disable=import-outside-toplevel
+  from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   if jax.process_count() == 1:
     return tr.load_params(rd, cfg, mesh)[0]
-  global_mesh = shard_lib.make_mesh([("data", -1)])  # orbax restores onto all processes' devices
+  global_mesh = parallel.create_mesh([("data", -1)])  # orbax restores onto all processes' devices
   params, _ = tr.load_params(rd, cfg, global_mesh)
   host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), params)
-  return jax.device_put(host, shard_lib.replicated(mesh))
+  return jax.device_put(host, parallel.replicated(mesh))
 
 
 def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: str, r: int, progress: bool = True,
@@ -304,7 +304,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
 
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
   from zipjax.io.results import encode_rle  # pylint: disable=import-outside-toplevel
-  from zipjax.train import sharding as shard_lib  # pylint: disable=import-outside-toplevel
+  from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
   out_dir = os.path.join(rd, PREDICTIONS_DIR)
@@ -328,7 +328,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
   agnostic = bool(cfg.data.class_agnostic)
   names = _train_names(rd)
   if todo:
-    mesh = shard_lib.make_mesh([("data", -1)], jax.local_devices())
+    mesh = parallel.create_mesh([("data", -1)], jax.local_devices())
     params = _local_params(rd, cfg, mesh)
     queries = tr.class_queries(cfg, tr.text_encoder(cfg), names)  # [Q, D]
     predictor = DetectorPredictor(tr.detector_config(cfg), mesh, int(cfg.eval.batch_size),
