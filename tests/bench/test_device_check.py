@@ -9,6 +9,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "bench", "device_check.py")
@@ -52,6 +53,7 @@ def test_refuses_the_cpu_without_allow_cpu():
   assert r.returncode == 2 and "--allow-cpu" in r.stderr
 
 
+@pytest.mark.slow  # ~50 s: the whole script in a subprocess (the FLOP counter and the refusal stay default)
 def test_runs_on_cpu_with_smoke_models():
   r = subprocess.run([sys.executable, SCRIPT, "--allow-cpu", "--smoke", "--classes", "4", "--min-calls", "1",
                       "--min-seconds", "0", "--image-size", "120", "160", "--train-steps", "2", "--train-seconds", "0"],
