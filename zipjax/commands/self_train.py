@@ -48,13 +48,10 @@ def gallery_line(out_dir: str) -> str | None:
 
 
 def run(args) -> int:
-  from zipjax.commands.common import (  # pylint: disable=import-outside-toplevel
-      apply_overrides, enable_compilation_cache, load_config_file)
-  from zipjax.config_check import check_selftrain_config  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.common import enable_compilation_cache  # pylint: disable=import-outside-toplevel
+  from zipjax.commands.train import resolve_config  # pylint: disable=import-outside-toplevel
   from zipjax.jobs import selftrain  # pylint: disable=import-outside-toplevel
-  config = load_config_file(args.config)
-  apply_overrides(config, getattr(args, "config_overrides", []) or [])
-  check_selftrain_config(config)  # every value, after the overrides, before anything is built
+  config = resolve_config(args, family="selftrain")
   enable_compilation_cache()
   log = lambda m: print(m, file=sys.stderr)  # noqa: E731
   res = selftrain.self_train(config, args.pseudo_json, args.images_root, args.workdir, gt_json=args.gt_json,

@@ -36,12 +36,14 @@ def add_parser(sub):
   return p
 
 
-def resolve_config(args):
+def resolve_config(args, family: str = "train"):
+  """`--config FILE` with the `--config.KEY=VALUE` overrides applied, every value checked against `family`'s rules
+  (zipjax.config_check: 'train', or 'selftrain' for `zipjax self-train`) before anything is built."""
   from zipjax.commands.common import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
-  from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
+  from zipjax.config_check import check_selftrain_config, check_train_config  # pylint: disable=import-outside-toplevel
   config = load_config_file(args.config)
   apply_overrides(config, getattr(args, "config_overrides", []) or [])
-  return check_train_config(config)  # every value, after the overrides, before anything is built
+  return (check_selftrain_config if family == "selftrain" else check_train_config)(config)
 
 
 def run(args) -> int:
