@@ -153,3 +153,98 @@ def test_hypothesis_small_integer_costs(cost, valid, scale):
   batch = np.broadcast_to(c, (B, N, T)).copy()
   index = _batch(batch, np.broadcast_to(valid, (B, T)).copy())
   _check(c, valid, index[0])
+
+
+# Candidate mode for real: T >= 2 targets and N > T^2 predictions, so `assign` (candidates=None) reduces the search
+# to the union of each target's T cheapest predictions. The lemma needs all T of them (module docstring of
+# zipjax.train.matcher): the cases below are built so that keeping T - 1 per target loses the optimum.
+CB, CN, CT = 8, 40, 6  # 6 * 6 < 40
+
+
+def _shared_cheapest(rng):
+  """Every target ranks the SAME T predictions cheapest, and the same one of them last (the others in random
+  order; the rest cost 10 + noise): the union of the T cheapest is exactly those T, all of them needed, while
+  with T - 1 per target the union would hold T - 1 predictions for T targets."""
+  cost = 10.0 + rng.random((CB, CN, CT))
+  for b in range(CB):
+    shared = rng.choice(CN, CT, replace=False)
+    cost[b, shared[:-1], :] = rng.random((CT - 1, CT))
+    cost[b, shared[-1], :] = 1.0 + rng.random(CT)
+  return cost.astype(np.float32)
+
+
+def _needs_the_t_th_cheapest(rng):
+  """The optimum matches some target to its T-th cheapest prediction while the union of every target's T - 1
+  cheapest still has >= T predictions (so a one-short reduction gives a feasible but worse matching).
+
+  Targets 0..T-2 share the T - 1 cheapest predictions S (cost ~0); their T-th cheapest is a private prediction
+  B_t (cost ~1). The last target ("the intruder") has S minus one element, plus its own C (cost ~5), as its
+  T - 1 cheapest, the last element of S at ~6. Inside the one-short union S + {C}: intruder -> C, others -> S,
+  about 5. The optimum: intruder -> S, one other target -> its B_t, about 1. Predictions and targets are
+  shuffled per problem; small noise breaks ties."""
+  cost = np.full((CB, CN, CT), 100.0) + rng.random((CB, CN, CT))
+  for b in range(CB):
+    pred = rng.permutation(CN)
+    tgt = rng.permutation(CT)
+    s, c, own = pred[:CT - 1], pred[CT - 1], pred[CT:2 * CT - 1]
+    others, intruder = tgt[:CT - 1], tgt[CT - 1]
+    for k, t in enumerate(others):
+      cost[b, s, t] = 0.01 * rng.random(CT - 1)
+      cost[b, own[k], t] = 1.0 + 0.01 * rng.random()
+    cost[b, s[:-1], intruder] = 0.01 * rng.random(CT - 2)
+    cost[b, c, intruder] = 5.0 + 0.01 * rng.random()
+    cost[b, s[-1], intruder] = 6.0 + 0.01 * rng.random()
+  return cost.astype(np.float32)
+
+
+def _check_against_one_short(cost, valid):
+  """The case is a real test of the reduction: the optimum restricted to each valid target's T - 1 cheapest
+  predictions (union) is infeasible or strictly worse than scipy's unrestricted optimum."""
+  n, t = cost.shape
+  a = cost[:, valid].astype(np.float64)
+  k = max(1, t - 1)
+  union = np.unique(np.argsort(a, axis=0, kind="stable")[:k].ravel())
+  full = _scipy_cost(cost, valid)
+  if len(union) < a.shape[1]:
+    return True
+  r, c = linear_sum_assignment(a[union])
+  return a[union][r, c].sum() > full + 1e-3
+
+
+@pytest.mark.parametrize("make", [_shared_cheapest, _needs_the_t_th_cheapest])
+def test_candidate_mode_needs_every_targets_t_cheapest(make):
+  rng = np.random.default_rng(11)
+  cost = make(rng)
+  valid = np.ones((CB, CT), bool)
+  assert all(_check_against_one_short(cost[b], valid[b]) for b in range(CB))  # the cases bite
+  for cand in (None, True):  # None: T * T < N, the reduction is on by default
+    index = _batch(cost, valid, candidates=cand)
+    for b in range(CB):
+      _check(cost[b], valid[b], index[b], rtol=1e-6, atol=1e-5)
+
+
+def test_candidate_mode_adversarial_with_padded_targets():
+  """Padded targets (valid=False) take no candidate slots: the valid targets still get their T cheapest each
+  (T counts the padded targets too, so the reduction keeps more than needed, never fewer)."""
+  rng = np.random.default_rng(12)
+  cost = _needs_the_t_th_cheapest(rng)
+  valid = np.ones((CB, CT), bool)
+  valid[::2, 0] = False
+  index = _batch(cost, valid)
+  for b in range(CB):
+    _check(cost[b], valid[b], index[b], rtol=1e-6, atol=1e-5)
+
+
+def test_candidate_mode_union_of_t_squared_predictions():
+  """Every target has its own T cheapest predictions (disjoint, shuffled): the union holds T^2 predictions, the
+  most the reduced search keeps; none may be cut."""
+  rng = np.random.default_rng(13)
+  cost = (10.0 + rng.random((CB, CN, CT))).astype(np.float32)
+  for b in range(CB):
+    own = rng.permutation(CN)[:CT * CT].reshape(CT, CT)
+    for t in range(CT):
+      cost[b, own[t], t] = rng.random(CT)
+  valid = np.ones((CB, CT), bool)
+  index = _batch(cost, valid)
+  for b in range(CB):
+    _check(cost[b], valid[b], index[b], rtol=1e-6, atol=1e-5)
