@@ -122,6 +122,20 @@ def test_alone_and_in_other_positions(one, images, reference):
     _assert_identical(a, b)
 
 
+def test_padding_row_of_the_compiled_step_keeps_nothing(one, images):
+  """The engine's compiled step (SAM on, the smoke config) on a local batch whose second row is a copy of the
+  first with valid=False: that row computes the same instances and keeps none (tests/pipeline/test_step.py
+  checks the step without SAM)."""
+  item = prepare(images[0], one.spec)
+  local = {k: np.stack([v] * one.local_batch) for k, v in item.arrays.items()}
+  local["valid"] = np.arange(one.local_batch) == 0
+  out = one._program(item.bucket)(one.params, one.text, parallel.global_batch(local, one.mesh))
+  keep, score = (parallel.local_numpy(out[k]) for k in ("keep_valid", "keep_score"))
+  assert keep[0].any(), "the real row keeps nothing: the test could not see a padding row's instances"
+  np.testing.assert_array_equal(score[1:], np.broadcast_to(score[0], score[1:].shape))
+  assert not keep[1:].any(), "instances of a valid=False padding row are kept"
+
+
 def test_segmenter_runs_on_the_engine(models, images, one):
   seg = Segmenter(_config(), *models, mesh=one.mesh)
   seg.set_classes(NAMES)

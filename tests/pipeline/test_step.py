@@ -1,5 +1,6 @@
 """Pieces of the engine's device step (zipjax/pipeline/step.py) against NumPy: the selection (min score,
-per-class mask NMS as one NMS with cross-class IoU zeroed, top-k), the present-class slots and their bound."""
+per-class mask NMS as one NMS with cross-class IoU zeroed, top-k), the present-class slots and their bound, and
+the whole step on a batch with a valid=False padding row (nothing of it kept)."""
 import dataclasses
 import re
 
@@ -92,3 +93,34 @@ def test_image_towers_run_in_the_config_dtype():
     assert re.search(r"bf16\[[\d,]*\] = (dot_general|conv_general_dilated)", jaxpr)
     got = np.asarray(run(bf16, variables), np.float32)
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+
+def test_padding_rows_keep_nothing():
+  """A batch row with valid=False (the engine pads a local batch with such rows) keeps no instance, even when its
+  pixels are those of a real image whose own row keeps some: row 1 is an exact copy of row 0 except `valid`.
+  The step without SAM (the mask is applied after either branch; tests/test_engine.py checks the SAM step the
+  same way on its compiled program)."""
+  from tests.pipeline.test_zip_pipeline import scene  # pylint: disable=import-outside-toplevel
+  from tests.test_engine import NAMES, _config  # pylint: disable=import-outside-toplevel
+  from zipjax import parallel  # pylint: disable=import-outside-toplevel
+  from zipjax.engine import Engine, prepare  # pylint: disable=import-outside-toplevel
+  config = _config()
+  config.sam.enabled = False
+  config.semantic.input_size = 64  # 4 x 4 tokens and a 128 px boundary input: the smoke models, small inputs
+  config.boundary.input_size = 128
+  config.boundary.size_multiple = 32
+  eng = Engine(config, random_init=True, mesh=parallel.create_mesh([("data", -1)], jax.devices()[:1]),
+               text_cache=None)
+  eng.set_classes(NAMES)
+  item = prepare(scene(0, 150, 200), eng.spec)
+  batch = {k: np.stack([v, v]) for k, v in item.arrays.items()}
+  batch["valid"] = np.asarray([True, False])
+  fn = step.make_step(eng.step_spec, eng.semantic_cfg, eng.boundary_cfg, eng.sam_cfg)
+  out = jax.jit(fn)(eng.params, eng.text, batch)
+  keep = np.asarray(out["keep_valid"])
+  assert keep.shape[0] == 2
+  assert keep[0].any(), "the real row keeps nothing: the test could not see a padding row's instances"
+  for k in ("keep_category", "keep_score", "keep_box"):  # the padding row computed the same instances ...
+    np.testing.assert_array_equal(np.asarray(out[k])[0], np.asarray(out[k])[1])
+  assert not keep[1].any(), "instances of a valid=False padding row are kept"  # ... and keeps none of them
