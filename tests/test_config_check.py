@@ -1,5 +1,6 @@
 """zipjax.config_check: every field of every preset and config file has a rule (the segment / label family and the
-train family of configs/train_*.py, the self-train family of configs/selftrain_*.py); bad values (CLI overrides included) are refused, all problems in one error."""
+train family of configs/train_*.py, the self-train family of configs/selftrain_*.py); bad values (CLI overrides included) are refused, all problems in one error;
+every numeric field's intended bounds, stated independently of the rules (`BOUNDS`), hold."""
 import copy
 import glob
 import math
@@ -287,3 +288,197 @@ def test_detect_cli_bad_override_exit_2_before_loading(tmp_path, monkeypatch, ca
                  "--classes", "orange", "--out", str(tmp_path / "o"), "--config.detect.score_threshold=2"])
   err = capsys.readouterr().err
   assert rc == 2 and "config.detect.score_threshold = 2" in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------- intended bounds, stated independently
+# test_each_*field_refuses_a_bad_value above take their bad value from the rule under test (lo - 1), so a wrong
+# bound (say `semantic.text_batch_size >= 0`) is invisible to them. This table states what each numeric field
+# may hold from what the field MEANS (the comments of zipjax/configs.py, configs/train_smoke.py,
+# configs/selftrain_smoke.py and the modules they name), not from config_check's tables: values that must be
+# refused and values that must pass, the passing ones at the boundary where there is one (so a rule that is too
+# strict fails as well). It is the contract the rules implement; keep it when the schema is rewritten.
+# Rows: (family, field, must refuse, must pass, why; fields set first for both). "train" rows are checked in the
+# train and the self-train family (which extends it).
+_POS = "a count / size / period: 0 or less hangs, divides by zero or builds empty arrays"
+BOUNDS = [
+    # ---- segment / label family (zipjax/configs.py)
+    ("segment", "batch_size", [0, -1], [1], "images per step: 0 makes no progress"),
+    ("segment", "models.seed", [-1], [0, 12345], "a seed: non-negative"),
+    ("segment", "input.min_side", [0, -1], [1], "refuse shorter sides below it: 0 admits 0-pixel images (the "
+     "resize divides by the side)"),
+    ("segment", "input.max_side", [0, 31], [32], "refuse longer sides above it: below min_side refuses all"),
+    ("segment", "input.max_aspect", [0.0, 0.5], [1.0], "long / short >= 1 always: below 1 refuses every image"),
+    ("segment", "semantic.input_size", [0, -16], [16], "the resized square's side"),
+    ("segment", "semantic.logit_scale", [0.0, -1.0], [1e-3], "softmax temperature: 0 makes every class "
+     "equally likely, < 0 reverses the ranking"),
+    ("segment", "semantic.text_batch_size", [0, -1], [1], "prompts per text-encoder call: " + _POS),
+    ("segment", "boundary.input_size", [0, -1], [1], "the resized shorter side"),
+    ("segment", "boundary.stage", [-1, 5], [0, 4], "ModifiedResNet output: 0 = stem, 1..4 = layer1..layer4"),
+    ("segment", "boundary.size_multiple", [-1], [0, 1], "round the longer side to a multiple (0: exact size)"),
+    ("segment", "boundary.bucket_ratios", [[], [0.5], [1.5, 1.0], [1.0, 1.0]], [[1.0], [1.0, 2.0]],
+     "long / short ratios of the buckets: >= 1, increasing, at least one"),
+    ("segment", "discover.num_clusters", [0, -1], [1], "k-means K: " + _POS, {"discover.init": "linspace"}),
+    ("segment", "discover.max_iters", [0, -1], [1], "Lloyd iterations: one at least gives an assignment"),
+    ("segment", "discover.rtol", [-1e-5], [0.0], "a tolerance: non-negative"),
+    ("segment", "discover.atol", [-1e-8], [0.0], "a tolerance: non-negative"),
+    ("segment", "discover.semantic.min_foreground_clusters", [-1], [0], "a count of seeds"),
+    ("segment", "discover.semantic.cells_per_cluster", [0, -1], [1], "one more seed per this many cells: 0 "
+     "divides by zero"),
+    ("segment", "discover.semantic.background_clusters", [-1], [0], "a count of seeds"),
+    ("segment", "discover.activation_factor", [-0.1], [0.0], "a factor of the mean activation"),
+    ("segment", "discover.top_k_clusters", [0, -1], [1], "candidate clusters: " + _POS),
+    ("segment", "discover.min_activated_fraction", [-0.1, 1.0, 1.5], [0.0, 0.99],
+     "keep a fragment if activated / cells > this: the fraction is <= 1, so 1 or more keeps nothing ever"),
+    ("segment", "discover.max_bbox_ratio", [0.0, 0.5, 1.0], [1.01, 3.0],
+     "keep a fragment if bbox area / cells < this: the ratio is >= 1, so 1 or less keeps nothing ever"),
+    ("segment", "discover.min_instance_cells", [-1], [0], "a cell count"),
+    ("segment", "discover.connectivity", [0, 6], [4, 8], "4- or 8-connectivity"),
+    ("segment", "discover.max_instances", [0, -1], [1], "static padded instance count: " + _POS),
+    ("segment", "discover.max_fragments", [0, -1], [1], "static padded fragment count: " + _POS),
+    ("segment", "discover.max_cc_iters", [-1], [0, 1], "propagation rounds (0: until converged)"),
+    ("segment", "sam.mask_threshold", [math.nan, math.inf], [-5.0, 0.0], "a logit: any finite number"),
+    ("segment", "sam.max_boxes", [0, -1], [1], "static box prompts per call: " + _POS),
+    ("segment", "scoring.presence_threshold", [-0.1, 1.1], [0.0, 1.0], "a probability"),
+    ("segment", "scoring.nms_threshold", [-0.1, 1.1], [0.0, 1.0], "a mask IoU"),
+    ("segment", "scoring.min_score", [-0.1, 1.1], [0.0, 1.0], "a score in [0, 1]"),
+    ("segment", "scoring.max_per_image", [0, -1], [1], "top-k: " + _POS),
+    ("segment", "scoring.max_present_classes", [-1], [0, 1], "static class slots (0: the automatic bound)"),
+    ("segment", "output.overlay_max_side", [0, -1], [1], "a side in pixels"),
+    ("segment", "label.shard_size", [0, -1], [1], "images per shard file: 0 never writes one"),
+    ("segment", "label.workers", [0, -1], [1], "decoding threads: 0 decodes nothing"),
+    ("segment", "label.prefetch", [0, -1], [1], "buffered images: 0 as a queue bound means no bound"),
+    ("segment", "label.max_pending", [-1], [0, 1], "queued images at most (0: automatic); < 0 queues none"),
+    ("segment", "mesh", [[], [("data", 0)], [("data", -1), ("model", -1)]], [[("data", -1)], [("data", 1)]],
+     "axis sizes >= 1, or -1 (the rest) once"),
+    # ---- train family (configs/train_smoke.py; the self-train family has every one of these)
+    ("train", "seed", [-1], [0], "a seed: non-negative"),
+    ("train", "total_steps", [0, -1], [1], "training steps: 0 trains nothing (the schedule divides by it)",
+     {"optim.warmup_steps": 0}),
+    ("train", "batch_size", [0, -1], [1], "examples per step: " + _POS),
+    ("train", "log_every", [0, -1], [1], "a period in steps: step % 0"),
+    ("train", "xla_opt_level", [-2, 4], [-1, 0, 3], "XLA backend level 0..3, -1: XLA's default"),
+    ("train", "model.input_size", [0, -16], [16], "input side, a multiple of the patch (16)"),
+    ("train", "model.patch_size", [0, -16], [4, 32], "patch side: divides input_size 128, a power-of-two "
+     "multiple of mask_stride 4"),
+    ("train", "model.width", [0, -2], [2], "ViT width, a multiple of heads (2)"),
+    ("train", "model.layers", [0, -1], [1], "ViT depth"),
+    ("train", "model.heads", [0, -1], [1], "attention heads: width % 0 divides by zero"),
+    ("train", "model.embed_dim", [0, -1], [1], "query width"),
+    ("train", "model.mask_stride", [0, 3], [1, 16], "pixel-embedding stride: a power of two dividing the patch"),
+    ("train", "model.mask_dim", [0, -1], [1], "mask embedding width"),
+    ("train", "model.pixel_width", [0, -1], [1], "pixel decoder channels"),
+    ("train", "model.stem_width", [-1], [0, 1], "stem channels (0: no stem)"),
+    ("train", "model.prior_prob", [0.0, 1.0, -0.5], [0.5, 1e-6], "a probability whose logit is a bias: 0 and 1 "
+     "give infinite logits"),
+    ("train", "model.drop_path", [-0.1, 1.0], [0.0, 0.9], "a drop rate < 1 (1 drops every block)"),
+    ("train", "model.top_k", [0, -1], [1], "detections kept per image"),
+    ("train", "loss.focal_alpha", [-0.1, 1.1], [0.0, 1.0], "a class balance weight in [0, 1]"),
+    ("train", "loss.focal_gamma", [-1.0], [0.0], "a focusing exponent: non-negative"),
+    *[("train", f"loss.{k}", [-1.0], [0.0], "a cost / loss weight: non-negative (< 0 rewards the error)")
+      for k in ("cost_class", "cost_l1", "cost_giou", "cost_mask", "class_weight", "l1_weight", "giou_weight",
+                "dice_weight", "mask_bce_weight", "objectness_weight")],
+    ("train", "loss.cost_mask_points", [0, -1], [1], "sampled pixels of the mask cost: a mean over 0 points"),
+    ("train", "loss.mask_points", [-1], [0, 1], "sampled pixels of the mask loss (0: every pixel)"),
+    ("train", "loss.drop_loss_iou", [-0.1, 1.1], [0.0, 1.0], "a box IoU"),
+    *[("train", f"text.arch.{k}", [0, -1], [1], "text tower size") for k in (
+        "context_length", "vocab_size", "transformer_width", "transformer_layers")],
+    ("train", "text.arch.transformer_heads", [0, -1], [1], "attention heads: width % 0 divides by zero"),
+    ("train", "text.seed", [-1], [0], "a seed: non-negative"),
+    ("train", "data.seed", [-1], [0], "a seed: non-negative"),
+    ("train", "data.fraction_seed", [-1], [0], "a seed: non-negative"),
+    ("train", "data.workers", [-1], [0, 1], "decoding processes (0: in the main process)"),
+    ("train", "data.threads", [-1], [0, 1], "prefetch threads (0: one)"),
+    ("train", "data.max_instances", [0, -1], [1], "T targets per image: static size of the matcher's problem"),
+    ("train", "data.min_scale", [0.0, -0.5], [0.1], "a scale: 0 makes a 0-pixel image"),
+    ("train", "data.max_scale", [0.0, 0.5], [0.6], "a scale >= min_scale (0.6)"),
+    ("train", "data.hflip", [-0.1, 1.5], [0.0, 1.0], "a probability"),
+    ("train", "data.min_area", [-1.0], [0.0], "an area in pixels"),
+    ("train", "data.fraction", [0.0, -0.1, 1.1], [0.01, 1.0], "a fraction of the images: 0 leaves an empty "
+     "dataset (an epoch of no batches)"),
+    ("train", "data.min_score", [-0.1, 1.1], [0.0, 1.0], "a score in [0, 1]"),
+    ("train", "optim.lr", [0.0, -1e-3], [1e-6], "a learning rate: 0 trains nothing (freeze with lr_multipliers)"),
+    ("train", "optim.end_factor", [-0.1], [0.0, 1.0], "a factor of lr: non-negative"),
+    ("train", "optim.warmup_steps", [-1, 301], [0, 300], "warm-up steps within total_steps (300)"),
+    ("train", "optim.weight_decay", [-0.1], [0.0], "a decay rate: non-negative"),
+    ("train", "optim.b1", [-0.1, 1.0], [0.0, 0.999], "Adam decay: the bias correction divides by 1 - b1**t, 0 "
+     "at b1 = 1 (NaN parameters)"),
+    ("train", "optim.b2", [-0.1, 1.0], [0.0, 0.999], "Adam decay: the bias correction divides by 1 - b2**t, 0 "
+     "at b2 = 1 (NaN parameters)"),
+    ("train", "optim.eps", [0.0, -1e-8], [1e-12], "Adam's denominator offset: 0 divides 0 by 0 for a zero "
+     "gradient"),
+    ("train", "optim.clip_norm", [-1.0], [0.0, 1.0], "a gradient norm (0: no clipping)"),
+    ("train", "optim.lr_multipliers", [[("^x", -1.0)], [("(", 1.0)]], [[], [("^x", 0.0)]],
+     "(regex, multiplier >= 0): 0 freezes, < 0 ascends"),
+    ("train", "fsdp_min_size", [-1], [0], "an element count"),
+    ("train", "checkpoint.every", [0, -1], [1], "a period in steps: step % 0"),
+    ("train", "checkpoint.keep", [0, -1], [1], "checkpoints kept: 0 deletes the one a resume needs"),
+    ("train", "eval.every", [-1], [0, 1], "a period in steps (0: only at the end)"),
+    ("train", "eval.batch_size", [0, -1], [1], "images per call: " + _POS),
+    ("train", "eval.score_threshold", [-0.1, 1.1], [0.0, 1.0], "a score in [0, 1]"),
+    ("train", "detect.batch_size", [0, -1], [1], "images per call: " + _POS),
+    ("train", "detect.score_threshold", [-0.1, 1.1], [0.0, 1.0], "a score in [0, 1]"),
+    ("train", "detect.overlay_max_side", [0, -1], [1], "a side in pixels"),
+    ("train", "input.min_side", [0, -1], [1], "as the segment family's"),
+    ("train", "input.max_side", [0, 31], [32], "as the segment family's"),
+    ("train", "input.max_aspect", [0.0, 0.5], [1.0], "as the segment family's"),
+    ("train", "mesh", [[], [("data", 0)]], [[("data", -1)]], "as the segment family's"),
+    # ---- self-train family (configs/selftrain_smoke.py: rounds 2)
+    ("selftrain", "selftrain.rounds", [-1], [0, 1], "rounds after round 0 (0: round 0 only)"),
+    ("selftrain", "selftrain.thresholds", [[1.5, 0.2], [-0.1, 0.2]], [[0.0, 1.0]], "scores in [0, 1]"),
+    ("selftrain", "selftrain.max_dets", [0, -1], [1], "new labels per image and round"),
+    ("selftrain", "selftrain.dedup_iou", [0.0, -0.1, 1.1], [0.01, 1.0], "a mask IoU > 0: at 0 every pair of "
+     "labels is one object"),
+    ("selftrain", "selftrain.min_area", [-1.0], [0.0], "an area in pixels"),
+    ("selftrain", "selftrain.steps", [0, -1, [0], [10, 0, 10]], [1, [], [1], [1, 1, 1]],
+     "steps per round: each >= 1"),
+    ("selftrain", "selftrain.predict_min_score", [-0.1, 1.1], [0.0, 1.0], "a score in [0, 1]"),
+    ("selftrain", "selftrain.predict_max_dets", [0, -1], [1], "saved predictions per image"),
+    ("selftrain", "selftrain.predict_chunk", [0, -1], [1], "images per part file: 0 never finishes a part"),
+]
+
+_BASE_FILES = {"train": "train_smoke.py", "selftrain": "selftrain_smoke.py"}
+_BASE_CACHE: dict = {}
+
+
+def _base(family):
+  if family == "segment":
+    return configs.zip()
+  if family not in _BASE_CACHE:
+    _BASE_CACHE[family] = load_config_file(os.path.join(ROOT, "configs", _BASE_FILES[family]))
+  return copy.deepcopy(_BASE_CACHE[family])
+
+
+def _bound_cases():
+  for row in BOUNDS:
+    family, path, bad, good, why = row[:5]
+    extra = row[5] if len(row) > 5 else {}
+    for fam in (("train", "selftrain") if family == "train" else (family,)):
+      yield pytest.param(fam, path, bad, good, extra, id=f"{fam}:{path}")
+
+
+@pytest.mark.parametrize("family,path,bad,good,extra", list(_bound_cases()))
+def test_intended_bounds(family, path, bad, good, extra):
+  """Each value the table refuses gives exactly one problem, naming the field; each value it passes gives none."""
+  leaf = path.rsplit(".", 1)[-1]
+  for value in bad:
+    config = _base(family)
+    for k, v in extra.items():
+      _set(config, k, v)
+    problems = config_check.config_problems(_set(config, path, value), family=family)
+    assert len(problems) == 1 and leaf in problems[0], (path, value, problems)
+  for value in good:
+    config = _base(family)
+    for k, v in extra.items():
+      _set(config, k, v)
+    assert config_check.config_problems(_set(config, path, value), family=family) == [], (path, value)
+
+
+@pytest.mark.parametrize("family", ["segment", "train", "selftrain"])
+def test_intended_bounds_cover_every_numeric_field(family):
+  """A numeric field added to the rules needs its intended bounds in BOUNDS too (free text, booleans and
+  choices excepted; the custom list-valued fields of numbers are listed)."""
+  covered = {row[1] for row in BOUNDS if row[0] == family or (family == "selftrain" and row[0] == "train")}
+  numeric = {p for p, r in config_check.family_tables(family)[0].items()
+             if r.kind in ("int", "float") or p in ("mesh", "boundary.bucket_ratios", "optim.lr_multipliers",
+                                                     "selftrain.thresholds", "selftrain.steps")}
+  assert numeric <= covered, sorted(numeric - covered)

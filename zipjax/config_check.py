@@ -48,6 +48,7 @@ class Rule:
     hi: largest allowed value (numbers), or None.
     lo_open: `lo` itself is not allowed.
     choices: the allowed values of a 'choice' field.
+    hi_open: `hi` itself is not allowed.
   """
   kind: str
   lo: float | None = None
@@ -56,6 +57,7 @@ class Rule:
   choices: tuple = ()
   custom: Callable[[Any], bool] | None = None
   text: str = ""
+  hi_open: bool = False
 
   def describe(self) -> str:
     if self.kind == "custom":
@@ -69,13 +71,12 @@ class Rule:
     if self.kind == "arch":
       return "an architecture name or a dict of architecture fields"
     what = "an integer" if self.kind == "int" else "a finite number"
-    if self.lo is not None and self.hi is not None and not self.lo_open:
-      return f"{what} in [{self.lo:g}, {self.hi:g}]"
+    if self.lo is not None and self.hi is not None:
+      return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
     if self.lo is not None:
-      return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}" + (
-          f" and <= {self.hi:g}" if self.hi is not None else "")
+      return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
     if self.hi is not None:
-      return f"{what} <= {self.hi:g}"
+      return f"{what} {'<' if self.hi_open else '<='} {self.hi:g}"
     return what
 
   def problem(self, value: Any) -> str | None:
@@ -107,7 +108,7 @@ class Rule:
       return f"must be {self.describe()} (NaN and infinities are refused)"
     if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
       return f"must be {self.describe()}"
-    if self.hi is not None and value > self.hi:
+    if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
       return f"must be {self.describe()}"
     return None
 
@@ -117,8 +118,8 @@ def Int(lo: int | None = None, hi: int | None = None) -> Rule:  # pylint: disabl
 
 
 def Float(lo: float | None = None, hi: float | None = None,  # pylint: disable=invalid-name
-          lo_open: bool = False) -> Rule:
-  return Rule("float", lo, hi, lo_open)
+          lo_open: bool = False, hi_open: bool = False) -> Rule:
+  return Rule("float", lo, hi, lo_open, hi_open=hi_open)
 
 
 def Choice(*choices) -> Rule:  # pylint: disable=invalid-name
@@ -229,8 +230,10 @@ RULES: dict[str, Rule] = {
     "discover.activation_factor": Float(0.0),
     "discover.top_k_clusters": Int(1),
     "discover.count_background_in_top_k": BOOL,
-    "discover.min_activated_fraction": PROBABILITY,
-    "discover.max_bbox_ratio": Float(0.0, lo_open=True),
+    # a fragment is kept when activated cells / cells > min_activated_fraction (a fraction <= 1) and bbox area /
+    # cells < max_bbox_ratio (>= 1: the box covers every cell): 1 or more, resp. 1 or less, keeps nothing ever
+    "discover.min_activated_fraction": Float(0.0, 1.0, hi_open=True),
+    "discover.max_bbox_ratio": Float(1.0, lo_open=True),
     "discover.min_instance_cells": Int(0),
     "discover.connectivity": Choice(4, 8),
     "discover.max_instances": Int(1),
@@ -380,8 +383,9 @@ TRAIN_RULES: dict[str, Rule] = {
     "optim.end_factor": Float(0.0),
     "optim.warmup_steps": Int(0),
     "optim.weight_decay": Float(0.0),
-    "optim.b1": Float(0.0, 1.0),
-    "optim.b2": Float(0.0, 1.0),
+    # Adam's bias corrections divide by 1 - b**step: b = 1 gives 0 / 0 (NaN parameters after the first step)
+    "optim.b1": Float(0.0, 1.0, hi_open=True),
+    "optim.b2": Float(0.0, 1.0, hi_open=True),
     "optim.eps": Float(0.0, lo_open=True),
     "optim.clip_norm": Float(0.0),      # 0: no clipping
     "optim.lr_multipliers": Custom("a list of (regex, multiplier >= 0) pairs", _lr_multipliers),
