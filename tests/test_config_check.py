@@ -1,6 +1,7 @@
 """zipjax.config_check: every field of every preset and config file has a rule (the segment / label family and the
-train family of configs/train_*.py, the self-train family of configs/selftrain_*.py); bad values (CLI overrides included) are refused, all problems in one error;
-every numeric field's intended bounds, stated independently of the rules (`BOUNDS`), hold."""
+train family of configs/train_*.py, the self-train family of configs/selftrain_*.py); bad values (CLI overrides
+included) are refused, all problems in one error; every numeric field's intended bounds, stated independently of
+the rules (`BOUNDS`), hold."""
 import copy
 import glob
 import math
