@@ -126,6 +126,33 @@ def test_box_bias_and_untrained_boxes_are_grid_cells():
   np.testing.assert_allclose(expit(np.asarray(out["objectness"])), prior, rtol=1e-5)
 
 
+def test_ltrb_boxes_untrained_cells_and_translation_equivariance():
+  """box_param='ltrb': an untrained head predicts its own cell (as 'logit' does); the same head output moves a
+  token's box by the same amount wherever the token is (the logit parameterisation does not: the sigmoid's slope
+  at a border cell is a quarter of a central cell's)."""
+  g = 4
+  cells = expit(det.box_bias(g))
+  np.testing.assert_allclose(np.asarray(det.decode_boxes(jnp.zeros((g * g, 4)), g, "ltrb")), cells, atol=1e-6)
+  np.testing.assert_allclose(det.cell_centres(g), cells[:, :2], atol=1e-6)
+  raw = jnp.broadcast_to(jnp.asarray([0.3, -0.2, 0.5, 0.1]), (g * g, 4))
+  for param in ("ltrb", "logit"):
+    moved = np.asarray(det.decode_boxes(raw, g, param)) - cells  # [N, 4] change from the cell
+    same = np.allclose(moved, moved[:1], atol=1e-6)
+    assert same == (param == "ltrb"), (param, moved[[0, 5]])
+  # l, t, r, b = (0.5 / g) exp(raw): the left edge moves out by (exp(0.3) - 1) * half a cell
+  box = np.asarray(det.decode_boxes(raw, g, "ltrb"))[5]  # token (1, 1): centre (0.375, 0.375)
+  d = 0.5 / g * np.exp([0.3, -0.2, 0.5, 0.1])
+  np.testing.assert_allclose(box, [0.375 + (d[2] - d[0]) / 2, 0.375 + (d[3] - d[1]) / 2, d[0] + d[2], d[1] + d[3]],
+                             atol=1e-6)
+  cfg = TINY.replace(box_param="ltrb")
+  out, _ = _forward(cfg)(det.init_variables(cfg, 3), *_inputs(cfg))
+  np.testing.assert_allclose(np.asarray(out["pred_boxes"][0]), expit(det.box_bias(cfg.grid)), atol=1e-6)
+  with pytest.raises(InputError, match="box_param"):
+    TINY.replace(box_param="xyxy")
+  with pytest.raises(InputError, match="mask_nms"):
+    TINY.replace(mask_nms=1.5)
+
+
 def test_init_variables_structure_matches_flax_init():
   ours = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), det.init_variables(TINY, 0))
   flax = jax.eval_shape(functools.partial(det._init, TINY), jax.random.key(0))  # pylint: disable=protected-access
@@ -204,17 +231,6 @@ def test_postprocess_matches_numpy():
       ml = np.einsum("ke,hwe->khw", out["mask_embed"][i, tok], out["pixel_embed"][i])
       np.testing.assert_allclose(np.asarray(got["mask_logits"][i]), ml, rtol=1e-4, atol=1e-4)
     assert not np.any(np.asarray(got["classes"][1])[np.asarray(got["scores"][1]) > 0] == 2)
-  # box_source='mask': the tight box of each mask (logits > 0) at stride 8, the head's box for empty masks
-  out["mask_embed"][0, :, :] = 0.0  # image 0: empty masks everywhere
-  got = det.postprocess({k: jnp.asarray(v) for k, v in out.items()}, TINY.replace(box_source="mask"))
-  head = det.postprocess({k: jnp.asarray(v) for k, v in out.items()}, TINY)
-  np.testing.assert_allclose(np.asarray(got["boxes"][0]), np.asarray(head["boxes"][0]))
-  for k, tok in enumerate(np.asarray(got["tokens"][1])):
-    m = out["pixel_embed"][1] @ out["mask_embed"][1, tok] > 0  # [8, 8]
-    ys, xs = np.nonzero(m)
-    want = [xs.min() * 8, ys.min() * 8, (xs.max() + 1) * 8, (ys.max() + 1) * 8] if len(xs) else head["boxes"][1, k]
-    np.testing.assert_allclose(np.asarray(got["boxes"][1, k]), want)
-  assert np.asarray(det.mask_boxes(jnp.zeros((2, 3, 3), bool))).tolist() == [[0, 0, 0, 0]] * 2
 
 
 def test_drop_path_block_and_remat():

@@ -71,6 +71,13 @@ def np_set_loss(out, batch, cfg: LossConfig):
     cost += cfg.cost_l1 * np.abs(boxes[:, None] - tb[None]).sum(-1)
     iou, giou = _np_iou_giou(_xyxy(boxes), _xyxy(tb))
     cost -= cfg.cost_giou * giou
+    g = int(np.sqrt(n))
+    c = (np.arange(g) + 0.5) / g
+    cx, cy = np.meshgrid(c, c)  # token k = row k // g, column k % g
+    t = _xyxy(tb)
+    inside = ((cx.reshape(-1, 1) >= t[:, 0]) & (cx.reshape(-1, 1) <= t[:, 2]) & (cy.reshape(-1, 1) >= t[:, 1])
+              & (cy.reshape(-1, 1) <= t[:, 3]))  # [N, t]
+    cost += cfg.cost_center * (1 - inside)
     rows, cols = linear_sum_assignment(cost)
     pred = np.zeros(len(tb), int)
     pred[cols] = rows
@@ -153,7 +160,8 @@ def test_focal_dice_bce_hand_checked():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"drop_loss": True, "drop_loss_iou": 0.05, "objectness_loss": "bce",
-                                            "focal_alpha": 0.3, "cost_class": 1.0, "cost_l1": 1.0, "cost_giou": 1.0}])
+                                            "focal_alpha": 0.3, "cost_class": 1.0, "cost_l1": 1.0, "cost_giou": 1.0},
+                                       {"cost_center": 4.0}])
 def test_set_loss_matches_numpy_reference(overrides):
   cfg = LossConfig(**overrides)
   for seed in range(3):
@@ -187,6 +195,28 @@ def test_drop_loss_masks_only_unmatched_tokens_away_from_targets():
   # what DropLoss keeps: the matched token's positive term and token 1's negative terms
   want = _np_focal(0.5, 1.0, 0.25, 2.0) + _np_focal(-1.0, 0.0, 0.25, 2.0)
   assert float(dropped["class"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_center_prior_gives_the_target_to_a_token_inside_it():
+  """Token 0's box fits the target better, but its cell (top-left of a 2 x 2 grid) is outside the target; token 3's
+  cell centre is inside. Without the prior token 0 is matched, with cost_center token 3; a target that contains no
+  cell centre is matched as without the prior."""
+  boxes = np.array([[[0.66, 0.66, 0.22, 0.22], [0.1, 0.9, 0.1, 0.1], [0.9, 0.1, 0.1, 0.1],
+                     [0.7, 0.7, 0.2, 0.2]]], np.float32)
+  out = {"pred_boxes": jnp.asarray(boxes), "pred_logits": jnp.zeros((1, 4, 1)), "objectness": jnp.zeros((1, 4)),
+         "mask_embed": jnp.zeros((1, 4, 2)), "pixel_embed": jnp.zeros((1, 4, 4, 2))}
+  tgt = np.array([[[0.66, 0.66, 0.22, 0.22], [0.5, 0.05, 0.04, 0.04]]], np.float32)  # 2nd: no cell centre inside
+  batch = {"boxes": tgt, "labels": np.zeros((1, 2), np.int32), "masks": np.zeros((1, 2, 4, 4), bool),
+           "valid": np.ones((1, 2), bool), "query_valid": np.ones((1, 1), bool)}
+  cost = jax.jit(losses.matching_cost, static_argnums=2)
+  from zipjax.train import matcher  # pylint: disable=import-outside-toplevel
+  plain = np.asarray(matcher.match(cost(out, batch, LossConfig()), batch["valid"]))[0]
+  prior = np.asarray(matcher.match(cost(out, batch, LossConfig(cost_center=4.0)), batch["valid"]))[0]
+  assert plain[0] == 0 and prior[0] == 3
+  assert prior[1] == plain[1] == 2  # the nearest box, as without the prior
+  c0, c1 = np.asarray(cost(out, batch, LossConfig())), np.asarray(cost(out, batch, LossConfig(cost_center=4.0)))
+  np.testing.assert_allclose(c1[0, :, 0] - c0[0, :, 0], [4.0, 4.0, 4.0, 0.0], atol=1e-5)
+  np.testing.assert_allclose(c1[0, :, 1] - c0[0, :, 1], [4.0] * 4, atol=1e-5)
 
 
 def test_mask_cost_and_point_sampling_run_and_are_reproducible():

@@ -485,7 +485,8 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
     if path is not None and not os.path.exists(path):
       raise InputError(f"{flag} {path}: not found")
   if bool(config.get("distributed", False)):
-    jax.distributed.initialize()
+    from zipjax import parallel  # pylint: disable=import-outside-toplevel
+    parallel.initialize(auto=True)
   pindex, _ = _process()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

@@ -9,8 +9,9 @@ OWL-ViT / OWLv2 (read for understanding, written anew):
   stochastic depth (per block, linear in depth) and `nn.remat` per block.
 - Token features: the patch tokens after `ln_post`, multiplied by the CLS token and layer-normalised again
   (OWL-ViT's `merge_class_token='mul-ln'`).
-- Box head: a 3-layer GELU MLP whose last layer starts at zero, added to a box bias (the logit of the token's
-  grid-cell centre and of the cell size), then a sigmoid: an untrained head predicts its own cell.
+- Box head: a 3-layer GELU MLP whose last layer starts at zero, decoded relative to the token's grid cell
+  (`box_param`: OWL-ViT's sigmoid of output + the logit of the cell centre and size, or distances from the cell
+  centre to the four edges): an untrained head predicts its own cell.
 - Class head: Dense to the text width D (`class_head/dense0`, initialised from CLIP's `visual.proj` by
   `load_backbone`, so a loaded model starts in CLIP's joint space), L2-normalised dot product with the queries,
   then a learned per-token shift and scale (elu + 1); padded queries get -1e6. The shift starts at the logit
@@ -49,6 +50,8 @@ from zipjax.ops.resize import resize_bilinear
 from zipjax.preprocess import CLIP_MEAN, CLIP_STD
 
 QUERY_PAD_LOGIT = -1e6
+BOX_PARAMS = ("logit", "ltrb")
+SCORES = ("class", "class_objectness", "class_mask")
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -75,10 +78,18 @@ class DetectorConfig:
     merge_class_token: how the CLS token enters the token features: 'mul-ln' (OWL-ViT: patch tokens times
       CLS, then LayerNorm) or 'drop' (LayerNorm of the patch tokens only).
     top_k: detections kept per image by `postprocess`.
-    score: `postprocess` score: 'class' (sigmoid of the class logit) or 'class_objectness' (geometric mean of
-      the class and objectness probabilities).
-    box_source: `postprocess` boxes: 'head' (the box head) or 'mask' (the tight box of the detection's mask,
-      logits > 0, at mask resolution; the head's box where the mask is empty).
+    score: detection score: 'class' (sigmoid of the class logit), 'class_objectness' (geometric mean of the
+      class and objectness probabilities), or 'class_mask' (the class probability times the square of the mask's
+      quality, the mean probability of its pixels: Mask2Former's mask score; applied on the host by
+      `zipjax.train.predict`, after `postprocess` picked the top-k by class).
+    box_source: boxes of the detections (`zipjax.train.predict`): 'head' (the box head) or 'mask' (the extent of
+      the mask, see `zipjax.train.predict.refine`: the box of its low-confidence contour inside the head's box
+      widened by half its size; the head's box where that leaves no mask).
+    box_param: how the box head's 4 outputs make a box: 'logit' (OWL-ViT: sigmoid of output + the logit of the
+      token's cell, cxcywh) or 'ltrb' (the distances from the token's cell centre to the left, top, right and
+      bottom edges, (0.5 / g) * exp(output): translation-equivariant, so a border token moves its box as far as a
+      central one; an untrained head predicts its own cell either way).
+    mask_nms: greedy mask-IoU suppression of the detections at this IoU (`zipjax.train.predict`; 0: off).
   """
   input_size: int = 768
   patch_size: int = 16
@@ -98,6 +109,8 @@ class DetectorConfig:
   top_k: int = 100
   score: str = "class"
   box_source: str = "head"
+  box_param: str = "logit"
+  mask_nms: float = 0.0
 
   def __post_init__(self):
     s, p, m = self.input_size, self.patch_size, self.mask_stride
@@ -116,10 +129,14 @@ class DetectorConfig:
     if self.merge_class_token not in ("mul-ln", "drop"):
       raise InputError(f"detector config: merge_class_token must be 'mul-ln' or 'drop', got "
                        f"{self.merge_class_token!r}")
-    if self.score not in ("class", "class_objectness"):
-      raise InputError(f"detector config: score must be 'class' or 'class_objectness', got {self.score!r}")
+    if self.score not in SCORES:
+      raise InputError(f"detector config: score must be one of {', '.join(SCORES)}, got {self.score!r}")
+    if not 0.0 <= self.mask_nms <= 1.0:
+      raise InputError(f"detector config: mask_nms must be in [0, 1], got {self.mask_nms}")
     if self.box_source not in ("head", "mask"):
       raise InputError(f"detector config: box_source must be 'head' or 'mask', got {self.box_source!r}")
+    if self.box_param not in BOX_PARAMS:
+      raise InputError(f"detector config: box_param must be one of {', '.join(BOX_PARAMS)}, got {self.box_param!r}")
     if not 0.0 < self.prior_prob < 1.0:
       raise InputError(f"detector config: prior_prob must be in (0, 1), got {self.prior_prob}")
     if not 0.0 <= self.drop_path < 1.0:
@@ -168,6 +185,24 @@ def box_bias(grid: int) -> np.ndarray:
   size = np.full_like(cx, 1.0 / grid)
   boxes = np.stack([cx, cy, size, size], axis=-1).reshape(grid * grid, 4)  # [N, 4]
   return (np.log(boxes) - np.log1p(-boxes)).astype(np.float32)
+
+
+def cell_centres(grid: int) -> np.ndarray:
+  """[g*g, 2] (x, y) centres of the token cells in [0, 1], row-major like the token sequence (x fastest)."""
+  c = (np.arange(grid, dtype=np.float64) + 0.5) / grid
+  cx, cy = np.meshgrid(c, c)
+  return np.stack([cx, cy], axis=-1).reshape(grid * grid, 2).astype(np.float32)
+
+
+def decode_boxes(raw: jax.Array, grid: int, param: str = "logit") -> jax.Array:
+  """Box head output [..., N, 4] -> cxcywh boxes in image units (see `DetectorConfig.box_param`)."""
+  if param == "logit":
+    return jax.nn.sigmoid(raw + jnp.asarray(box_bias(grid)))
+  centre = jnp.asarray(cell_centres(grid))  # [N, 2]
+  dist = (0.5 / grid) * jnp.exp(jnp.clip(raw, -8.0, math.log(2.0 * grid)))  # [..., N, 4] left, top, right, bottom
+  lo = centre - dist[..., :2]
+  hi = centre + dist[..., 2:]
+  return jnp.concatenate([(lo + hi) / 2, hi - lo], axis=-1)
 
 
 # ------------------------------------------------------------------------------------------------ modules
@@ -383,8 +418,7 @@ class Detector(nn.Module):
     feats = tokens[:, 1:] * tokens[:, :1] if c.merge_class_token == "mul-ln" else tokens[:, 1:]  # [B, N, W]
     feats = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="merged_class_token")(feats)
 
-    boxes = PredictorMLP(4, c.width, zero_last=True, name="box_head")(feats)  # [B, N, 4]
-    boxes = jax.nn.sigmoid(boxes + jnp.asarray(box_bias(g)))
+    boxes = decode_boxes(PredictorMLP(4, c.width, zero_last=True, name="box_head")(feats), g, c.box_param)
     logits = ClassHead(c.embed_dim, c.prior_prob, name="class_head")(feats, queries.astype(jnp.float32),
                                                                    query_valid.astype(bool))  # [B, N, Q]
     objectness = PredictorMLP(1, c.width, zero_last=True, out_bias=_logit(c.prior_prob), name="objectness_head")(
@@ -536,12 +570,12 @@ def text_queries(clip_model, names: Sequence[str], templates: Sequence[str] | No
 
 @functools.partial(jax.jit, static_argnames=("cfg", "top_k"))
 def postprocess(out: Mapping[str, jax.Array], cfg: DetectorConfig, top_k: int | None = None) -> dict:
-  """Top-k (token, query) pairs per image by score.
+  """Top-k (token, query) pairs per image by score (the device part of inference; `zipjax.train.predict` makes
+  the final boxes, masks and scores of `box_source`, `score='class_mask'` and `mask_nms` on the host).
 
-  Returns a dict of: boxes float32 [B, K, 4] xyxy in input pixels (0..S; from the box head, or with
-  cfg.box_source='mask' the tight box of the mask), scores float32 [B, K], classes int32 [B, K] (query index),
-  tokens int32 [B, K], mask_logits float32 [B, K, Hm, Hm]. K = top_k or cfg.top_k, at most N * Q. Scores of
-  padded queries are 0.
+  Returns a dict of: boxes float32 [B, K, 4] xyxy in input pixels (0..S, from the box head), scores float32
+  [B, K] (class, or class and objectness), classes int32 [B, K] (query index), tokens int32 [B, K],
+  mask_logits float32 [B, K, Hm, Hm]. K = top_k or cfg.top_k, at most N * Q. Scores of padded queries are 0.
   """
   logits = out["pred_logits"]  # [B, N, Q]
   b, n, q = logits.shape
@@ -557,22 +591,7 @@ def postprocess(out: Mapping[str, jax.Array], cfg: DetectorConfig, top_k: int | 
   boxes = jnp.take_along_axis(out["pred_boxes"], tokens[..., None], axis=1)  # [B, K, 4]
   boxes = jnp.clip(cxcywh_to_xyxy(boxes), 0.0, 1.0) * cfg.input_size
   masks = mask_logits(out, tokens)  # [B, K, Hm, Wm]
-  if cfg.box_source == "mask":
-    boxes = jnp.where(jnp.any(masks > 0, axis=(2, 3))[..., None], mask_boxes(masks > 0, cfg.mask_stride), boxes)
   return {"boxes": boxes, "scores": scores, "classes": classes, "tokens": tokens, "mask_logits": masks}
-
-
-def mask_boxes(masks: jax.Array, stride: int = 1) -> jax.Array:
-  """Tight xyxy boxes of boolean masks [..., H, W] in units of the input pixels (mask cell i spans
-  [i * stride, (i + 1) * stride)); an empty mask gives [0, 0, 0, 0]."""
-  h, w = masks.shape[-2:]
-  rows, cols = jnp.any(masks, axis=-1), jnp.any(masks, axis=-2)  # [..., H], [..., W]
-  y0 = jnp.argmax(rows, axis=-1)
-  y1 = h - jnp.argmax(rows[..., ::-1], axis=-1)
-  x0 = jnp.argmax(cols, axis=-1)
-  x1 = w - jnp.argmax(cols[..., ::-1], axis=-1)
-  box = jnp.stack([x0, y0, x1, y1], axis=-1).astype(jnp.float32) * stride  # [..., 4]
-  return jnp.where(jnp.any(rows, axis=-1)[..., None], box, 0.0)
 
 
 def flops_per_example(cfg: DetectorConfig, num_queries: int = 1, train: bool = False) -> float:
@@ -604,5 +623,6 @@ def flops_per_example(cfg: DetectorConfig, num_queries: int = 1, train: bool = F
   return f * (3.0 if train else 1.0)
 
 
-__all__ = ["DetectorConfig", "Detector", "box_bias", "mask_logits", "init_variables", "variable_shapes",
-           "load_backbone", "text_queries", "postprocess", "mask_boxes", "flops_per_example", "QUERY_PAD_LOGIT"]
+__all__ = ["DetectorConfig", "Detector", "box_bias", "cell_centres", "decode_boxes", "mask_logits", "init_variables",
+           "variable_shapes", "load_backbone", "text_queries", "postprocess", "flops_per_example", "QUERY_PAD_LOGIT",
+           "BOX_PARAMS", "SCORES"]

@@ -252,13 +252,15 @@ def local_numpy(x: jax.Array) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ multi-host
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, auto: bool = False) -> bool:
   """Starts JAX's distributed runtime when this is a multi-process run; returns whether it did.
 
   Arguments override the environment (ZIPJAX_COORDINATOR 'host:port', ZIPJAX_NUM_PROCESSES,
   ZIPJAX_PROCESS_ID). Without either, a multi-worker TPU VM (TPU_WORKER_HOSTNAMES lists several workers) is
-  initialised automatically; anything else is a single-host run and nothing happens. Must run before any other
-  JAX call that touches devices. On the CPU platform gloo collectives are enabled first.
+  initialised automatically; anything else is a single-host run and nothing happens, unless `auto` (the
+  trainer's `config.distributed=True`): then `jax.distributed.initialize()` detects the cluster itself (SLURM,
+  Kubernetes, ...). Must run before any other JAX call that touches devices. On the CPU platform gloo
+  collectives are enabled first.
   """
   if jax.distributed.is_initialized():
     return True
@@ -270,7 +272,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     process_id = int(env["ZIPJAX_PROCESS_ID"])
   explicit = coordinator is not None or num_processes is not None or process_id is not None
   tpu_pod = len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-  if not explicit and not tpu_pod:
+  if not explicit and not tpu_pod and not auto:
     return False
   if explicit and (coordinator is None or num_processes is None or process_id is None):
     raise InputError("multi-process start needs all of coordinator, num_processes and process_id "

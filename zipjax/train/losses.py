@@ -17,8 +17,8 @@ matched_iou (mean box IoU of matched pairs), dropped (fraction of tokens DropLos
 
 Matching (no gradient): cost[b, n, t] = cost_class * focal(n, label_t) + cost_l1 * |box_n - box_t|_1 +
 cost_giou * (-GIoU(box_n, box_t)) (+ cost_mask * (dice + BCE) on `cost_mask_points` sampled pixels, off by
-default), where focal is the difference of the positive and negative sigmoid focal terms (Deformable DETR,
-OWL-ViT). Non-finite costs are sanitised and padded targets priced above the maximum; the exact matcher
+default; + cost_center when the token's cell centre is outside the target's box, off by default), where focal
+is the difference of the positive and negative sigmoid focal terms (Deformable DETR, OWL-ViT). Non-finite costs are sanitised and padded targets priced above the maximum; the exact matcher
 (`zipjax.train.matcher`) also leaves padded targets unassigned.
 
 Losses, each summed over its elements and divided per image by max(1, number of valid targets), then
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.errors import InputError
-from zipjax.models.detector import mask_logits
+from zipjax.models.detector import cell_centres, mask_logits
 from zipjax.train import box_ops, matcher
 
 
@@ -57,6 +57,9 @@ class LossConfig:
     cost_giou: matching weight of the -GIoU cost.
     cost_mask: matching weight of the point-sampled dice + BCE mask cost (0: off).
     cost_mask_points: sampled pixels for the mask cost.
+    cost_center: matching cost added when the prediction's token cell centre lies outside the target's box (0:
+      off). POTO's spatial prior for one-to-one matching of dense per-location predictions: a target is
+      given to a token inside it whenever one is free, so the token that learns an object's box sees it.
     class_weight: weight of the focal class loss.
     l1_weight: weight of the L1 box loss.
     giou_weight: weight of the GIoU loss.
@@ -75,6 +78,7 @@ class LossConfig:
   cost_giou: float = 2.0
   cost_mask: float = 0.0
   cost_mask_points: int = 1024
+  cost_center: float = 0.0
   class_weight: float = 2.0
   l1_weight: float = 5.0
   giou_weight: float = 2.0
@@ -166,6 +170,15 @@ def matching_cost(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], 
   tb = batch["boxes"].astype(jnp.float32)
   cost += cfg.cost_l1 * jnp.sum(jnp.abs(boxes[:, :, None, :] - tb[:, None, :, :]), axis=-1)  # [B, N, T]
   cost -= cfg.cost_giou * box_ops.pairwise_giou(box_ops.cxcywh_to_xyxy(boxes), box_ops.cxcywh_to_xyxy(tb))
+  if cfg.cost_center > 0:
+    g = int(round(n ** 0.5))
+    if g * g != n:
+      raise InputError(f"loss.cost_center needs a square token grid, got {n} predictions")
+    cc = jnp.asarray(cell_centres(g))  # [N, 2]
+    txy = box_ops.cxcywh_to_xyxy(tb)  # [B, T, 4]
+    inside = ((cc[None, :, None, 0] >= txy[:, None, :, 0]) & (cc[None, :, None, 0] <= txy[:, None, :, 2])
+              & (cc[None, :, None, 1] >= txy[:, None, :, 1]) & (cc[None, :, None, 1] <= txy[:, None, :, 3]))
+    cost += cfg.cost_center * (1.0 - inside.astype(cost.dtype))
   if cfg.cost_mask > 0:
     rng = jax.random.key(0) if rng is None else rng
     pe = out["pixel_embed"]  # [B, Hm, Wm, E]

@@ -10,9 +10,16 @@ outputs are dropped):
           of a token is its largest logit over the queries, so each token is one candidate) under one jit,
           batch split over the mesh's axes, parameters as they are sharded (replicated for `zipjax detect`)
           -> boxes [B, K, 4] xyxy canvas pixels, scores [B, K], classes [B, K], mask logits [B, K, Hm, Hm]
-  host:   detections scoring at least `score_threshold` become instances: the box divided by the resize factor
-          and clipped to the image; the mask logits over the image's part of the canvas resampled bilinearly
-          to the original H x W (PIL, float box) and thresholded at `mask_threshold` (logit 0 = p 0.5).
+  host:   each of the K candidates: the head's box divided by the resize factor and clipped to the image; the
+          mask logits over the image's part of the canvas resampled bilinearly to the original H x W (PIL,
+          float box); then `refine` (the DetectorConfig's `box_source`, `score`, `mask_nms`): the mask is
+          the logits above `mask_threshold` (logit 0 = p 0.5), with box_source='mask' only inside the head's
+          box widened by half its size on each side (pieces far from the box are dropped) and the box is the
+          extent of the logits above `BOX_CONTOUR_LOGIT` in that window (the mask's faint thin parts count: a
+          mask trained on cells that are half covered loses them at p 0.5); score='class_mask' multiplies the
+          score by the square of the mean probability of the mask's pixels; mask_nms drops a candidate whose
+          mask IoU with a better one of its category reaches it. Candidates scoring at least `score_threshold`
+          are returned.
 Instances are dicts `{"box": [x0, y0, x1, y1], "mask": bool [H, W], "score", "category"}` (what
 `zipjax.io.results.ResultWriter.add_image` takes), best first.
 """
@@ -25,6 +32,62 @@ from PIL import Image
 
 from zipjax.data import coco_train
 from zipjax import parallel
+
+BOX_CONTOUR_LOGIT = -2.0  # box_source='mask': the box is the extent of the logits above this (p 0.12)
+BOX_WINDOW = 0.5          # box_source='mask': the head's box widened by this times its size on each side
+
+
+def _window(box, h: int, w: int) -> tuple:
+  """Integer pixel window (y0, y1, x0, x1) of an xyxy box widened by BOX_WINDOW of its size per side."""
+  x0, y0, x1, y1 = box
+  mx, my = BOX_WINDOW * (x1 - x0), BOX_WINDOW * (y1 - y0)
+  return (max(int(np.floor(y0 - my)), 0), min(int(np.ceil(y1 + my)), h), max(int(np.floor(x0 - mx)), 0),
+          min(int(np.ceil(x1 + mx)), w))
+
+
+def refine(box, logits: np.ndarray, box_source: str, mask_threshold: float = 0.0) -> tuple:
+  """One detection's final box, mask and mask quality (see the module docstring).
+
+  Args:
+    box: the head's xyxy box in image pixels.
+    logits: float32 [H, W] mask logits at image resolution.
+    box_source: 'head' or 'mask'.
+  Returns:
+    (xyxy box as a list of floats, bool mask [H, W], quality: mean probability of the mask's pixels, 0 if empty).
+  """
+  if box_source == "mask":
+    y0, y1, x0, x1 = _window(box, *logits.shape)
+    inside = np.zeros(logits.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    mask = (logits > mask_threshold) & inside
+    if mask.any():
+      contour = (logits > min(BOX_CONTOUR_LOGIT, mask_threshold)) & inside
+      rows, cols = np.flatnonzero(contour.any(1)), np.flatnonzero(contour.any(0))
+      box = [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+  else:
+    mask = logits > mask_threshold
+  quality = float(np.mean(1.0 / (1.0 + np.exp(-np.clip(logits[mask], -30, 30))))) if mask.any() else 0.0
+  return [float(v) for v in box], mask, quality
+
+
+def mask_nms(masks: list, iou: float, groups: list | None = None) -> list:
+  """Indices kept by greedy suppression of masks in the given (best-first) order at mask IoU >= `iou`; with
+  `groups` (e.g. categories), a mask is only suppressed by a better one of its own group."""
+  kept: list = []
+  areas = [int(m.sum()) for m in masks]
+  for i, m in enumerate(masks):
+    ok = True
+    for j in kept:
+      if groups is not None and groups[i] != groups[j]:
+        continue
+      inter = int(np.logical_and(m, masks[j]).sum())
+      union = areas[i] + areas[j] - inter
+      if union > 0 and inter / union >= iou:
+        ok = False
+        break
+    if ok:
+      kept.append(i)
+  return kept
 
 
 class DetectorPredictor:
@@ -101,19 +164,25 @@ class DetectorPredictor:
             for i, img in enumerate(images)]
 
   def instances(self, out: dict, g, h: int, w: int) -> list:
-    """One image's postprocessed outputs -> instance dicts in original pixels."""
-    stride = self.cfg.mask_stride
+    """One image's postprocessed outputs -> instance dicts in original pixels (see the module docstring)."""
+    cfg = self.cfg
+    stride = cfg.mask_stride
     fx, fy = g.rw / w, g.rh / h
     res = []
+    # rescoring only lowers scores: candidates already under the threshold are never returned
     for k in np.flatnonzero(out["scores"] >= self.score_threshold):
       x0, y0, x1, y1 = (float(v) for v in out["boxes"][k])
       box = [min(max(x0 / fx, 0.0), w), min(max(y0 / fy, 0.0), h), min(max(x1 / fx, 0.0), w),
              min(max(y1 / fy, 0.0), h)]
       logits = Image.fromarray(np.ascontiguousarray(out["mask_logits"][k], np.float32), "F")
-      up = logits.resize((w, h), Image.BILINEAR, box=(0.0, 0.0, g.rw / stride, g.rh / stride))
-      mask = np.asarray(up) > self.mask_threshold  # [H, W]
-      res.append({"box": box, "mask": mask, "score": float(out["scores"][k]), "category": int(out["classes"][k])})
-    return res
+      up = np.asarray(logits.resize((w, h), Image.BILINEAR, box=(0.0, 0.0, g.rw / stride, g.rh / stride)))
+      box, mask, quality = refine(box, up, cfg.box_source, self.mask_threshold)  # mask [H, W]
+      score = float(out["scores"][k]) * (quality ** 2 if cfg.score == "class_mask" else 1.0)
+      res.append({"box": box, "mask": mask, "score": score, "category": int(out["classes"][k])})
+    res.sort(key=lambda r: -r["score"])  # stable: ties keep the top-k order
+    if cfg.mask_nms > 0:
+      res = [res[i] for i in mask_nms([r["mask"] for r in res], cfg.mask_nms, [r["category"] for r in res])]
+    return [r for r in res if r["score"] >= self.score_threshold]
 
 
-__all__ = ["DetectorPredictor"]
+__all__ = ["DetectorPredictor", "refine", "mask_nms", "BOX_CONTOUR_LOGIT", "BOX_WINDOW"]

@@ -177,15 +177,17 @@ def load_run_config(workdir: str):
 def _check_same_run(workdir: str, config) -> None:
   path = os.path.join(workdir, "config.json")
   new = config_to_dict(config)
+  writer = jax.process_index() == 0  # every process checks, process 0 writes
   if not os.path.exists(path):
-    atomic_write_json(path, new)
+    if writer:
+      atomic_write_json(path, new)
     return
   old = config_to_dict(load_run_config(workdir))
   diff = [k for k in FIXED_KEYS if old.get(k) != new.get(k)]
   if diff:
     raise InputError(f"{workdir} was started with a different config ({', '.join(diff)} differ); rerun with the "
                      "same config to resume, or use a new --workdir")
-  if old != new:  # eval, checkpoint, logging or mesh settings may change between restarts
+  if old != new and writer:  # eval, checkpoint, logging or mesh settings may change between restarts
     atomic_write_json(path, new)
 
 
@@ -277,6 +279,8 @@ class Trainer:
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(metrics)
     metrics.update(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+    if "stop" in batch:  # the processes' preemption flags (trainer._Preemption), reduced with the step
+      metrics["stop"] = jnp.max(batch["stop"])
     for name, sched in self.schedules.items():
       metrics[f"lr/{name}"] = jnp.asarray(sched(step), jnp.float32)
     return {"params": params, "opt_state": opt_state, "step": step + 1, "rng": state["rng"]}, metrics
@@ -519,11 +523,31 @@ class RunResult:
 
 
 class _Preemption:
-  """SIGTERM -> a flag the loop polls (installed in the main thread only)."""
+  """SIGTERM -> a flag the loop polls (installed in the main thread only).
 
-  def __init__(self):
+  With several processes a SIGTERM may reach only some of them, so the decision to stop is collective: each
+  step's batch carries every process's flag (`stop`, one value per example row) and the step returns their
+  maximum (`metrics['stop']`, replicated). After dispatching step s the loop reads the maximum of step s - 1
+  (`should_stop`), which every process reads alike, so all of them stop and save after the same step s. One
+  process: the local flag, at once.
+  """
+
+  def __init__(self, collective: bool = False):
     self.requested = False
+    self.collective = collective
     self._old = None
+    self._last = None  # the previous step's metrics['stop'] (a device scalar)
+
+  def local_rows(self, n: int) -> np.ndarray:
+    """This process's `stop` rows of the next batch."""
+    return np.full((n,), 1 if self.requested else 0, np.int32)
+
+  def should_stop(self, metrics) -> bool:
+    """Whether to save and stop after the step whose metrics these are (see the class docstring)."""
+    if not self.collective:
+      return self.requested
+    prev, self._last = self._last, metrics["stop"]
+    return prev is not None and int(jax.device_get(prev)) > 0
 
   def __enter__(self):
     import threading  # pylint: disable=import-outside-toplevel
@@ -557,7 +581,7 @@ def train(config, train_json: str, images_root: str, workdir: str, val_json: str
   if total < 1:
     raise InputError(f"config.total_steps must be >= 1, got {total}")
   if bool(config.get("distributed", False)):
-    jax.distributed.initialize()
+    parallel.initialize(auto=True)
   _check_same_run(workdir, config)
   ck = Checkpoints(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
                    keep=int(config.checkpoint.keep), asynchronous=bool(config.checkpoint.asynchronous))
@@ -650,13 +674,18 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
   bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not progress or pindex != 0,
              file=sys.stderr, dynamic_ncols=True)
   step = start
-  with _Preemption() as preempt:
+  with _Preemption(collective=pcount > 1) as preempt:
     while step < total:
       local = next(iterator)
       local["queries"] = q_local
       local["query_valid"] = qv_local
+      if preempt.collective:
+        local["stop"] = preempt.local_rows(local_bs)
       state, metrics = trainer.step(state, trainer.global_batch(local))
       step += 1
+      stop = preempt.should_stop(metrics)
+      if preempt.collective:
+        metrics = {k: v for k, v in metrics.items() if k != "stop"}
       extra = {}
       if evaluator is not None and (step == total or (eval_every > 0 and step % eval_every == 0)):
         extra = evaluator(state["params"])
@@ -672,10 +701,10 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
       bar.update(1)
       if step % log_every == 0 and last:
         bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", refresh=False)
-      if step == total or step % ckpt_every == 0 or preempt.requested:
+      if step == total or step % ckpt_every == 0 or stop:
         flush_pending()
         ck.save(step, state, iterator, dict(meta, step=step))
-      if preempt.requested and step < total:
+      if stop and step < total:
         status = "preempted"
         break
   flush_pending()
