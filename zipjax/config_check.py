@@ -489,6 +489,9 @@ SELFTRAIN_GROUP_RULES: dict[str, Rule] = {
     "selftrain.predict_min_score": PROBABILITY,
     "selftrain.predict_max_dets": Int(1),
     "selftrain.predict_chunk": Int(1),
+    "selftrain.calibrate": Float(0.0, 1.0, hi_open=True),
+    "selftrain.support_quantile": Float(0.0, 1.0, hi_open=True),
+    "selftrain.rescore": BOOL,
 }
 
 

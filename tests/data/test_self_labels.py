@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from zipjax.data.self_labels import mask_iou, merge_labels
+from zipjax.data.self_labels import calibrate, mask_iou, merge_labels
 from zipjax.errors import InputError
 from zipjax.io.results import encode_rle
 
@@ -26,7 +26,7 @@ def _np_iou(a, b):
   return float(np.logical_and(a, b).sum()) / float(u) if u else 0.0
 
 
-def reference(labels, preds, threshold, max_dets, mode, dedup, min_area):
+def reference(labels, preds, threshold, max_dets, mode, dedup, min_area, support=None, rescore=False):
   """[(image_id, category name, score or None, mask)] in output order."""
   name_of = {c["id"]: c["name"] for c in labels["categories"]}
   pname = {c["id"]: c["name"] for c in preds["categories"]}
@@ -53,8 +53,16 @@ def reference(labels, preds, threshold, max_dets, mode, dedup, min_area):
         if a["image_id"] != img["id"]:
           continue
         m = _decode(a["segmentation"], h, w)
-        if a.get("iscrowd", 0) or all(_np_iou(m, k) < dedup for _, k in kept):
+        if a.get("iscrowd", 0):
           out.append((img["id"], name_of[a["category_id"]], a.get("score"), m))
+          continue
+        if any(_np_iou(m, k) >= dedup for _, k in kept):
+          continue  # replaced
+        agree = [p["score"] for p in preds["annotations"] if p["image_id"] == img["id"]
+                 and _np_iou(m, _decode(p["segmentation"], h, w)) >= dedup]
+        if support is not None and (not agree or max(agree) < support):
+          continue  # unsupported
+        out.append((img["id"], name_of[a["category_id"]], max(agree) if rescore and agree else a.get("score"), m))
   return out
 
 
@@ -154,7 +162,7 @@ def test_exact_threshold_iou_counts_as_duplicate():
                            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": encode_rle(small),
                             "score": .8}]}
   data, stats = merge_labels(labels, preds, threshold=0.5, mode="union", dedup_iou=0.5)
-  assert stats == {"predicted": 2, "added": 1, "kept": 0, "replaced": 1, "dropped": 0, "labels": 1}
+  assert stats == {"predicted": 2, "added": 1, "kept": 0, "replaced": 1, "dropped": 0, "unsupported": 0, "labels": 1}
   data, stats = merge_labels(labels, preds, threshold=0.5, mode="union", dedup_iou=0.51)
   assert stats["added"] == 2 and stats["replaced"] == 1  # the label equals the second prediction
 
@@ -173,7 +181,8 @@ def test_crowd_and_polygon_labels():
                             "score": 0.9}]}
   data, stats = merge_labels(labels, preds, threshold=0.5, mode="union")
   # the polygon label is replaced by the identical prediction; the crowd region is always kept, as it was
-  assert stats == {"predicted": 1, "added": 1, "kept": 1, "replaced": 1, "dropped": 0, "labels": 2}
+  assert stats == {"predicted": 1, "added": 1, "kept": 1, "replaced": 1, "dropped": 0, "unsupported": 0,
+                   "labels": 2}
   assert data["annotations"][1] == dict(labels["annotations"][1], id=2)
   assert data["annotations"][0]["score"] == 0.9 and data["annotations"][0]["area"] == poly_mask.sum()
 
@@ -194,3 +203,43 @@ def test_errors():
   bad["annotations"][0]["category_id"] = 42
   with pytest.raises(InputError, match="category_id 42"):
     merge_labels(labels, bad, threshold=0.5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("support,rescore", [(0.5, True), (0.8, False), (0.0, True)])
+def test_support_and_rescore_match_numpy_reference(seed, support, rescore):
+  labels, preds = _scene(seed)
+  data, stats = merge_labels(labels, preds, threshold=0.7, mode="union", dedup_iou=0.5, support=support,
+                             rescore=rescore)
+  want = reference(labels, preds, 0.7, 30, "union", 0.5, 1, support=support, rescore=rescore)
+  got = _as_tuples(data)
+  assert [(i, c, s) for i, c, s, _ in got] == [(i, {"shape": "Shape"}.get(c, c), s) for i, c, s, _ in want]
+  assert all(np.array_equal(a[3], b[3]) for a, b in zip(got, want))
+  plain = merge_labels(labels, preds, threshold=0.7, mode="union", dedup_iou=0.5)[1]
+  assert stats["kept"] + stats["unsupported"] == plain["kept"] and plain["unsupported"] == 0
+  if support == 0.8:
+    assert stats["unsupported"] > 0
+
+
+def test_calibrate_quantiles_of_agreeing_scores():
+  labels, preds = _scene(3)
+  name = {i["id"]: i for i in labels["images"]}
+  agree = []
+  for p in preds["annotations"]:
+    img = name[p["image_id"]]
+    m = _decode(p["segmentation"], img["height"], img["width"])
+    ious = [_np_iou(m, _decode(a["segmentation"], img["height"], img["width"])) for a in labels["annotations"]
+            if a["image_id"] == p["image_id"]]
+    if ious and max(ious) >= 0.5:
+      agree.append(p["score"])
+  assert 0 < len(agree) < len(preds["annotations"])
+  cal = calibrate(labels, preds, quantile=0.5, support_quantile=0.1, dedup_iou=0.5)
+  assert cal["agreeing"] == len(agree) and cal["predictions"] == len(preds["annotations"])
+  assert cal["threshold"] == pytest.approx(float(np.quantile(agree, 0.5)))
+  assert cal["support"] == pytest.approx(float(np.quantile(agree, 0.1)))
+  assert calibrate(labels, preds, quantile=0.5, floor=0.99)["threshold"] == 0.99
+  none = dict(preds, annotations=[])
+  assert calibrate(labels, none, quantile=0.5, floor=0.2) == {"threshold": 0.2, "support": 0.0, "agreeing": 0,
+                                                              "predictions": 0}
+  with pytest.raises(InputError, match="quantiles"):
+    calibrate(labels, preds, quantile=1.0)

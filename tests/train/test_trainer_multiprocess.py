@@ -10,8 +10,10 @@ devices each) against one process with 8 devices:
   uninterrupted run's metrics and parameters.
 
 Floating-point sums over the 8 devices run in another order across processes (gloo) than within one process, so
-losses and parameters are compared to a tolerance (rtol 1e-4 on the losses, atol 1e-5 on the parameters); labels,
-step counts and everything discrete exactly. The runs are tiny (48-64 px images, a 1-block detector of width 32,
+losses and parameters are compared to a tolerance (rtol 1e-4 on the losses, atol 1e-4 on the parameters: the
+attention's key biases have an exactly zero gradient, softmax ignores them, and Adam turns the rounding noise of
+each run into steps of up to the learning rate, 1e-5-scale differences after a few steps); labels, step counts
+and everything discrete exactly. The runs are tiny (48-64 px images, a 1-block detector of width 32,
 a few steps) and share a persistent XLA cache.
 """
 import json
@@ -131,7 +133,7 @@ def _same_params(a, b):
   fa, fb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
   assert [p for p, _ in fa] == [p for p, _ in fb]
   for (path, x), (_, y) in zip(fa, fb):
-    np.testing.assert_allclose(x, y, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.fixture(scope="module")

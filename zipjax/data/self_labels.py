@@ -15,7 +15,15 @@ Inputs are COCO datasets in memory (`{"images", "annotations", "categories"}`):
   3. `mode='replace'`: the kept predictions are the image's labels; `mode='union'`: the previous labels are
      kept too, except those whose mask IoU with a kept prediction is at least `dedup_iou` (the prediction
      replaces them, as in CutLER); crowd labels (`iscrowd: 1`) are always kept.
+  4. (union, optional) `support`: a previous label that no prediction of the image agrees with (mask IoU >=
+     `dedup_iou`, any score) scoring at least `support` is dropped: the detector trained on it does not find it
+     again (false pseudo-labels: background blobs, merged objects); `rescore`: a kept previous label takes the
+     score of its best-agreeing prediction, so every label is ranked on the detector's scale.
 Mask IoU is pycocotools' `mask.iou` on RLEs (exact pixel counts).
+
+`calibrate` derives a round's thresholds from the previous labels instead of fixing them: the scores of the
+predictions that agree with a previous label (mask IoU >= `dedup_iou`) are what this detector gives real objects;
+a quantile of them is the threshold of new labels, a lower one the support a previous label needs.
 
 Output records: the image's kept predictions first (best first), then its surviving previous labels in their
 previous order; annotation ids 1..N in that order. A new label is `{id, image_id, category_id, segmentation
@@ -83,15 +91,64 @@ def _check(threshold, max_dets, mode, dedup_iou, min_area) -> None:
     raise InputError(f"selftrain.min_area must be >= 0, got {min_area}")
 
 
+def _group(dataset: dict, known: dict, what: str) -> dict:
+  out: dict = {i: [] for i in known}
+  for k, a in enumerate(dataset["annotations"]):
+    if a["image_id"] not in known:
+      raise InputError(f"{what} {k}: image_id {a['image_id']} is not among the labels' images")
+    out[a["image_id"]].append(a)
+  return out
+
+
+def agreeing_scores(labels: dict, predictions: dict, dedup_iou: float = 0.5) -> tuple:
+  """(scores of the predictions whose mask IoU with a non-crowd label of their image is at least `dedup_iou`,
+  number of predictions): what `calibrate` reads."""
+  known = {img["id"]: img for img in labels["images"]}
+  labels_of = _group(labels, known, "label")
+  preds_of = _group(predictions, known, "prediction")
+  scores, total = [], 0
+  for i, img in known.items():
+    h, w = int(img["height"]), int(img["width"])
+    lab = [to_compressed_rle(a["segmentation"], h, w) for a in labels_of[i] if not a.get("iscrowd", 0)]
+    preds = preds_of[i]
+    total += len(preds)
+    if not lab or not preds:
+      continue
+    best = mask_iou([p["segmentation"] for p in preds], lab).max(axis=1)  # [P]
+    scores += [float(p["score"]) for p, b in zip(preds, best) if b >= dedup_iou]
+  return scores, total
+
+
+def calibrate(labels: dict, predictions: dict, *, quantile: float, support_quantile: float = 0.0,
+              dedup_iou: float = 0.5, floor: float = 0.0) -> dict:
+  """A round's thresholds from the previous labels (see the module docstring).
+
+  Returns:
+    `{"threshold": max(floor, the `quantile` quantile of the agreeing predictions' scores), "support": their
+    `support_quantile` quantile (0 when that is 0), "agreeing": their number, "predictions": all predictions}`;
+    without any agreeing prediction the threshold is `floor` and the support 0.
+  """
+  if not 0.0 < quantile < 1.0 or not 0.0 <= support_quantile < 1.0:
+    raise InputError(f"calibration quantiles must be in (0, 1) and [0, 1), got {quantile}, {support_quantile}")
+  scores, total = agreeing_scores(labels, predictions, dedup_iou)
+  if not scores:
+    return {"threshold": float(floor), "support": 0.0, "agreeing": 0, "predictions": total}
+  arr = np.asarray(scores, np.float64)
+  return {"threshold": max(float(floor), float(np.quantile(arr, quantile))),
+          "support": float(np.quantile(arr, support_quantile)) if support_quantile > 0 else 0.0,
+          "agreeing": len(scores), "predictions": total}
+
+
 def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets: int = 30, mode: str = "union",
-                 dedup_iou: float = 0.5, min_area: float = 1.0, info: dict | None = None) -> tuple:
+                 dedup_iou: float = 0.5, min_area: float = 1.0, support: float | None = None, rescore: bool = False,
+                 info: dict | None = None) -> tuple:
   """The next round's labels (see the module docstring).
 
   Returns:
     `(dataset, stats)`: the COCO dataset (`info`, `images`, `annotations`, `categories`) and
     `{"predicted": candidates at or above the threshold, "added": new labels, "kept": previous labels kept,
     "replaced": previous labels replaced by a prediction, "dropped": previous labels dropped (replace mode),
-    "labels": total}`.
+    "unsupported": previous labels dropped for lack of support, "labels": total}`.
 
   Raises:
     InputError: bad settings, a prediction for an image the labels do not list, a prediction category
@@ -112,20 +169,17 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
 
   images = labels["images"]
   known = {img["id"]: img for img in images}
-  preds_of: dict = {i: [] for i in known}
+  preds_of = _group(predictions, known, "prediction")
   for k, p in enumerate(predictions["annotations"]):
-    if p["image_id"] not in known:
-      raise InputError(f"prediction {k}: image_id {p['image_id']} is not among the labels' images")
     if p["category_id"] not in pred_cat:
       raise InputError(f"prediction {k}: category_id {p['category_id']} is not in the predictions' categories")
-    preds_of[p["image_id"]].append(p)
   old_of: dict = {i: [] for i in known}
   for k, a in enumerate(labels["annotations"]):
     if not a.get("iscrowd", 0) and a.get("segmentation") in (None, []):
       raise InputError(f"label {k} (image_id {a['image_id']}): no segmentation")
     old_of[a["image_id"]].append(a)
 
-  stats = {"predicted": 0, "added": 0, "kept": 0, "replaced": 0, "dropped": 0, "labels": 0}
+  stats = {"predicted": 0, "added": 0, "kept": 0, "replaced": 0, "dropped": 0, "unsupported": 0, "labels": 0}
   out = []
   for img in images:
     h, w = int(img["height"]), int(img["width"])
@@ -143,13 +197,24 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
       stats["dropped"] += len(old)
       continue
     new_rles = [p["segmentation"] for p in kept]
+    all_rles = [p["segmentation"] for p in preds]
     for a in old:
-      if not a.get("iscrowd", 0) and new_rles:
+      rec = dict(a, id=0)
+      if not a.get("iscrowd", 0):
         rle = to_compressed_rle(a["segmentation"], h, w)
-        if mask_iou([rle], new_rles).max() >= dedup_iou:
+        if new_rles and mask_iou([rle], new_rles).max() >= dedup_iou:
           stats["replaced"] += 1
           continue
-      out.append(dict(a, id=0))
+        if support is not None or rescore:
+          ious = mask_iou([rle], all_rles)[0] if all_rles else np.zeros(0)
+          agree = [float(p["score"]) for p, v in zip(preds, ious) if v >= dedup_iou]
+          best = max(agree, default=None)
+          if support is not None and (best is None or best < support):
+            stats["unsupported"] += 1
+            continue
+          if rescore and best is not None:
+            rec["score"] = best
+      out.append(rec)
       stats["kept"] += 1
   for k, a in enumerate(out):
     a["id"] = k + 1
@@ -159,4 +224,4 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
   return data, stats
 
 
-__all__ = ["MODES", "mask_iou", "select_predictions", "merge_labels"]
+__all__ = ["MODES", "mask_iou", "select_predictions", "agreeing_scores", "calibrate", "merge_labels"]

@@ -43,13 +43,33 @@ def _val_metrics(train: dict) -> dict | None:
   return val or None
 
 
+# label quality a round must not lower by more than REGRESSION_TOL (class-agnostic, against the ground truth)
+WATCHED = (("bbox", "AP50"), ("segm", "AP50"), ("bbox", "AR100"), ("segm", "AR100"))
+WATCHED_LABEL = {"bbox": "box", "segm": "mask"}
+REGRESSION_TOL = 0.01
+
+
+def label_regressions(prev_eval: dict, cur_eval: dict, tol: float = REGRESSION_TOL) -> list:
+  """['box AP50 0.612 -> 0.598', ...]: the watched class-agnostic label metrics that fell by more than `tol`
+  from the previous round's evaluation (`eval.json`) to this one's."""
+  out = []
+  a, b = prev_eval["labels"]["agnostic"], cur_eval["labels"]["agnostic"]
+  for t, k in WATCHED:
+    x, y = a[t][k], b[t][k]
+    if x is not None and y is not None and y < x - tol:
+      out.append(f"{WATCHED_LABEL[t]} {k} {x:.3f} -> {y:.3f}")
+  return out
+
+
 def round_records(evals: list, trains: list, thresholds) -> list:
   """One summary record per round (what metrics.json's `rounds` holds)."""
   out = []
-  for ev, tr in zip(evals, trains):
+  for k, (ev, tr) in enumerate(zip(evals, trains)):
     r = ev["round"]
     lab, det = ev["labels"], ev.get("detector")
-    rec = {"round": r, "threshold": None if r == 0 else thresholds[r - 1],
+    threshold = None if r == 0 else (lab["threshold"] if lab.get("threshold") is not None else thresholds[r - 1])
+    rec = {"round": r, "threshold": threshold, "support": lab.get("support"),
+           "worse": label_regressions(evals[k - 1], ev) if k > 0 else [],
            "labels": {"count": lab["count"], "images": lab["images"], "stats": lab.get("stats"),
                       "agnostic": _stats(lab["agnostic"]), "class": _stats(lab["class"])},
            "detector": None if det is None else {"count": det["count"], "agnostic": _stats(det["agnostic"]),
@@ -109,7 +129,7 @@ def plot_rounds(records: list) -> bytes:
 def _round_table(records: list, part: str, mode: str):
   headers = ["round"]
   if part == "labels":
-    headers += ["threshold", "labels", "new", "kept", "replaced"]
+    headers += ["threshold", "labels", "new", "kept", "replaced", "unsupported"]
   else:
     headers += ["predictions", "final loss"]
   headers += [f"{IOU_LABEL[t]} {s}" for t in IOU_TYPES for s in TABLE_STATS]
@@ -122,12 +142,17 @@ def _round_table(records: list, part: str, mode: str):
     if part == "labels":
       st = res.get("stats") or {}
       row += ["-" if rec["threshold"] is None else f"{rec['threshold']:g}", str(res["count"]),
-              str(st.get("added", "-")), str(st.get("kept", "-")), str(st.get("replaced", "-"))]
+              str(st.get("added", "-")), str(st.get("kept", "-")), str(st.get("replaced", "-")),
+              str(st.get("unsupported", "-"))]
     else:
       loss = rec["train"]["loss"]
       row += [str(res["count"]), "-" if loss is None else f"{loss:.4g}"]
     row += [pct(res[mode][t][s]) for t in IOU_TYPES for s in TABLE_STATS]
+    if part == "labels" and mode == "agnostic":
+      row.append("WORSE: " + "; ".join(rec.get("worse") or []) if rec.get("worse") else "")
     rows.append(row)
+  if part == "labels" and mode == "agnostic":
+    headers.append("vs previous round")
   return headers, rows
 
 
@@ -138,8 +163,14 @@ def markdown(records: list, comps: dict, settings: dict, inputs: dict, plots: di
          f"- Rounds 0..{settings['rounds']}; thresholds {list(settings['thresholds'])}; merge `{settings['mode']}` "
          f"(mask-IoU de-duplication at {settings['dedup_iou']:g}, at most {settings['max_dets']} new labels per "
          f"image); init `{settings['init']}`; steps {list(settings['steps'])}",
-         "", "Numbers are percent. Labels are scored as detections (a label without a score counts as 1.0).", "",
-         f"![rounds]({plots['rounds']})"]
+         "", "Numbers are percent. Labels are scored as detections (a label without a score counts as 1.0). A "
+         f"round whose labels lost more than {100 * REGRESSION_TOL:g} points of box or mask AP50 or AR100 "
+         "(class-agnostic) against the previous round is marked WORSE.", ""]
+  worse = [rec for rec in records if rec.get("worse")]
+  out.append("**Rounds whose labels got worse: " + ", ".join(f"round {rec['round']} ({'; '.join(rec['worse'])})"
+                                                           for rec in worse) + "**" if worse else
+             "No round made the labels worse (box and mask AP50 / AR100, class-agnostic).")
+  out += ["", f"![rounds]({plots['rounds']})"]
   for part, title in (("labels", "Labels of each round"),
                       ("detector", "Detector of each round: its predictions on the training images")):
     for mode in MODES:
@@ -195,4 +226,5 @@ def write_rounds_report(workdir, evals: list, trains: list, settings: dict, inpu
   return dict(paths, plots=plots)
 
 
-__all__ = ["round_records", "comparisons", "plot_rounds", "write_rounds_report"]
+__all__ = ["round_records", "comparisons", "plot_rounds", "write_rounds_report", "label_regressions", "WATCHED",
+           "REGRESSION_TOL"]

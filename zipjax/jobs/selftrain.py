@@ -93,6 +93,12 @@ class Settings:
     predict_min_score: smallest score of a saved prediction.
     predict_max_dets: most saved predictions per image.
     predict_chunk: images per prediction part file.
+    calibrate: 0: round r's threshold is `thresholds[r - 1]`; q in (0, 1): the q quantile of the scores of round
+      r-1's predictions that agree with round r-1's labels (mask IoU >= dedup_iou), at least
+      `thresholds[r - 1]` (`zipjax.data.self_labels.calibrate`): the detector's own scale, each round.
+    support_quantile: 0: previous labels are kept unless replaced; q in (0, 1): a previous label needs an agreeing
+      prediction scoring at least the q quantile of the agreeing scores, else it is dropped (union mode).
+    rescore: a kept previous label takes the score of its best-agreeing prediction (union mode).
   """
   rounds: int
   thresholds: tuple
@@ -105,6 +111,9 @@ class Settings:
   predict_min_score: float
   predict_max_dets: int
   predict_chunk: int
+  calibrate: float = 0.0
+  support_quantile: float = 0.0
+  rescore: bool = False
 
   @classmethod
   def from_config(cls, config) -> "Settings":
@@ -138,11 +147,14 @@ class Settings:
     out = cls(rounds=rounds, thresholds=thresholds[:rounds], max_dets=int(s.max_dets), mode=str(s.mode),
               dedup_iou=float(s.dedup_iou), min_area=float(s.min_area), steps=steps, init=str(s.init),
               predict_min_score=float(s.predict_min_score), predict_max_dets=int(s.predict_max_dets),
-              predict_chunk=int(s.predict_chunk))
+              predict_chunk=int(s.predict_chunk), calibrate=float(s.get("calibrate", 0.0)),
+              support_quantile=float(s.get("support_quantile", 0.0)), rescore=bool(s.get("rescore", False)))
     if out.max_dets < 1 or out.predict_max_dets < 1 or out.predict_chunk < 1:
       raise InputError("selftrain.max_dets, predict_max_dets and predict_chunk must be >= 1")
     if not 0.0 < out.dedup_iou <= 1.0:
       raise InputError(f"selftrain.dedup_iou must be in (0, 1], got {out.dedup_iou}")
+    if not (0.0 <= out.calibrate < 1.0 and 0.0 <= out.support_quantile < 1.0):
+      raise InputError("selftrain.calibrate and selftrain.support_quantile must be in [0, 1)")
     return out
 
 
@@ -257,16 +269,35 @@ def _initial_labels(pseudo_json: str, images_root: str) -> dict:
           "categories": data["categories"]}
 
 
+def round_thresholds(settings: Settings, prev: dict, preds: dict, r: int) -> dict:
+  """Round r's {'threshold', 'support' (None: not needed)} and, when calibrated, the calibration record."""
+  from zipjax.data.self_labels import calibrate  # pylint: disable=import-outside-toplevel
+  floor = settings.thresholds[r - 1]
+  out = {"threshold": floor, "support": None, "calibration": None}
+  if settings.calibrate > 0 or settings.support_quantile > 0:
+    cal = calibrate(prev, preds, quantile=settings.calibrate if settings.calibrate > 0 else 0.5,
+                    support_quantile=settings.support_quantile, dedup_iou=settings.dedup_iou, floor=floor)
+    out["calibration"] = cal
+    if settings.calibrate > 0:
+      out["threshold"] = round(cal["threshold"], 6)
+    if settings.support_quantile > 0:
+      out["support"] = round(cal["support"], 6)
+  return out
+
+
 def _merged_labels(settings: Settings, workdir: str, r: int, images_root: str) -> tuple:
   from zipjax.data.self_labels import merge_labels  # pylint: disable=import-outside-toplevel
   prev = _read_json(os.path.join(round_dir(workdir, r - 1), LABELS_FILE))
   preds = _read_json(os.path.join(round_dir(workdir, r - 1), PREDICTIONS_DIR, LABELS_FILE))
-  t = settings.thresholds[r - 1]
+  th = round_thresholds(settings, prev, preds, r)
+  t = th["threshold"]
   info = {"description": f"zipjax self-train labels, round {r}", "round": r, "threshold": t,
+          "support": th["support"], "calibration": th["calibration"], "rescore": settings.rescore,
           "mode": settings.mode, "max_dets": settings.max_dets, "dedup_iou": settings.dedup_iou,
           "min_area": settings.min_area, "images_root": os.path.abspath(images_root)}
   data, stats = merge_labels(prev, preds, threshold=t, max_dets=settings.max_dets, mode=settings.mode,
-                             dedup_iou=settings.dedup_iou, min_area=settings.min_area, info=info)
+                             dedup_iou=settings.dedup_iou, min_area=settings.min_area, support=th["support"],
+                             rescore=settings.rescore, info=info)
   data["info"]["stats"] = stats
   return data, stats
 
@@ -436,7 +467,8 @@ def evaluate_round(gt_json: str, gt_digest: str, rd: str, r: int) -> dict:
   labels = _read_json(os.path.join(rd, LABELS_FILE))
   res = {"round": r, "gt": os.path.abspath(gt_json), "gt_sha256": gt_digest,
          "labels": dict(count=len(labels["annotations"]), images=len(labels["images"]),
-                        stats=labels["info"].get("stats"), **evaluate_file(gt, labels))}
+                        stats=labels["info"].get("stats"), threshold=labels["info"].get("threshold"),
+                        support=labels["info"].get("support"), **evaluate_file(gt, labels))}
   pred_path = os.path.join(rd, PREDICTIONS_DIR, LABELS_FILE)
   if os.path.exists(pred_path):
     preds = _read_json(pred_path)
@@ -509,9 +541,9 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
           data = _initial_labels(pseudo_json, images_root)
         else:
           data, stats = _merged_labels(settings, workdir, r, images_root)
-          log(f"round {r}: {stats['predicted']} predictions >= {settings.thresholds[r - 1]}, {stats['added']} new "
-              f"labels, {stats['kept']} kept, {stats['replaced']} replaced, {stats['dropped']} dropped -> "
-              f"{stats['labels']} labels")
+          log(f"round {r}: {stats['predicted']} predictions >= {data['info']['threshold']:g}, {stats['added']} new "
+              f"labels, {stats['kept']} kept, {stats['replaced']} replaced, {stats['dropped']} dropped, "
+              f"{stats['unsupported']} without support -> {stats['labels']} labels")
           _kill_point("merge", r)
         _write_compact(labels_path, data)
       _barrier(f"selftrain_labels_{r}")
@@ -548,6 +580,12 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
       current = os.path.exists(eval_path) and _read_json(eval_path).get("gt_sha256") == gt_digest
       if pindex == 0 and not current:
         evaluate_round(gt_json, gt_digest, rd, r)
+      if pindex == 0 and r > 0:
+        from zipjax.eval.rounds import label_regressions  # pylint: disable=import-outside-toplevel
+        worse = label_regressions(_read_json(os.path.join(round_dir(workdir, r - 1), EVAL_FILE)),
+                                  _read_json(eval_path))
+        if worse:
+          log(f"round {r}: WARNING: the labels got worse than round {r - 1}'s: " + ", ".join(worse))
       _barrier(f"selftrain_eval_{r}")
       info["eval"] = eval_path
     rounds.append(info)

@@ -1,0 +1,51 @@
+"""Self-training with the small detector of configs/train_shapes.py (128 px, class-agnostic, DropLoss): ten-odd
+minutes on 2 CPU cores for 200 images (bench/selftrain_quality.py).
+
+  python bench/heldout_shapes.py --out /tmp/st/clean --num-images 200 --seed 3                # the truth
+  python bench/heldout_shapes.py --out /tmp/st/noisy --num-images 200 --seed 3 --degrade      # pseudo-labels
+  python -m zipjax self-train --config configs/selftrain_shapes.py \
+      --pseudo-json /tmp/st/noisy/annotations.json --images-root /tmp/st/noisy/images \
+      --gt-json /tmp/st/clean/annotations.json --workdir /tmp/st/run
+
+How a round's labels are made (zipjax/data/self_labels.py, zipjax/jobs/selftrain.py):
+- a new label is a prediction of the previous round's detector: its mask is the predicted mask inside the box
+  head's box widened by half its size (box_source='mask' in train_shapes: pieces far from the object dropped),
+  its box the tight box of that mask (what training recomputes from it), its score the detector's (class times
+  mask quality squared);
+- thresholds are calibrated on the previous labels, not fixed: the predictions that agree with a previous label
+  (mask IoU >= 0.5) show the scores this detector gives real objects; new labels need their median
+  (`calibrate=0.5`), a previous label is replaced by an agreeing prediction above it;
+- a previous label no prediction agrees with at the 10% quantile of those scores is dropped (false pseudo-labels
+  the detector does not reproduce), and kept labels take their agreeing prediction's score (`rescore`), so the
+  labels are ranked on one scale.
+"""
+import os
+
+import ml_collections
+
+from zipjax.commands.common import load_config_file
+
+
+def get_config():
+  config = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_shapes.py"))
+  config.data.class_agnostic = True     # CutLER self-trains class-agnostic
+  config.loss.drop_loss = True          # no background loss where no label is near (missing objects)
+  config.checkpoint.keep = 1
+  config.eval.every = 0
+
+  config.selftrain = ml_collections.ConfigDict()
+  config.selftrain.rounds = 2
+  config.selftrain.thresholds = [0.05, 0.05]   # floors under the calibrated thresholds
+  config.selftrain.max_dets = 30
+  config.selftrain.mode = "union"
+  config.selftrain.dedup_iou = 0.5
+  config.selftrain.min_area = 16
+  config.selftrain.steps = [3000, 1500, 1500]
+  config.selftrain.init = "previous"
+  config.selftrain.predict_min_score = 0.02
+  config.selftrain.predict_max_dets = 100
+  config.selftrain.predict_chunk = 64
+  config.selftrain.calibrate = 0.5
+  config.selftrain.support_quantile = 0.1
+  config.selftrain.rescore = True
+  return config
