@@ -39,4 +39,5 @@ def get_config():
   config.selftrain.calibrate = 0.0      # 0: fixed thresholds; q: the q quantile of agreeing predictions' scores
   config.selftrain.support_quantile = 0.0   # > 0: drop previous labels no prediction agrees with at that quantile
   config.selftrain.rescore = False      # kept previous labels take their best-agreeing prediction's score
+  config.selftrain.protect = False      # True: labels made by an earlier round are not replaced
   return config

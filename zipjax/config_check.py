@@ -492,6 +492,7 @@ SELFTRAIN_GROUP_RULES: dict[str, Rule] = {
     "selftrain.calibrate": Float(0.0, 1.0, hi_open=True),
     "selftrain.support_quantile": Float(0.0, 1.0, hi_open=True),
     "selftrain.rescore": BOOL,
+    "selftrain.protect": BOOL,
 }
 
 

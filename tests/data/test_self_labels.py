@@ -243,3 +243,29 @@ def test_calibrate_quantiles_of_agreeing_scores():
                                                               "predictions": 0}
   with pytest.raises(InputError, match="quantiles"):
     calibrate(labels, preds, quantile=1.0)
+
+
+def test_protect_keeps_labels_made_by_an_earlier_round():
+  """With protect, a label carrying self_round (made by an earlier round's detector) is kept as it is and the
+  prediction agreeing with it is dropped ('confirmed'); an original pseudo-label is replaced as without protect;
+  new labels carry the round index."""
+  h, w = 30, 40
+  img = [{"id": 1, "file_name": "a.png", "height": h, "width": w}]
+  made, pseudo = _rect(h, w, 0, 0, 10, 10), _rect(h, w, 20, 10, 30, 20)
+  labels = {"images": img, "categories": [{"id": 1, "name": "object"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode_rle(made), "iscrowd": 0,
+                             "score": 0.4, "self_round": 1},
+                            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": encode_rle(pseudo),
+                             "iscrowd": 0, "score": 0.9}]}
+  preds = {"images": img, "categories": [{"id": 1, "name": "object"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "score": 0.8,
+                            "segmentation": encode_rle(_rect(h, w, 0, 0, 10, 9))},
+                           {"id": 2, "image_id": 1, "category_id": 1, "score": 0.7,
+                            "segmentation": encode_rle(_rect(h, w, 20, 10, 30, 19))}]}
+  data, stats = merge_labels(labels, preds, threshold=0.5, dedup_iou=0.5, protect=True, round_index=2)
+  assert stats["confirmed"] == 1 and stats["replaced"] == 1 and stats["added"] == 1 and stats["kept"] == 1
+  new, kept = data["annotations"]
+  assert new["self_round"] == 2 and _decode(new["segmentation"], h, w).sum() == 90  # the pseudo-label repaired
+  assert kept == dict(labels["annotations"][0], id=2)  # the earlier round's label, untouched
+  data, stats = merge_labels(labels, preds, threshold=0.5, dedup_iou=0.5)
+  assert stats["replaced"] == 2 and "confirmed" not in stats and all("self_round" not in a for a in data["annotations"])

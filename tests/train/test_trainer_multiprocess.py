@@ -6,8 +6,10 @@ devices each) against one process with 8 devices:
 - one self-training round (round 0 trains, predicts and is evaluated, round 1 merges, trains, predicts and is
   evaluated): the same labels, predictions, evaluations and detector parameters;
 - preemption: SIGTERM to process 1 only; both processes finish the same step, save one checkpoint at it and exit
-  143 (the stop is a collective decision, `trainer._Preemption`); rerunning both resumes and ends with the
-  uninterrupted run's metrics and parameters.
+  143 (the stop is a collective decision, `trainer._Preemption`); rerunning both resumes there (each process its
+  data iterator) and logs every remaining step once.
+The preemption and self-training tests are marked slow (about 2-4 minutes each on 2 busy cores: every process
+starts JAX, compiles, and gloo spins while the others run).
 
 Floating-point sums over the 8 devices run in another order across processes (gloo) than within one process, so
 losses and parameters are compared to a tolerance (rtol 1e-4 on the losses, atol 1e-4 on the parameters: the
@@ -156,8 +158,9 @@ def test_two_processes_train_like_one(data, single):
   _same_params(pa, pb)
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(data, single, tmp_path):
-  steps = 400  # long enough that the signal lands mid-run; the rerun is cut short by total_steps below
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(data, tmp_path):
+  steps = 100  # long enough that the signal lands mid-run
   w = tmp_path / "preempted"
   args = _train_args(data, w, steps=steps, extra=["--config.log_every=1"])
   procs = _start(args, data / "cache", 2)
@@ -182,6 +185,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(data, single, tmp_pa
   ck = sorted(int(n) for n in os.listdir(w / "checkpoints") if n.isdigit())
   assert ck == [stopped[0]]
   assert max(m["step"] for m in read_metrics(str(w))) == stopped[0]
+  outs = _run(args, data / "cache", 2)  # both resume at the step they stopped at and finish
+  assert all(f"resumed {w} at step {stopped[0]}" in err for _, _, err in outs)
+  assert [m["step"] for m in read_metrics(str(w))] == list(range(1, steps + 1))
 
 
 def _selftrain_args(d, workdir):
@@ -192,6 +198,7 @@ def _selftrain_args(d, workdir):
           "--config.selftrain.thresholds=[0.0]", "--config.checkpoint.every=100"] + TINY
 
 
+@pytest.mark.slow
 def test_two_processes_self_train_like_one(data):
   a, b = data / "st_single", data / "st_two"
   _run(_selftrain_args(data, a), data / "cache", 1)

@@ -15,7 +15,12 @@ Inputs are COCO datasets in memory (`{"images", "annotations", "categories"}`):
   3. `mode='replace'`: the kept predictions are the image's labels; `mode='union'`: the previous labels are
      kept too, except those whose mask IoU with a kept prediction is at least `dedup_iou` (the prediction
      replaces them, as in CutLER); crowd labels (`iscrowd: 1`) are always kept.
-  4. (union, optional) `support`: a previous label that no prediction of the image agrees with (mask IoU >=
+  4. (union, optional) `protect`: previous labels that an earlier round's detector made (they carry
+     `self_round`) are never replaced: a kept prediction agreeing with one (mask IoU >= `dedup_iou`) is dropped
+     instead, so a round repairs the original pseudo-labels and adds missed objects but does not redo its own
+     earlier work with a detector trained on it (which drifts: thresholded predictions shrink a little every
+     round). `round_index` is written as `self_round` on the new labels.
+  5. (union, optional) `support`: a previous label that no prediction of the image agrees with (mask IoU >=
      `dedup_iou`, any score) scoring at least `support` is dropped: the detector trained on it does not find it
      again (false pseudo-labels: background blobs, merged objects); `rescore`: a kept previous label takes the
      score of its best-agreeing prediction, so every label is ranked on the detector's scale.
@@ -27,7 +32,8 @@ a quantile of them is the threshold of new labels, a lower one the support a pre
 
 Output records: the image's kept predictions first (best first), then its surviving previous labels in their
 previous order; annotation ids 1..N in that order. A new label is `{id, image_id, category_id, segmentation
-(compressed RLE), area, bbox (the mask's box), iscrowd 0, score}`; a previous label keeps every field but `id`.
+(compressed RLE), area, bbox (the mask's box: what training recomputes from it), iscrowd 0, score}`; a previous
+label keeps every field but `id` (and its score, with `rescore`).
 Categories: the previous labels' categories, then (new ids, in order of appearance) any prediction category
 whose name is not among them (e.g. `object` of a class-agnostic detector). Images and category order are those
 of `labels`, so the same inputs give the same output, byte for byte once serialised.
@@ -41,6 +47,7 @@ from zipjax.errors import InputError
 from zipjax.io.coco import normalize_name, to_compressed_rle
 
 MODES = ("replace", "union")
+ROUND_KEY = "self_round"  # the round whose merge added a label (absent on the original pseudo-labels)
 
 
 def _rle_bytes(rle: dict) -> dict:
@@ -141,14 +148,15 @@ def calibrate(labels: dict, predictions: dict, *, quantile: float, support_quant
 
 def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets: int = 30, mode: str = "union",
                  dedup_iou: float = 0.5, min_area: float = 1.0, support: float | None = None, rescore: bool = False,
-                 info: dict | None = None) -> tuple:
+                 protect: bool = False, round_index: int | None = None, info: dict | None = None) -> tuple:
   """The next round's labels (see the module docstring).
 
   Returns:
     `(dataset, stats)`: the COCO dataset (`info`, `images`, `annotations`, `categories`) and
     `{"predicted": candidates at or above the threshold, "added": new labels, "kept": previous labels kept,
     "replaced": previous labels replaced by a prediction, "dropped": previous labels dropped (replace mode),
-    "unsupported": previous labels dropped for lack of support, "labels": total}`.
+    "unsupported": previous labels dropped for lack of support, "labels": total}` (with `protect` also
+    "confirmed": kept predictions dropped because they agree with a protected label).
 
   Raises:
     InputError: bad settings, a prediction for an image the labels do not list, a prediction category
@@ -180,19 +188,32 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
     old_of[a["image_id"]].append(a)
 
   stats = {"predicted": 0, "added": 0, "kept": 0, "replaced": 0, "dropped": 0, "unsupported": 0, "labels": 0}
+  if protect:
+    stats["confirmed"] = 0
   out = []
   for img in images:
     h, w = int(img["height"]), int(img["width"])
     preds = preds_of[img["id"]]
     stats["predicted"] += sum(1 for p in preds if p["score"] >= threshold)
     kept = select_predictions(preds, threshold, max_dets, dedup_iou, min_area)
+    old = old_of[img["id"]]
+    if mode == "union" and protect:
+      # labels an earlier round's detector made stay: a prediction agreeing with one confirms it, adds nothing
+      made = [to_compressed_rle(a["segmentation"], h, w) for a in old
+              if ROUND_KEY in a and not a.get("iscrowd", 0)]
+      if made and kept:
+        agree = mask_iou([p["segmentation"] for p in kept], made).max(axis=1) >= dedup_iou  # [K]
+        stats["confirmed"] += int(agree.sum())
+        kept = [p for p, a in zip(kept, agree) if not a]
     for p in kept:
       rle = to_compressed_rle(p["segmentation"], h, w)
-      out.append({"id": 0, "image_id": img["id"], "category_id": pred_cat[p["category_id"]], "segmentation": rle,
-                  "area": _area(rle), "bbox": [float(v) for v in mask_utils.toBbox(_rle_bytes(rle))],
-                  "iscrowd": 0, "score": float(p["score"])})
+      rec = {"id": 0, "image_id": img["id"], "category_id": pred_cat[p["category_id"]], "segmentation": rle,
+             "area": _area(rle), "bbox": [float(v) for v in mask_utils.toBbox(_rle_bytes(rle))],
+             "iscrowd": 0, "score": float(p["score"])}
+      if round_index is not None:
+        rec[ROUND_KEY] = int(round_index)
+      out.append(rec)
     stats["added"] += len(kept)
-    old = old_of[img["id"]]
     if mode == "replace":
       stats["dropped"] += len(old)
       continue
@@ -224,4 +245,4 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
   return data, stats
 
 
-__all__ = ["MODES", "mask_iou", "select_predictions", "agreeing_scores", "calibrate", "merge_labels"]
+__all__ = ["MODES", "ROUND_KEY", "mask_iou", "select_predictions", "agreeing_scores", "calibrate", "merge_labels"]

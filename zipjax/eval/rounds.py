@@ -4,9 +4,12 @@
 `zipjax.jobs.selftrain.evaluate_round` writes (`W/round_<r>/eval.json`) into:
   - `W/metrics.json`: inputs, settings, one record per round (label counts and merge statistics, the 12 COCO
     stats of the labels and of the detector's predictions, class-agnostic and class-aware, box and mask, the
-    final training loss and validation metrics) and, per comparison (labels / detector x agnostic / class),
+    final training loss and validation metrics, the threshold and support the labels were made with, and
+    `worse`: the label metrics that fell by more than REGRESSION_TOL from the previous round, see
+    `label_regressions`) and, per comparison (labels / detector x agnostic / class),
     the `zipjax.eval.compare`-shaped result with every round as a run (precision-recall curves included);
-  - `W/report.md`: round tables (percent), then the full comparison tables of `zipjax.eval.report`;
+  - `W/report.md`: round tables (percent; box and mask side by side, rounds that made the labels worse marked
+    WORSE and listed at the top), then the full comparison tables of `zipjax.eval.report`;
   - `W/plots/rounds.png` (mask and box AR100 / AP50 of labels and detector against the round) and
     `W/plots/pr_<labels|detector>_<agnostic|class>_<bbox|segm>.png` (precision-recall curves of every round).
 Every file is written atomically, metrics.json last; the contents are a function of the evaluations, so a

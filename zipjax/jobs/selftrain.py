@@ -10,9 +10,17 @@ Rounds r = 0 .. R (`R = config.selftrain.rounds`), each in its own folder `W/rou
   labels   `round_<r>/annotations.json`, the labels the round trains on (a COCO dataset with scores; the
            `images_root` is recorded in `info`, so `zipjax gallery W/round_<r>` shows them).
            r = 0: the pseudo-labels (ANN) as given. r >= 1: round r-1's predictions on the training images,
-           kept when scoring at least `thresholds[r-1]`, de-duplicated and merged with round r-1's labels
+           kept when scoring at least the round's threshold, de-duplicated and merged with round r-1's labels
            (`zipjax.data.self_labels.merge_labels`: 'replace' or 'union' with mask-IoU de-duplication, at most
-           `max_dets` new labels per image).
+           `max_dets` new labels per image). A new label's mask is the detector's (with the model's
+           box_source='mask': only inside the box head's box widened by half its size), its box the tight box
+           of that mask (what training recomputes), its score the detector's. The threshold is
+           `thresholds[r-1]`, or with `calibrate` q the q quantile of the scores of the predictions that agree
+           with round r-1's labels (mask IoU >= dedup_iou; `thresholds[r-1]` is then a floor); with
+           `support_quantile` a previous label that no prediction at that quantile agrees with is dropped; with
+           `rescore` kept labels take their agreeing prediction's score; with `protect` labels made by an
+           earlier round are kept as they are (only the pseudo-labels are replaced). New labels carry
+           `self_round` (r). The thresholds used are recorded in the labels' `info`.
   train    the detector trained on those labels for `steps` steps (`zipjax.train.trainer.train`, in process),
            initialised from round r-1's final parameters (`init='previous'`, CutLER's choice) or from the
            config's own initialisation (`init='base'`); `round_<r>/checkpoints`, `metrics.jsonl`, `tb/`.
@@ -27,7 +35,8 @@ Rounds r = 0 .. R (`R = config.selftrain.rounds`), each in its own folder `W/rou
            training images, class-agnostic and (where the category names allow) class-aware, box and mask
            (`zipjax.eval.evaluate`, only the images the files cover): `round_<r>/eval.json`.
 At the end, with `--gt-json`, `W/report.md`, `W/metrics.json` and `W/plots/*.png` show the rounds side by side
-(`zipjax.eval.rounds`).
+(`zipjax.eval.rounds`; a round whose labels lost more than 0.01 of box or mask AP50 or AR100 is flagged WORSE
+there and warned about in the log when it is evaluated).
 
 Resume: every phase's output is written atomically and is its own done-marker, so a rerun of the same command
 skips finished phases and redoes an interrupted one from its start (training resumes from its last checkpoint,
@@ -99,6 +108,9 @@ class Settings:
     support_quantile: 0: previous labels are kept unless replaced; q in (0, 1): a previous label needs an agreeing
       prediction scoring at least the q quantile of the agreeing scores, else it is dropped (union mode).
     rescore: a kept previous label takes the score of its best-agreeing prediction (union mode).
+    protect: labels an earlier round's detector made are never replaced, only the original pseudo-labels are
+      (union mode; predictions agreeing with a protected label confirm it and add nothing): a detector trained on
+      its own labels does not redo them, which drifts (`zipjax.data.self_labels`).
   """
   rounds: int
   thresholds: tuple
@@ -114,6 +126,7 @@ class Settings:
   calibrate: float = 0.0
   support_quantile: float = 0.0
   rescore: bool = False
+  protect: bool = False
 
   @classmethod
   def from_config(cls, config) -> "Settings":
@@ -148,7 +161,8 @@ class Settings:
               dedup_iou=float(s.dedup_iou), min_area=float(s.min_area), steps=steps, init=str(s.init),
               predict_min_score=float(s.predict_min_score), predict_max_dets=int(s.predict_max_dets),
               predict_chunk=int(s.predict_chunk), calibrate=float(s.get("calibrate", 0.0)),
-              support_quantile=float(s.get("support_quantile", 0.0)), rescore=bool(s.get("rescore", False)))
+              support_quantile=float(s.get("support_quantile", 0.0)), rescore=bool(s.get("rescore", False)),
+              protect=bool(s.get("protect", False)))
     if out.max_dets < 1 or out.predict_max_dets < 1 or out.predict_chunk < 1:
       raise InputError("selftrain.max_dets, predict_max_dets and predict_chunk must be >= 1")
     if not 0.0 < out.dedup_iou <= 1.0:
@@ -293,11 +307,12 @@ def _merged_labels(settings: Settings, workdir: str, r: int, images_root: str) -
   t = th["threshold"]
   info = {"description": f"zipjax self-train labels, round {r}", "round": r, "threshold": t,
           "support": th["support"], "calibration": th["calibration"], "rescore": settings.rescore,
+          "protect": settings.protect,
           "mode": settings.mode, "max_dets": settings.max_dets, "dedup_iou": settings.dedup_iou,
           "min_area": settings.min_area, "images_root": os.path.abspath(images_root)}
   data, stats = merge_labels(prev, preds, threshold=t, max_dets=settings.max_dets, mode=settings.mode,
                              dedup_iou=settings.dedup_iou, min_area=settings.min_area, support=th["support"],
-                             rescore=settings.rescore, info=info)
+                             rescore=settings.rescore, protect=settings.protect, round_index=r, info=info)
   data["info"]["stats"] = stats
   return data, stats
 

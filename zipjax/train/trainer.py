@@ -24,7 +24,9 @@ One run, in order (`train`):
      mask AP through `zipjax.eval.evaluate`, recorded in the step's metrics; `eval.at_start`: also the initial
      parameters, as step 0), orbax checkpoints every
      `checkpoint.every` steps (asynchronous, keeping the last `checkpoint.keep`) and at the end. SIGTERM:
-     the current step finishes, a checkpoint is saved, `train` returns `EXIT_PREEMPTED` (143).
+     the current step finishes, a checkpoint is saved, `train` returns `EXIT_PREEMPTED` (143). With several
+     processes a SIGTERM to any of them stops all after the same step (a collective decision carried by the
+     step itself, `_Preemption`), so they save one checkpoint together and all return 143.
   6. A rerun with the same workdir resumes; a run whose checkpoint is at `total_steps` says so and returns 0.
      `W/config.json` records the run's config; a rerun whose model, loss, text, data, optimizer, batch size,
      seed, step count or initialisation differ is refused (use a new workdir).
@@ -34,9 +36,12 @@ parameters of the checkpoint; XLA on a given backend is deterministic, so the sa
 metrics.jsonl, and a run killed at any point and rerun writes the same metrics and final parameters as an
 uninterrupted one (tests/train/test_trainer_resume.py kills a real process with SIGKILL).
 
-Multi-host: every process runs the same command (`config.distributed=True` calls
-`jax.distributed.initialize()`); each decodes its slice of every global batch; orbax writes one checkpoint;
-process 0 writes metrics and runs the COCO evaluation.
+Multi-host: every process runs the same command (`config.distributed=True` starts `jax.distributed` through
+`zipjax.parallel.initialize`: ZIPJAX_COORDINATOR / ZIPJAX_NUM_PROCESSES / ZIPJAX_PROCESS_ID, a TPU slice, or the
+cluster's own detection; gloo collectives on CPU); each decodes its slice of every global batch; orbax writes one
+checkpoint; process 0 writes metrics and config.json and scores the COCO evaluation (every process predicts its
+part). Two processes x 4 CPU devices give one process x 8 devices' metrics and parameters up to float rounding
+(tests/train/test_trainer_multiprocess.py).
 """
 from __future__ import annotations
 
