@@ -49,6 +49,7 @@ def get_config():
   config.data.class_agnostic = False    # one query, "object", for every category
   config.data.min_score = 0.0           # drop pseudo-labels scoring below this
   config.data.keep_empty = False        # keep images without annotations
+  config.data.soft_masks = False        # mask targets: cover fraction per cell instead of the half-cover vote
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 2e-3

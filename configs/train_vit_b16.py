@@ -46,6 +46,7 @@ def get_config():
   config.data.class_agnostic = False
   config.data.min_score = 0.0
   config.data.keep_empty = False
+  config.data.soft_masks = False
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 2e-4                # heads; the backbone gets lr * 0.25 = 5e-5 (OWL-ViT)

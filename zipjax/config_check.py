@@ -381,6 +381,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "data.class_agnostic": BOOL,
     "data.min_score": PROBABILITY,
     "data.keep_empty": BOOL,
+    "data.soft_masks": BOOL,
     # optimizer (zipjax/train/optim.py)
     "optim.lr": Float(0.0, lo_open=True),
     "optim.end_factor": Float(0.0),

@@ -2,6 +2,7 @@
 (whatever the worker count); the iterator state resumes exactly; dataset rules (crowd, scores, polygons,
 fraction, class-agnostic) and error messages."""
 import copy
+import dataclasses
 import json
 from fractions import Fraction
 
@@ -84,6 +85,11 @@ def test_targets_consistent_with_masks_and_pixels():
       assert full.sum() >= p.min_area
       vote = full.reshape(16, 4, 16, 4).mean((1, 3)) >= 0.5
       np.testing.assert_array_equal(ex["masks"][j], vote)
+      if trial < 4:  # data.soft_masks: the cover fractions, the same geometry and boxes
+        soft = ct.make_targets(image, anns, dataclasses.replace(p, soft_masks=True), np.random.default_rng(trial))
+        assert soft["masks"].dtype == np.float32 and ex["masks"].dtype == bool
+        np.testing.assert_allclose(soft["masks"][j], full.reshape(16, 4, 16, 4).mean((1, 3)), atol=1e-7)
+        np.testing.assert_array_equal(soft["boxes"], ex["boxes"])
       # interior pixels carry the object's colour after (antialiased) bilinear resampling: erode by the filter
       # support, 1 + the downscale factor
       inner = full.copy()

@@ -22,7 +22,9 @@ Targets (the detector's batch contract, static shapes; `T = data.max_instances`,
   image uint8 [S, S, 3]; boxes float32 [T, 4] (cx, cy, w, h) / S, the exact box of the transformed
   full-resolution mask (x1 = last column + 1); labels int32 [T] (index into the query list: the dataset's
   categories in file order, or 0 in class-agnostic mode); masks bool [T, Sm, Sm] (a cell is on when at least
-  half of its `stride x stride` pixels are); valid bool [T].
+  half of its `stride x stride` pixels are), or with `data.soft_masks` float32 [T, Sm, Sm], the fraction of each
+  cell the mask covers (thin parts narrower than a cell stay visible to the loss: the mask logits learn partial
+  cover, and a box taken from a low-confidence contour keeps them); valid bool [T].
   Instances whose transformed mask has fewer than `data.min_area` pixels (at S) are dropped (cropped away or
   tiny); when more than T remain, the T largest are kept (ties: file order).
 
@@ -186,6 +188,7 @@ class AugmentParams:
     max_scale: largest longer-side scale relative to S (training).
     hflip: probability of a horizontal flip (training).
     min_area: smallest transformed mask area in pixels at S.
+    soft_masks: float cover fractions as mask targets instead of the half-cover vote.
   """
   image_size: int
   mask_stride: int
@@ -195,6 +198,7 @@ class AugmentParams:
   max_scale: float = 1.5
   hflip: float = 0.5
   min_area: int = 4
+  soft_masks: bool = False
 
   def __post_init__(self):
     if self.image_size % self.mask_stride:
@@ -293,7 +297,7 @@ def make_targets(image: np.ndarray, anns: list, p: AugmentParams, rng: np.random
   boxes = np.zeros((t, 4), np.float32)
   labels = np.zeros((t,), np.int32)
   sm = s // stride
-  masks = np.zeros((t, sm, sm), bool)
+  masks = np.zeros((t, sm, sm), np.float32 if p.soft_masks else bool)
   valid = np.zeros((t,), bool)
   full = np.zeros((t, s, s), bool) if full_masks else None
   for j, (_, _, label, m) in enumerate(kept):
@@ -301,7 +305,7 @@ def make_targets(image: np.ndarray, anns: list, p: AugmentParams, rng: np.random
     boxes[j] = [(x0 + x1) / 2 / s, (y0 + y1) / 2 / s, (x1 - x0) / s, (y1 - y0) / s]
     labels[j] = label
     cells = m.reshape(sm, stride, sm, stride).mean(axis=(1, 3))  # [Sm, Sm]
-    masks[j] = cells >= 0.5
+    masks[j] = cells if p.soft_masks else cells >= 0.5
     valid[j] = True
     if full is not None:
       full[j] = m
@@ -364,7 +368,8 @@ def augment_params(config, train: bool = True) -> AugmentParams:
   d = config.data
   return AugmentParams(image_size=int(config.model.input_size), mask_stride=int(config.model.mask_stride),
                        max_instances=int(d.max_instances), train=train, min_scale=float(d.min_scale),
-                       max_scale=float(d.max_scale), hflip=float(d.hflip), min_area=int(d.min_area))
+                       max_scale=float(d.max_scale), hflip=float(d.hflip), min_area=int(d.min_area),
+                       soft_masks=bool(d.get("soft_masks", False)))
 
 
 def make_dataset(train_set: TrainSet, params: AugmentParams, global_batch: int, seed: int, process_index: int = 0,
