@@ -5,7 +5,8 @@
 
 1. Data: bench/heldout_shapes.py (another generator than zipjax.data.synthetic: other shapes, sizes, backgrounds,
    anti-aliased edges; one class), `--train-images` training images (seed 0) and `--val-images` held-out images
-   (seed 1), written once under `--work` and reused.
+   (`--val-seed`, default 6: seeds 1 and 2 were used to choose the config's and the inference's settings), written
+   once under `--work` (or `--data`) and reused.
 2. Training: `zipjax train`'s trainer in this process on one CPU device, class-agnostic, the config as given
    plus the overrides, evaluating the held-out images every `eval.every` steps (default here 1000).
 3. Learning curve: class-agnostic box and mask AP50 (and AR100) per evaluation, from metrics.jsonl.
@@ -41,11 +42,11 @@ def _cpu() -> float:
   return r.ru_utime + r.ru_stime
 
 
-def data_dirs(work: str, train_images: int, val_images: int) -> tuple:
-  """(train dir, held-out dir), generated once per size under `work`."""
+def data_dirs(work: str, train_images: int, val_images: int, val_seed: int = 6) -> tuple:
+  """(train dir, held-out dir), generated once per size and seed under `work`."""
   from bench import heldout_shapes  # pylint: disable=import-outside-toplevel
   out = []
-  for name, n, seed in (("train", train_images, 0), ("val", val_images, 1)):
+  for name, n, seed in (("train", train_images, 0), ("val", val_images, val_seed)):
     d = os.path.join(work, f"data_{name}_{n}_s{seed}")
     if not os.path.exists(os.path.join(d, "annotations.json")):
       heldout_shapes.generate(d, n, seed)
@@ -108,7 +109,7 @@ def curve(recs: list) -> str:
 
 
 def run(config_path: str, overrides: list, work: str, train_images: int, val_images: int,
-        budget_s: float, log=print, data: str | None = None) -> dict:
+        budget_s: float, log=print, data: str | None = None, val_seed: int = 6) -> dict:
   """Generates the data, trains, evaluates; returns the measurements (see the module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -116,7 +117,7 @@ def run(config_path: str, overrides: list, work: str, train_images: int, val_ima
   from zipjax.config_check import check_train_config  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   from zipjax.train.metrics import read_metrics  # pylint: disable=import-outside-toplevel
-  train_dir, val_dir = data_dirs(data or work, train_images, val_images)
+  train_dir, val_dir = data_dirs(data or work, train_images, val_images, val_seed)
   config = load_config_file(config_path)
   config = apply_overrides(config, ["--config.mesh=[('data', 1)]", "--config.data.class_agnostic=True",
                                     "--config.eval.every=1000"] + list(overrides))
@@ -134,7 +135,7 @@ def run(config_path: str, overrides: list, work: str, train_images: int, val_ima
   recs = read_metrics(workdir)
   final = detect_and_eval(workdir, val_dir, os.path.join(work, "detect"))
   out = {"config": config_path, "overrides": list(overrides), "steps": int(res.step),
-         "train_images": train_images, "val_images": val_images, "wall_s": wall, "cpu_s": cpu,
+         "train_images": train_images, "val_images": val_images, "val_seed": val_seed, "wall_s": wall, "cpu_s": cpu,
          "load_before": list(load0), "load_after": list(load1), "devices": jax.device_count(),
          "curve": [{k: r[k] for k in r if k == "step" or k == "loss" or k.startswith("eval/agnostic/")}
                    for r in recs if "eval/agnostic/bbox_AP50" in r],
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
   p.add_argument("--work", default="/tmp/box_quality")
   p.add_argument("--data", help="folder of the generated data (default: --work), shared between runs")
   p.add_argument("--train-images", type=int, default=400)
-  p.add_argument("--val-images", type=int, default=100)
+  p.add_argument("--val-images", type=int, default=300)
+  p.add_argument("--val-seed", type=int, default=6)
   p.add_argument("--budget-s", type=float, default=600.0)
   a, overrides = p.parse_known_args(argv)
   bad = [o for o in overrides if not o.startswith("--config.")]
@@ -159,9 +161,9 @@ def main(argv=None) -> int:
     p.error(f"unknown arguments {bad} (config overrides are --config.KEY=VALUE)")
   os.makedirs(a.work, exist_ok=True)
   m = run(a.config, overrides, a.work, a.train_images, a.val_images, a.budget_s,
-          log=lambda s: print(s, file=sys.stderr), data=a.data)
+          log=lambda s: print(s, file=sys.stderr), data=a.data, val_seed=a.val_seed)
   print(f"config {m['config']} {' '.join(m['overrides'])}: {m['steps']} steps, {m['train_images']} training / "
-        f"{m['val_images']} held-out images (bench/heldout_shapes.py), class-agnostic")
+        f"{m['val_images']} held-out images (bench/heldout_shapes.py, seed {m['val_seed']}), class-agnostic")
   print("learning curve (trainer's evaluation on the held-out images, pycocotools):")
   print(curve(m["curve"]))
   f = m["final"]

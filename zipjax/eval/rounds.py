@@ -159,15 +159,30 @@ def _round_table(records: list, part: str, mode: str):
   return headers, rows
 
 
+def _guards(settings: dict) -> str:
+  """The label guards of the settings, as a sentence tail ('' when none is on)."""
+  parts = []
+  if settings.get("calibrate"):
+    parts.append(f"thresholds calibrated (quantile {settings['calibrate']:g} of the agreeing predictions' scores; "
+                 "the configured ones are floors)")
+  if settings.get("support_quantile"):
+    parts.append(f"labels need support (quantile {settings['support_quantile']:g})")
+  if settings.get("rescore"):
+    parts.append("kept labels rescored")
+  if settings.get("protect"):
+    parts.append("labels made by a round are protected")
+  return ("; " + ", ".join(parts)) if parts else ""
+
+
 def markdown(records: list, comps: dict, settings: dict, inputs: dict, plots: dict) -> str:
   out = ["# Self-training report", "",
          f"- Pseudo-labels (round 0): `{inputs['pseudo_json']}`; images: `{inputs['images_root']}`",
          f"- Ground truth: `{inputs['gt_json']}` (only the images of each file are scored)",
          f"- Rounds 0..{settings['rounds']}; thresholds {list(settings['thresholds'])}; merge `{settings['mode']}` "
          f"(mask-IoU de-duplication at {settings['dedup_iou']:g}, at most {settings['max_dets']} new labels per "
-         f"image); init `{settings['init']}`; steps {list(settings['steps'])}",
+         f"image); init `{settings['init']}`; steps {list(settings['steps'])}" + _guards(settings),
          "", "Numbers are percent. Labels are scored as detections (a label without a score counts as 1.0). A "
-         f"round whose labels lost more than {100 * REGRESSION_TOL:g} points of box or mask AP50 or AR100 "
+         f"round whose labels lost more than {REGRESSION_TOL:g} (fraction) of box or mask AP50 or AR100 "
          "(class-agnostic) against the previous round is marked WORSE.", ""]
   worse = [rec for rec in records if rec.get("worse")]
   out.append("**Rounds whose labels got worse: " + ", ".join(f"round {rec['round']} ({'; '.join(rec['worse'])})"
