@@ -197,9 +197,9 @@ RULES: dict[str, Rule] = {
     "models.boundary.arch": ARCH,
     "models.sam.checkpoint": TEXT,
     "models.sam.arch": ARCH,
-    "models.semantic.dtype": Choice("float32", "bfloat16"),
-    "models.boundary.dtype": Choice("float32", "bfloat16"),
-    "models.sam.dtype": Choice("float32", "bfloat16"),
+    "models.semantic.dtype": Choice("auto", "float32", "bfloat16"),
+    "models.boundary.dtype": Choice("auto", "float32", "bfloat16"),
+    "models.sam.dtype": Choice("auto", "float32", "bfloat16"),
     "models.seed": Int(0, 2**31 - 1),
     # image decoding limits
     "input.min_side": Int(1),

@@ -51,6 +51,7 @@ import numpy as np
 
 from zipjax import parallel
 from zipjax.errors import InputError
+from zipjax.models import storage
 from zipjax.pipeline import post as post_lib
 from zipjax.pipeline import step as step_lib
 from zipjax.pipeline.prep import PrepSpec, Prepared, dummy_arrays, pixel_tables, prepare
@@ -60,10 +61,8 @@ _PROGRAMS: dict = {}  # compiled step programs shared by engines of the same mod
 
 
 def _dtype(model_cfg) -> str:
-  d = str(model_cfg.get("dtype", "float32")) if hasattr(model_cfg, "get") else "float32"
-  if d not in ("float32", "bfloat16"):
-    raise InputError(f"model dtype must be 'float32' or 'bfloat16', got {d!r}")
-  return d
+  """models.* dtype ('auto' resolved for this platform, `zipjax.models.storage.resolve_dtype`)."""
+  return storage.resolve_dtype(model_cfg.get("dtype", "float32") if hasattr(model_cfg, "get") else "float32")
 
 
 def _hashable_rules(rules) -> tuple:

@@ -80,8 +80,9 @@ def save_converted(dst, family: str, config: dict, variables: dict, source: str 
   return dst
 
 
-def load_converted(path, family: str | None = None) -> tuple[dict, dict]:
-  """Reads a converted directory -> (config, variables). Checks the family when given."""
+def load_converted(path, family: str | None = None, leaf_filter=None) -> tuple[dict, dict]:
+  """Reads a converted directory -> (config, variables). Checks the family when given. `leaf_filter`
+  (`zipjax.models.storage.LeafFilter`) drops or casts each leaf as it is read (dropped ones are not read)."""
   path = os.fspath(path)
   cfg_path = os.path.join(path, CONFIG_FILE)
   try:
@@ -97,7 +98,12 @@ def load_converted(path, family: str | None = None) -> tuple[dict, dict]:
     raise CheckpointError(f"{path}: is a converted {meta.get('family')!r} checkpoint, expected {family!r}")
   try:
     with np.load(os.path.join(path, PARAMS_FILE), allow_pickle=False) as z:
-      flat = {k: z[k] for k in z.files}
+      flat = {}
+      for k in z.files:
+        if leaf_filter is None:
+          flat[k] = z[k]
+        elif leaf_filter.keeps(k):
+          flat[k] = leaf_filter(k, z[k])
   except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
     raise CheckpointError(f"{os.path.join(path, PARAMS_FILE)}: cannot be read ({e})") from e
   return meta["config"], unflatten(flat)

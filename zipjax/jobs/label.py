@@ -100,7 +100,9 @@ def checkpoint_identity(spec: str, family: str) -> dict:
 
 
 def model_identity(config, random_init: bool) -> dict:
-  """Per model: the random-init seed and architecture, or the checkpoint identity."""
+  """Per model: the random-init seed and architecture, or the checkpoint identity; and the compute dtype it
+  runs in here ('auto' resolved for this platform: outputs differ between dtypes)."""
+  from zipjax.models.storage import resolve_dtype  # pylint: disable=import-outside-toplevel
   m = config.models
   out = {}
   for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", "sam"))):
@@ -110,6 +112,7 @@ def model_identity(config, random_init: bool) -> dict:
       out[field] = {"random_init": True, "seed": int(m.seed) + i, "arch": _plain(m[field].arch)}
     else:
       out[field] = checkpoint_identity(m[field].checkpoint, family)
+    out[field]["compute_dtype"] = resolve_dtype(m[field].get("dtype", "float32"))
   return out
 
 

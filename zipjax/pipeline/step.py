@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.errors import InputError
-from zipjax.models.clip import CLIPConfig
+from zipjax.models.clip import CLIPConfig, image_tower
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
 from zipjax.models.sam.sam import Sam
@@ -151,12 +151,7 @@ def visual_variables(variables: dict, is_vit: bool, stage: int = 4) -> dict:
 
 def vision_module(cfg: CLIPConfig):
   """The image tower of `CLIP(cfg)` as a standalone module (same parameter tree as `variables[..]['visual']`)."""
-  dtype = jnp.dtype(cfg.dtype)
-  if cfg.is_vit:
-    return VisionTransformer(cfg.image_resolution, cfg.vision_patch_size, cfg.vision_width, cfg.vision_layers,
-                             cfg.vision_heads, cfg.embed_dim, dtype=dtype)
-  return ModifiedResNet(cfg.vision_layers, cfg.embed_dim, cfg.vision_heads, cfg.image_resolution,
-                        cfg.vision_width, dtype=dtype)
+  return image_tower(cfg)
 
 
 def _normalise(pixels, table):

@@ -261,20 +261,29 @@ def _clip_arch(spec):
 
 
 def build_models(config, random_init: bool = False):
-  """(semantic CLIP, boundary CLIP, SAM or None) for `config.models` (`zipjax.weights` resolves names)."""
+  """(semantic CLIP, boundary CLIP, SAM or None) for `config.models` (`zipjax.weights` resolves names), held as
+  the engine uses them (`zipjax.models.storage`): the boundary model is its image trunk up to
+  `boundary.stage` only, and the image towers' kernels are held in their compute dtype (`models.*.dtype`,
+  'auto' resolved for this platform); the semantic model's text tower stays float32."""
   from zipjax import weights  # pylint: disable=import-outside-toplevel
   from zipjax.clip import ClipModel, load_clip  # pylint: disable=import-outside-toplevel
+  from zipjax.models import storage  # pylint: disable=import-outside-toplevel
   m = config.models
   seed = int(m.seed)
+  sem_filter = storage.LeafFilter(dtype=storage.resolve_dtype(m.semantic.get("dtype", "float32")),
+                                  cast_prefixes=("params/visual/",))
+  bnd_filter = storage.trunk_filter(int(config.boundary.stage), storage.resolve_dtype(m.boundary.get("dtype",
+                                                                                                     "float32")))
   if random_init:
-    sem = ClipModel.random(_clip_arch(m.semantic.arch), seed)
-    bnd = ClipModel.random(_clip_arch(m.boundary.arch), seed + 1)
+    sem = ClipModel.random(_clip_arch(m.semantic.arch), seed, leaf_filter=sem_filter)
+    bnd = ClipModel.random(_clip_arch(m.boundary.arch), seed + 1, leaf_filter=bnd_filter)
   else:
-    sem = load_clip(weights.resolve(m.semantic.checkpoint, "clip"))
-    bnd = load_clip(weights.resolve(m.boundary.checkpoint, "clip"))
+    sem = load_clip(weights.resolve(m.semantic.checkpoint, "clip"), leaf_filter=sem_filter)
+    bnd = load_clip(weights.resolve(m.boundary.checkpoint, "clip"), leaf_filter=bnd_filter)
   sam = None
   if config.sam.enabled:
-    sam = refine.build_sam(m.sam, random_init, seed + 2)
+    sam = refine.build_sam(m.sam, random_init, seed + 2,
+                           storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32"))))
   return sem, bnd, sam
 
 
