@@ -172,7 +172,11 @@ def reference() -> ml_collections.ConfigDict:
   """
   config = ml_collections.ConfigDict()
   config.preset = "reference"
-  config.batch_size = 4           # images per CLIP Surgery call
+  config.batch_size = 4           # images per step and data-parallel device group
+  # images computed together inside a device batch (the rest loop): the step's temporaries are one
+  # micro-batch's, and padding micro-batches cost nothing (a single image in a batch of 4 costs one image).
+  # 0: the whole device batch vmapped at once (more parallel work per kernel, memory grows with the batch)
+  config.micro_batch = 1
   config.models = _models()
   config.input = _input()
   config.semantic = _semantic_reference()
