@@ -91,7 +91,7 @@ def _arch(arch) -> CLIPConfig:
 
 
 def load_clip(src) -> ClipModel:
-  """Loads CLIP from an OpenAI checkpoint file (.pt, TorchScript or state dict; needs torch) or from a
+  """Loads CLIP from an OpenAI checkpoint file (.pt, TorchScript or state dict, read as data) or from a
   directory written by `zipjax convert clip` (no torch needed)."""
   src = os.fspath(src)
   if is_converted_dir(src):

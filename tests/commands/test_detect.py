@@ -96,3 +96,18 @@ def test_detect_errors(workdir, tmp_path, capsys):
   assert cli.main(["detect", str(d / "val" / "images"), "--workdir", str(empty), "--classes", "a",
                    "--out", str(tmp_path / "o")]) == 2
   assert "checkpoints" in capsys.readouterr().err
+
+
+def test_hostile_text_tower_checkpoint_never_runs(workdir, tmp_path):
+  """`--config.init_checkpoint` names the CLIP whose text tower embeds the class names: hostile files are
+  refused in one line (exit 2) and never run (the other commands: tests/convert/test_untrusted.py)."""
+  from tests.convert import malicious
+  d = workdir
+  evil = malicious.make_all(tmp_path)
+  cases = [(f"detect {kind}", ["detect", str(d / "val" / "images" / "000001.png"), "--workdir", str(d / "w"),
+                               "--classes", "a", "--out", str(tmp_path / f"o_{kind}"),
+                               f"--config.init_checkpoint={path}"]) for kind, path in evil.items()]
+  results = malicious.run_cli(cases, tmp_path)
+  assert not malicious.markers(tmp_path)
+  bad = malicious.failures(cases, results, evil)
+  assert not bad, "\n".join(bad)
