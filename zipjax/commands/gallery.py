@@ -9,8 +9,9 @@ Reads DIR/annotations.json (+ errors.json, run.json when present) and the images
                     the ground truth beside it and the true positives / misses / false positives at mask IoU 0.5.
 Thumbnails and image copies are cached by content: a re-run renders only what changed. A run with more than
 --max-images images is sampled deterministically (by a hash of the file name); the index says so.
-Relative file names are looked up under --images-root, else the root the run recorded, the current folder, DIR
-and its parent.
+Relative file names are looked up under --images-root, else the root the run recorded, else DIR; only images
+strictly inside --images-root (else the run's recorded inputs or root) are shown and copied: an absolute name,
+a ../ path or a symlink leading outside is refused per image (see zipjax/gallery/build.py).
 """
 from __future__ import annotations
 
