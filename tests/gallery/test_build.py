@@ -458,3 +458,36 @@ def test_killed_build_leaves_complete_files_and_the_rerun_finishes(tmp_path):
   assert not [n for sub in ("thumbs", "images", "pages") for n in os.listdir(os.path.join(out, sub))
               if n.startswith(".")]  # temporary files of the killed run are cleaned up
   assert len(os.listdir(pages)) == n
+
+
+def test_memory_follows_the_image_not_the_numbers_in_the_file(tmp_path):
+  """A 60000 x 60000 image record with an 8-character RLE (a 3.35 GiB mask if decoded) and a polygon with
+  coordinates of 2e7 (GBs of outline for pycocotools) build in a process limited to 1.5 GiB of address space:
+  the oversized record is refused in one line (its page and the index say so), the polygon is clipped to its
+  image first and drawn."""
+  run = _one_image_run(str(tmp_path))
+  with open(os.path.join(run, "annotations.json")) as f:
+    ds = json.load(f)
+  huge = mask_utils.frPyObjects({"size": [60000, 60000], "counts": [60000 * 60000]}, 60000, 60000)
+  assert len(huge["counts"]) <= 8
+  ds["images"].append({"id": 2, "file_name": "flat.png", "height": 60000, "width": 60000})
+  ds["annotations"] += [
+      {"id": 2, "image_id": 2, "category_id": 1, "score": 0.5, "iscrowd": 0,
+       "segmentation": {"size": [60000, 60000], "counts": huge["counts"].decode()}},
+      {"id": 3, "image_id": 1, "category_id": 1, "score": 0.4, "iscrowd": 0,
+       "segmentation": [[-2e7, -2e7, 2e7, -2e7, 2e7, 2e7, -2e7, 2e7]]}]
+  with open(os.path.join(run, "annotations.json"), "w") as f:
+    json.dump(ds, f)
+  code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+          "from zipjax.gallery.build import build_gallery\n"
+          f"r = build_gallery({run!r}, workers=1)\nprint(r.shown, r.missing)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1"), cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["2", "1"]
+  index = _read(os.path.join(run, "gallery", "index.html"))
+  assert "image record 1 (id 2) claims 60000x60000 px, more than the limit" in index
+  assert "claims 60000x60000 px" in _read(os.path.join(run, "gallery", "pages", "2.html"))
+  data = json.loads(parse(_read(os.path.join(run, "gallery", "pages", "1.html"))).by_id("page-data").text)
+  full = mask_utils.decode({"size": [64, 96], "counts": data["pred"][1]["rle"]["counts"].encode()})
+  assert full.all()  # the clipped polygon covers the whole image

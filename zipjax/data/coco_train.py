@@ -5,7 +5,8 @@ Pipeline (per process, grain's dataset API):
   `TrainSet` (records: image path, size, annotations; loaded and validated once)
     -> `MapDataset.source(records).shuffle(seed).repeat()` (a new permutation every epoch; endless)
     -> `ExampleAt` (this process's examples of every global batch, see below): decode the image
-       (`zipjax/io/images.py`: EXIF, grayscale, 16-bit...), decode every mask (RLE or polygons, pycocotools),
+       (`zipjax/io/images.py`: EXIF, grayscale, 16-bit...), decode every mask (RLE or polygons, bounded by the
+       image: `zipjax/io/geometry.py`),
        one random geometry applied to the image and to every mask, targets recomputed from the masks
     -> `.batch(G / P)` -> `.to_iter_dataset()` (thread prefetch) -> `.mp_prefetch()` (decoding worker
        processes, `data.workers`).
@@ -54,11 +55,11 @@ import sys
 import grain
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from zipjax.errors import InputError
 from zipjax.io import coco as coco_io
 from zipjax.io import images as images_io
+from zipjax.io.geometry import decode_mask
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -253,17 +254,6 @@ def transform_masks(masks: np.ndarray, g: Geometry) -> np.ndarray:
   out = np.zeros((n, g.size, g.size), bool)
   out[:, :g.out_h, :g.out_w] = masks[:, ys][:, :, xs]  # [n, out_h, out_w]
   return out
-
-
-def decode_mask(seg, h: int, w: int) -> np.ndarray:
-  """COCO segmentation (compressed/uncompressed RLE or polygons) -> uint8 [h, w] in {0, 1}."""
-  if isinstance(seg, dict):
-    rle = seg if isinstance(seg["counts"], (str, bytes)) else mask_utils.frPyObjects(seg, h, w)
-    if isinstance(rle["counts"], str):
-      rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-  else:
-    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-  return mask_utils.decode(rle)
 
 
 def box_from_mask(mask: np.ndarray) -> np.ndarray:

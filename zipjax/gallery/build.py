@@ -321,9 +321,11 @@ class _Builder:
   def prepare(self, pos: int) -> dict:
     """Main thread: reads the image's records (file access is sequential) and resolves its path."""
     im = self.index.images[pos]
-    records, ann_hash = self.index.records(pos)
+    records, ann_hash = ([], "oversize") if im["oversize"] else self.index.records(pos)
     job = {"pos": pos, "image": im, "records": records, "ann_hash": ann_hash, "gt_pos": None, "gt_records": None}
-    if self.no_files:  # the run's images were dataset records: nothing to look up
+    if im["oversize"]:  # not decoded at the size it claims; no image file is read either
+      job["path"], job["missing"], job["shown"] = None, im["oversize"], im["name"]
+    elif self.no_files:  # the run's images were dataset records: nothing to look up
       job["path"], job["missing"], job["shown"] = None, self.no_files, im["name"]
     else:
       job["path"], job["missing"], job["shown"] = resolve_image(im["file_name"], self.roots)
@@ -331,7 +333,8 @@ class _Builder:
     if self.gt is not None:
       job["gt_pos"] = self.gt_map[pos]
       if job["gt_pos"] is not None:
-        job["gt_records"], _ = self.gt.records(job["gt_pos"])
+        oversize = im["oversize"] or self.gt.images[job["gt_pos"]]["oversize"]
+        job["gt_records"] = [] if oversize else self.gt.records(job["gt_pos"])[0]
     return job
 
   def process(self, job: dict) -> dict:

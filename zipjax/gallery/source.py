@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 from zipjax.errors import InputError
+from zipjax.io.geometry import image_size_problem
 
 _CHUNK = 1 << 20
 _WS = re.compile(r"[ \t\n\r]*")
@@ -171,7 +172,9 @@ class CocoIndex:
   Attributes:
     path: the file.
     info: its `info` object ({} when absent).
-    images: `[{"id", "file_name" (None when absent), "name" (for display), "height", "width"}]` in file order.
+    images: `[{"id", "file_name" (None when absent), "name" (for display), "height", "width", "oversize"}]` in
+      file order; `oversize` says why an image claiming more pixels than `zipjax.io.geometry.MAX_SIDE` /
+      `MAX_PIXELS` is not drawn (None for the others): memory follows real images, not numbers in a file.
     categories: `[{"id", "name"}]` in file order (ids referenced by annotations but not listed are added as
       `category <id>`).
     table: the `AnnotationTable`.
@@ -287,7 +290,12 @@ class CocoIndex:
       if not (_int(h) and _int(w) and h > 0 and w > 0):
         raise InputError(f"{self.path}: image {i} (id {im['id']}) needs positive integer 'height' and 'width'")
       name = im.get("file_name") if isinstance(im.get("file_name"), str) and im.get("file_name") else None
-      out.append({"id": im["id"], "file_name": name, "name": name or f"image {im['id']}", "height": h, "width": w})
+      oversize = image_size_problem(h, w)
+      if oversize:
+        oversize = f"image record {i} (id {im['id']}) {oversize}; its instances are not drawn"
+        self.problems.append(f"{self.path}: {oversize}")
+      out.append({"id": im["id"], "file_name": name, "name": name or f"image {im['id']}", "height": h, "width": w,
+                  "oversize": oversize})
     return out
 
   def _categories(self, raw) -> list:
