@@ -274,3 +274,23 @@ def test_every_image_bad_exits_1(tmp_path):
   rc, _ = run_single([root], tmp_path / "out")
   assert rc == 1
   assert json.loads((tmp_path / "out" / "annotations.json").read_text())["images"] == []
+
+
+def test_output_folder_inside_the_input_folder_is_not_labelled(tmp_path):
+  """`zipjax label DIR --out DIR/out`, then a gallery (JPEGs under DIR/out/gallery/), then the same command
+  again: the run is complete (nothing to do), the gallery's images are not added to the dataset."""
+  from zipjax.gallery import build_gallery
+  root = tmp_path / "data"
+  keys = make_images(root, n=4)
+  out = root / "out"
+  rc, _ = run_single([root], out)
+  assert rc == 0
+  first = (out / "annotations.json").read_bytes()
+  build_gallery(str(out), workers=1, thumb_size=32, image_size=64)
+  assert list((out / "gallery" / "thumbs").iterdir())
+  logs = []
+  rc, make = run_single([root], out, logs=logs)
+  assert rc == 0 and make.engines == []  # complete: nothing to label, no engine built
+  assert (out / "annotations.json").read_bytes() == first
+  names = [im["file_name"] for im in json.loads(first)["images"]]
+  assert not [n for n in names if n.startswith("out/")] and set(keys) <= set(names)

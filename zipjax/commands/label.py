@@ -1,6 +1,7 @@
 """`zipjax label INPUT... --classes a,b | --classes-file F --out DIR`: pseudo-labels for a whole dataset.
 
-INPUT: image folders (searched recursively) and image files; or `--coco-json FILE --images-root DIR` (the json's
+INPUT: image folders (searched recursively; an --out folder inside one is left out, so a rerun never labels the
+run's own outputs, e.g. its gallery) and image files; or `--coco-json FILE --images-root DIR` (the json's
 `images` list is the work list, ids kept); or `tfds:NAME:SPLIT --data-dir DIR` (a prepared TFDS dataset, read
 without TensorFlow). DIR may be a local folder or a bucket URL (gs://...).
 

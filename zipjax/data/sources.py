@@ -156,13 +156,21 @@ class _SortedKeys(WorkList):
     return i if i < len(self._keys) and self._keys[i] == key else None
 
 
-def _walk(folder: str):
-  """Image files under `folder`, recursively (local or bucket) -> [(path, path relative to folder)]."""
+def _excluded(path: str, exclude: tuple) -> bool:
+  """True when `path` is one of the `exclude` folders (real paths, or URLs) or inside one."""
+  p = os.path.realpath(path) if fs.is_local(path) else path.rstrip("/")
+  return any(p == e or p.startswith(e.rstrip("/" if "://" in e else os.sep) + ("/" if "://" in e else os.sep))
+             for e in exclude)
+
+
+def _walk(folder: str, exclude: tuple = ()):
+  """Image files under `folder`, recursively (local or bucket) -> [(path, path relative to folder)], skipping
+  the `exclude` folders (real paths or URLs)."""
   exts = images_io.IMAGE_EXTENSIONS
   out = []
   if fs.is_local(folder):
     for dirpath, dirnames, filenames in os.walk(folder):
-      dirnames.sort()
+      dirnames[:] = sorted(d for d in dirnames if not _excluded(os.path.join(dirpath, d), exclude))
       rel_dir = os.path.relpath(dirpath, folder)
       for n in filenames:
         if n.lower().endswith(exts):
@@ -172,6 +180,8 @@ def _walk(folder: str):
     from etils import epath  # pylint: disable=import-outside-toplevel
     root = epath.Path(folder)
     for dirpath, _, filenames in root.walk():
+      if _excluded(os.fspath(dirpath), exclude):
+        continue
       for n in filenames:
         if n.lower().endswith(exts):
           p = os.fspath(epath.Path(dirpath) / n)
@@ -180,19 +190,24 @@ def _walk(folder: str):
 
 
 class FileList(_SortedKeys):
-  """Image folders (recursive) and image files; keys relative to the inputs' common folder."""
+  """Image folders (recursive) and image files; keys relative to the inputs' common folder. Folders in
+  `exclude` (the run's output folder: `zipjax label DIR --out DIR/out` must not label its own outputs, e.g.
+  a gallery's JPEGs, when it is run again) are not searched, and files inside them are left out."""
   kind = "files"
 
-  def __init__(self, inputs):
+  def __init__(self, inputs, exclude=()):
     inputs = [os.fspath(x) for x in inputs]
     if not inputs:
       raise InputError("no input images given")
+    exclude = tuple(os.path.realpath(e) if fs.is_local(e) else e.rstrip("/") for e in map(os.fspath, exclude))
     found = []  # (path, base folder, relative path under that base)
     for item in inputs:
       local = fs.is_local(item)
+      if exclude and _excluded(item, exclude):
+        continue
       if (os.path.isdir(item) if local else fs.isdir(item)):
         folder = os.path.abspath(item) if local else item.rstrip("/")
-        found += [(p, folder, rel) for p, rel in _walk(folder)]
+        found += [(p, folder, rel) for p, rel in _walk(folder, exclude)]
       else:  # a file (or something missing / odd: reported per image when loaded)
         path = os.path.abspath(item) if local else item
         folder, name = (os.path.dirname(path), os.path.basename(path)) if local else path.rsplit("/", 1)
@@ -370,9 +385,10 @@ class TfdsList(WorkList):
 
 
 def open_inputs(inputs, coco_json: str | None = None, images_root: str | None = None, data_dir: str | None = None,
-                image_feature: str = "image") -> WorkList:
+                image_feature: str = "image", exclude=()) -> WorkList:
   """The work list of `zipjax label`'s inputs: folders / files, `--coco-json` + `--images-root`, or one
-  `tfds:NAME:SPLIT` with `--data-dir`."""
+  `tfds:NAME:SPLIT` with `--data-dir`. Folders in `exclude` (the run's `--out`) are never part of a folder
+  input's work list."""
   inputs = list(inputs or [])
   tfds_specs = [x for x in inputs if str(x).startswith("tfds:")]
   if coco_json or images_root:
@@ -390,7 +406,7 @@ def open_inputs(inputs, coco_json: str | None = None, images_root: str | None = 
   if not inputs:
     raise InputError("no INPUT given (folders, image files, --coco-json FILE --images-root DIR, or "
                      "tfds:NAME:SPLIT --data-dir DIR)")
-  return FileList(inputs)
+  return FileList(inputs, exclude)
 
 
 __all__ = ["Limits", "Loaded", "WorkList", "FileList", "CocoList", "TfdsList", "open_inputs", "parse_tfds",
