@@ -473,8 +473,9 @@ class SelfTrainResult:
 
 def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json: str | None = None,
                val_json: str | None = None, val_images_root: str | None = None, progress: bool = True,
-               log: Callable = print) -> SelfTrainResult:
-  """Runs (or resumes) the self-training rounds of `workdir`; see the module docstring."""
+               log: Callable = print, skip_bad_images: bool = False) -> SelfTrainResult:
+  """Runs (or resumes) the self-training rounds of `workdir`; see the module docstring. `skip_bad_images`: each
+  round's training leaves out the images that fail the up-front check (`zipjax.train.trainer.train`)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
@@ -526,7 +527,7 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
       log(f"round {r}: training {settings.steps[r]} steps on {labels_path}")
       _kill_after_checkpoint(os.path.join(rd, "checkpoints"), r)
       res = tr.train(cfg, labels_path, images_root, rd, val_json=val_json, val_images_root=val_images_root,
-                     progress=progress, log=log)
+                     progress=progress, log=log, skip_bad_images=skip_bad_images)
       if res.status == "preempted":
         log("stopped by SIGTERM; rerun the same command to resume")
         return SelfTrainResult("preempted", EXIT_PREEMPTED, rounds, None)

@@ -48,7 +48,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -434,6 +434,46 @@ def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
 
 
 # ----------------------------------------------------------------------------------------------- eval
+@dataclasses.dataclass
+class ValSet:
+  """A validation set whose image files were checked up front.
+
+  Attributes:
+    gt: the validated ground truth (`zipjax.io.coco.GroundTruth`), without the skipped images.
+    paths: image id -> image file, in the ground truth's order.
+    skipped: `[(path, reason)]` of the images left out (`skip_bad`).
+  """
+  gt: Any
+  paths: dict
+  skipped: list
+
+
+def load_val_set(val_json: str, images_root: str, skip_bad: bool = False, progress: bool = False) -> ValSet:
+  """The ground truth of `val_json` and its image files, every one checked (exists, is an image of the annotated
+  size: `zipjax.data.coco_train.check_images`) before training starts; bad ones are refused in one message, or
+  left out (with their annotations) under `skip_bad`."""
+  from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
+  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+  gt = coco_io.load_ground_truth(val_json)
+  records = []
+  for image_id, img in gt.images.items():
+    if "file_name" not in img:
+      raise InputError(f"{val_json}: image {image_id} has no file_name")
+    records.append({"path": os.path.join(images_root, img["file_name"]), "image_id": image_id,
+                    "height": img["height"], "width": img["width"]})
+  bad = coco_train.check_images(records, progress=progress)
+  if bad and not skip_bad:
+    raise InputError(coco_train.bad_images_message(val_json, "validation", bad, len(records)))
+  gone = {p for p, _ in bad}
+  keep = {r["image_id"]: r["path"] for r in records if r["path"] not in gone}
+  if not keep:
+    raise InputError(f"{val_json}: no validation image left")
+  if bad:
+    gt = dataclasses.replace(gt, images={i: im for i, im in gt.images.items() if i in keep},
+                             annotations=[a for a in gt.annotations if a["image_id"] in keep])
+  return ValSet(gt=gt, paths=keep, skipped=bad)
+
+
 class Evaluator:
   """Periodic COCO evaluation of the detector on a validation set (images decoded once).
 
@@ -444,18 +484,14 @@ class Evaluator:
     class_agnostic: the model was trained class-agnostic (class-aware metrics are then skipped).
   """
 
-  def __init__(self, config, val_json: str, images_root: str, predictor, queries_fn: Callable):
-    from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+  def __init__(self, config, val_set: "ValSet", predictor, queries_fn: Callable):
     from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-    self.gt = coco_io.load_ground_truth(val_json)
+    self.gt = val_set.gt
     self.names = [c["name"] for c in self.gt.categories]
     self.class_agnostic = bool(config.data.class_agnostic)
     self.predictor = predictor
     self.images = []
-    for image_id, img in self.gt.images.items():
-      if "file_name" not in img:
-        raise InputError(f"{val_json}: image {image_id} has no file_name")
-      path = os.path.join(images_root, img["file_name"])
+    for image_id, path in val_set.paths.items():
       try:
         arr = images_io.load_image(path, min_side=1, max_side=1 << 16, max_aspect=1e9)
       except InputError as e:
@@ -546,8 +582,11 @@ def _to_float(metrics) -> dict:
 
 def train(config, train_json: str, images_root: str, workdir: str, val_json: str | None = None,
           val_images_root: str | None = None, task: Task | None = None, progress: bool = True,
-          log: Callable = print) -> RunResult:
-  """Trains (or resumes) the run of `workdir` to `config.total_steps`; see the module docstring."""
+          log: Callable = print, skip_bad_images: bool = False) -> RunResult:
+  """Trains (or resumes) the run of `workdir` to `config.total_steps`; see the module docstring.
+
+  Every training (and validation) image file is checked before step 0 (exists, is an image of the annotated
+  size); bad ones are refused in one message, or left out with a warning under `skip_bad_images`."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
@@ -567,20 +606,26 @@ def train(config, train_json: str, images_root: str, workdir: str, val_json: str
       log(f"{workdir}: already trained to step {latest} (total_steps {total}); nothing to do")
       return RunResult("already_done", int(latest), int(latest), 0, {})
     return _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck,
-                  latest, coco_train, tqdm)
+                  latest, coco_train, tqdm, skip_bad_images)
   finally:
     ck.wait()
     ck.close()
 
 
 def _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck, latest,
-           coco_train, tqdm):
+           coco_train, tqdm, skip_bad_images=False):
   t0 = time.perf_counter()
   total = int(config.total_steps)
   d = config.data
   train_set = coco_train.load_train_set(train_json, images_root, class_agnostic=bool(d.class_agnostic),
                                         fraction=float(d.fraction), fraction_seed=int(d.fraction_seed),
-                                        min_score=float(d.min_score), keep_empty=bool(d.keep_empty))
+                                        min_score=float(d.min_score), keep_empty=bool(d.keep_empty), check=True,
+                                        skip_bad=skip_bad_images, progress=progress)
+  val_set = load_val_set(val_json, val_images_root or images_root, skip_bad_images, progress) if val_json else None
+  for what, skipped in (("training", train_set.skipped), ("validation", val_set.skipped if val_set else [])):
+    if skipped:
+      shown = "; ".join(f"{p}: {why}" for p, why in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+      log(f"warning: --skip-bad-images: {len(skipped)} {what} image(s) left out ({shown})")
   trainer = Trainer(config, task or detector_task(config))
   clip = text_encoder(config)
   queries_fn = lambda names: class_queries(config, clip, names)  # noqa: E731
@@ -622,7 +667,7 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
     predictor = DetectorPredictor(detector_config(config), trainer.mesh, int(config.eval.batch_size),
                                   score_threshold=float(config.eval.score_threshold),
                                   compiler_options=trainer.compiler_options)
-    evaluator = Evaluator(config, val_json, val_images_root or images_root, predictor, queries_fn)
+    evaluator = Evaluator(config, val_set, predictor, queries_fn)
 
   writer = MetricsWriter(workdir, resume_step=start, enabled=pindex == 0)
   q_local = np.ascontiguousarray(np.broadcast_to(queries[None], (local_bs,) + queries.shape))
