@@ -120,6 +120,8 @@ def read_json_optional(path: str, what: str):
       return json.load(f), None
   except (OSError, ValueError) as e:
     return None, f"{path}: cannot read {what} ({type(e).__name__}: {e})"
+  except RecursionError:
+    return None, f"{path}: cannot read {what} (JSON nested too deeply)"
 
 
 def read_errors(run_dir: str) -> tuple[list, str | None]:
@@ -510,6 +512,38 @@ def class_stats(index: CocoIndex) -> tuple[list, tuple]:
   return out, (lo, hi)
 
 
+MARKER = ".zipjax-gallery"  # in every gallery folder: the folder is the gallery's to rewrite and prune
+_FOOTER = '<footer class="muted"><p>zipjax gallery '
+
+
+def is_gallery(out: str) -> bool:
+  """True when `out` holds a gallery (its marker, or the index.html of a gallery made before the marker)."""
+  if os.path.isfile(os.path.join(out, MARKER)):
+    return True
+  try:
+    with open(os.path.join(out, "index.html"), encoding="utf-8", errors="replace") as f:
+      return _FOOTER in f.read(1 << 22)
+  except OSError:
+    return False
+
+
+def check_gallery_out(out: str, overwrite: bool = False) -> str:
+  """The gallery's output folder, checked before anything is read: it must be (or become) a writable folder
+  (`zipjax.io.outdir.check_output_dir`: not a file, not below a file, not /proc); an existing non-empty folder
+  that is not a gallery is refused unless `overwrite` (a build rewrites index.html and removes files that look
+  like its own). The folder gets the gallery's marker file. Returns the absolute path."""
+  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
+  out = os.path.abspath(out)
+  if os.path.isdir(out) and not overwrite and os.listdir(out) and not is_gallery(out):
+    raise InputError(f"--out {out}: an existing folder that zipjax gallery did not create (building into it would "
+                     "replace its index.html and remove files that look like gallery files); choose an empty or "
+                     "new folder, or pass --overwrite")
+  check_output_dir(out, "--out")
+  if not os.path.isfile(os.path.join(out, MARKER)):
+    atomic_write_bytes(os.path.join(out, MARKER), b"zipjax gallery\n")
+  return out
+
+
 def _prune(out: str, keep: dict) -> int:
   removed = 0
   for sub, pattern in _PRUNE.items():
@@ -528,7 +562,8 @@ def _prune(out: str, keep: dict) -> int:
 
 def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES, gt=None, images_root=None,
                   class_agnostic: bool = False, thumb_size: int = DEFAULT_THUMB_SIZE,
-                  image_size: int = DEFAULT_IMAGE_SIZE, workers: int | None = None, progress=None) -> GalleryResult:
+                  image_size: int = DEFAULT_IMAGE_SIZE, workers: int | None = None, progress=None,
+                  overwrite: bool = False) -> GalleryResult:
   """Writes the gallery of the zipjax output folder `run_dir` into `out` (default `run_dir/gallery`).
 
   Args:
@@ -542,6 +577,7 @@ def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES
     image_size: longer side of the display copies on the image pages (px).
     workers: rendering threads (default min(4, CPUs)).
     progress: optional callable(done, total) after each chunk.
+    overwrite: write into an existing folder that is not a gallery (see `check_gallery_out`).
 
   Returns:
     A `GalleryResult`.
@@ -554,7 +590,7 @@ def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES
     if not 16 <= v <= 8192:
       raise InputError(f"{name} must be between 16 and 8192 px, got {v}")
   ann_path = find_annotations(run_dir)
-  out = os.path.abspath(os.fspath(out) if out else os.path.join(run_dir, "gallery"))
+  out = check_gallery_out(os.fspath(out) if out else os.path.join(run_dir, "gallery"), overwrite)
   index = CocoIndex(ann_path)
   gt_index = None
   try:
@@ -673,5 +709,6 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
   return result
 
 
-__all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "ImageRoots", "build_gallery", "find_annotations", "image_roots",
+__all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "ImageRoots", "build_gallery", "check_gallery_out", "is_gallery",
+           "find_annotations", "image_roots",
            "records_source", "resolve_image", "sample_images", "gt_image_mapping", "class_stats"]

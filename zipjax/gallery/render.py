@@ -72,7 +72,7 @@ def normalize_instances(records: list, height: int, width: int, where: str) -> t
   """Annotation dicts of one `height` x `width` image -> (`Instance`s, problem messages)."""
   from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
 
-  from zipjax.io.geometry import segmentation_problem, to_compressed_rle  # pylint: disable=import-outside-toplevel
+  from zipjax.io.geometry import clip_bbox, segmentation_problem, to_compressed_rle  # pylint: disable=C0415
   out, problems = [], []
   for k, rec in enumerate(records):
     seg, rle = rec.get("segmentation"), None
@@ -89,6 +89,7 @@ def normalize_instances(records: list, height: int, width: int, where: str) -> t
     if bbox is None:
       problems.append(f"{where}: annotation {k} (id {rec.get('id')}): neither a mask nor a box; not drawn")
       continue
+    bbox = clip_bbox(bbox, height, width)  # drawn inside the image, whatever the numbers in the record
     area = rec.get("area")
     if not _finite(area):
       area = float(mask_utils.area(coco_rle)) if coco_rle else float(bbox[2] * bbox[3])

@@ -104,6 +104,8 @@ class _Scanner:
         obj, end = _DECODER.raw_decode(self.buf, self.pos)
         if end < len(self.buf) or self.eof:  # a number at the very end of the buffer may continue
           break
+      except RecursionError:
+        raise self.error("a value nested too deeply") from None
       except json.JSONDecodeError as e:
         # more data can only help when the value ran into the end of the buffer
         unterminated = e.msg.startswith("Unterminated")
@@ -127,6 +129,9 @@ class _Scanner:
       return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
       raise InputError(f"{self.path}: not UTF-8 text near byte {start + e.start}") from None
+    except RecursionError:
+      raise InputError(f"{self.path}: not a valid COCO JSON file: a value nested too deeply (at byte {start})") \
+          from None
 
 
 def _number(v) -> bool:
@@ -374,6 +379,8 @@ class CocoIndex:
     for raw in self.raw_records(i):
       try:
         out.append(json.loads(raw.decode("utf-8")))
+      except RecursionError:
+        raise InputError(f"{self.path}: an annotation record nested too deeply") from None
       except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{self.path}: the file changed while the gallery was reading it ({e})") from None
     canon = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
