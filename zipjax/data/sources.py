@@ -9,8 +9,10 @@ machine, the working directory or the process count:
   URLs (`gs://...`, read through etils.epath) both work. `file_name` = key; the common folder (absolute, or
   the URL) is the spec's `images_root`.
 - `CocoList` (`--coco-json FILE --images-root DIR`): the `file_name` of each entry of the json's `images`
-  list; its `id` is kept as the output image id. A listed file that is missing is a per-image error. The
-  spec's `images_root` is DIR (absolute).
+  list (normalised: `./a.png` is `a.png`, listed twice if both appear); its `id` (a positive integer below
+  2^53) is kept as the output image id. A listed file that is missing, or that is outside DIR (an absolute or
+  `../` name, or a symbolic link leading out), is a per-image error. The spec's `images_root` is DIR
+  (absolute).
 - `TfdsList` (`tfds:NAME:SPLIT --data-dir DIR`): `SPLIT/<index, zero-padded>`, read with `tfds.data_source`
   from the prepared ArrayRecord files (never downloaded, no TensorFlow); the image feature's encoded bytes
   are decoded here, so the decoding rules are the same as for files. `image/filename` (when the dataset has
@@ -27,6 +29,7 @@ import bisect
 import dataclasses
 import io
 import os
+import posixpath
 import stat
 
 import numpy as np
@@ -34,6 +37,9 @@ import numpy as np
 from zipjax.errors import InputError
 from zipjax.io import fs
 from zipjax.io import images as images_io
+
+
+MAX_IMAGE_ID = 1 << 53  # COCO image ids: positive integers that every JSON reader holds exactly
 
 
 @dataclasses.dataclass
@@ -277,6 +283,8 @@ class CocoList(_SortedKeys):
       raise InputError(f"--coco-json {coco_json}: no 'images' list")
     entries = {}
     ids = {}
+    given = {}
+    self._outside = {}
     for j, im in enumerate(images):
       where = f"--coco-json {coco_json}: images[{j}]"
       if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or not im["file_name"]:
@@ -284,14 +292,23 @@ class CocoList(_SortedKeys):
       iid = im.get("id")
       if not isinstance(iid, int) or isinstance(iid, bool):
         raise InputError(f"{where}: needs an integer 'id' (got {iid!r})")
-      name = im["file_name"]
+      if not 1 <= iid < MAX_IMAGE_ID:
+        raise InputError(f"{where}: id {iid} is not a positive integer below 2^53 (COCO ids; JSON readers lose "
+                         "precision above)")
+      raw = im["file_name"]
+      name = posixpath.normpath(raw)  # './a.png' and 'a.png' are one file
       if name in entries:
-        raise InputError(f"{where}: file_name {name!r} is listed twice (ids {entries[name]} and {iid})")
+        raise InputError(f"{where}: file_name {raw!r} is listed twice (as {given[name]!r} with id {entries[name]}, "
+                         f"and with id {iid})")
       if iid in ids:
-        raise InputError(f"{where}: id {iid} is used twice ({ids[iid]!r} and {name!r})")
+        raise InputError(f"{where}: id {iid} is used twice ({ids[iid]!r} and {raw!r})")
+      if posixpath.isabs(name) or name == ".." or name.startswith("../") or "\0" in name:
+        self._outside[name] = (f"file_name {raw!r} is outside --images-root (absolute or ../ names are refused: "
+                               "every image is read from inside the folder the user named)")
       entries[name] = iid
       ids[iid] = name
-    del data, images, ids
+      given[name] = raw
+    del data, images, ids, given
     if not entries:
       raise InputError(f"--coco-json {coco_json}: the 'images' list is empty")
     keys = sorted(entries)
@@ -304,8 +321,19 @@ class CocoList(_SortedKeys):
   def load(self, i, limits):
     key = self._keys[i]
     out = Loaded(i, key, key, image_id=self._ids[i])
+    path = fs.join(self.root, key)
+    if key in self._outside:
+      out.reason = self._outside[key]
+      return out
+    if fs.is_local(path):
+      root = os.path.realpath(self.root)
+      real = os.path.realpath(path)
+      if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        out.reason = (f"file_name {key!r} leads outside --images-root (a symbolic link to {real}); refused: every "
+                      "image is read from inside the folder the user named")
+        return out
     try:
-      out.image = load_path(fs.join(self.root, key), limits)
+      out.image = load_path(path, limits)
     except InputError as e:
       out.reason = str(e)
     return out
@@ -333,8 +361,9 @@ class TfdsList(WorkList):
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                       decoders={image_feature: tfds.decode.SkipDecoding()})
     except Exception as e:  # pylint: disable=broad-except
-      raise InputError(f"{spec} in {data_dir}: cannot open the prepared dataset ({type(e).__name__}: {e}); "
-                       "prepare it first (tfds build, file_format=array_record)") from e
+      first = (str(e).strip().splitlines() or [""])[0][:300]  # tfds appends the list of every known dataset
+      raise InputError(f"{spec} in {data_dir}: cannot open the prepared dataset ({type(e).__name__}: {first}); "
+                       "prepare it first (tfds build, file_format=array_record)") from None
     self.image_feature = image_feature
     self.split = split
     self._n = len(self._source)

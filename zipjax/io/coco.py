@@ -43,6 +43,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from zipjax.io.geometry import (MAX_COORDINATE, bounded_segmentation, clip_bbox,
                                 to_compressed_rle)
 
 AGNOSTIC_CATEGORY = {"id": 1, "name": "object"}
+MAX_JSON_BYTES = 8 << 30  # a JSON input file is read up to this size (bounded even for a growing file)
 
 
 def _raise_if(where: str, problem: str | None) -> None:
@@ -114,14 +116,28 @@ def load_json(src, what: str):
     return src, "<memory>"
   path = os.fspath(src)
   try:
-    with open(path, "rb") as f:
-      return json.load(f), path
-  except FileNotFoundError as e:
-    raise InputError(f"{path}: {what} file not found") from e
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise InputError(f"{path}: {what} file is not valid JSON ({e})") from e
+    st = os.stat(path)
+  except FileNotFoundError:
+    raise InputError(f"{path}: {what} file not found") from None
   except OSError as e:
-    raise InputError(f"{path}: cannot read {what} file ({e})") from e
+    raise InputError(f"{path}: cannot read {what} file ({e})") from None
+  if not stat.S_ISREG(st.st_mode):
+    kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
+    raise InputError(f"{path}: {what} file is {kind}; refused without reading it")
+  if st.st_size > MAX_JSON_BYTES:
+    raise InputError(f"{path}: {what} file is {st.st_size} bytes, more than the {MAX_JSON_BYTES} read at most")
+  try:
+    with open(path, "rb") as f:
+      data = f.read(MAX_JSON_BYTES + 1)  # bounded, even if the file grows meanwhile
+    if len(data) > MAX_JSON_BYTES:
+      raise InputError(f"{path}: {what} file is more than the {MAX_JSON_BYTES} bytes read at most")
+    return json.loads(data), path
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise InputError(f"{path}: {what} file is not valid JSON ({e})") from None
+  except RecursionError:
+    raise InputError(f"{path}: {what} file is not valid JSON (nested too deeply)") from None
+  except OSError as e:
+    raise InputError(f"{path}: cannot read {what} file ({e})") from None
 
 
 # ------------------------------------------------------------------------------------- ground truth
