@@ -111,3 +111,17 @@ def test_hostile_text_tower_checkpoint_never_runs(workdir, tmp_path):
   assert not malicious.markers(tmp_path)
   bad = malicious.failures(cases, results, evil)
   assert not bad, "\n".join(bad)
+
+
+def test_a_finished_workdir_given_other_data_is_refused(workdir):
+  """The data is part of a run's identity: a finished run rerun on other images is refused (it used to say
+  'nothing to do'); with its own data it has nothing to do."""
+  from zipjax.errors import InputError
+  d = workdir
+  config = apply_overrides(load_config_file("configs/train_smoke.py"), TINY)
+  res = tr.train(config, str(d / "train" / "annotations.json"), str(d / "train" / "images"), str(d / "w"),
+                 progress=False, log=lambda m: None)
+  assert res.status == "already_done"
+  with pytest.raises(InputError, match="checkpoint was made with another dataset"):
+    tr.train(config, str(d / "val" / "annotations.json"), str(d / "val" / "images"), str(d / "w"),
+             progress=False, log=lambda m: None)

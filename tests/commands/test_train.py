@@ -88,3 +88,22 @@ def test_every_image_is_checked_before_step_0(shapes, tmp_path, capsys):
                               "--val-json", str(shapes / "annotations.json"), "--val-images-root", str(images)]) == 2
   err = capsys.readouterr().err.strip()
   assert "\n" not in err and "3 of 3 validation image(s) cannot be used" in err, err
+
+
+def test_a_refused_run_leaves_the_workdir_unclaimed_and_names_the_file(shapes, tmp_path, capsys):
+  """A run refused after the config checks (here: a batch that cannot be split) writes no config.json (a corrected
+  rerun is not told the workdir belongs to another config) and starts no checkpoint manager; a bad record is
+  named with its file, not `<memory>`."""
+  w = tmp_path / "w"
+  assert _train(shapes, w, "--config.batch_size=3") == 2
+  err = capsys.readouterr().err.strip()
+  assert "multiple" in err and "\n" not in err and "Traceback" not in err, err
+  assert not (w / "config.json").exists() and not (w / "checkpoints").exists()
+  data = json.loads((shapes / "annotations.json").read_text())
+  data["annotations"][0]["category_id"] = 999
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps(data))
+  assert cli.main(["train", "--config", "configs/train_smoke.py", "--train-json", str(bad), "--images-root",
+                   str(shapes / "images"), "--workdir", str(w)]) == 2
+  err = capsys.readouterr().err
+  assert f"{bad}: annotation 0" in err and "<memory>" not in err, err

@@ -146,8 +146,7 @@ def load_train_set(ann, images_root: str, *, class_agnostic: bool = False, fract
   if not 0.0 < float(fraction) <= 1.0:
     raise InputError(f"data.fraction must be in (0, 1], got {fraction}")
   data, source = coco_io.load_json(ann, "training annotation")
-  gt = coco_io.load_ground_truth(data)  # validation: ids, categories, segmentations, boxes
-  gt.source = source
+  gt = coco_io.load_ground_truth(data, source)  # validation: ids, categories, segmentations, boxes
   names = ["object"] if class_agnostic else [c["name"] for c in gt.categories]
   label_of = {c["id"]: (0 if class_agnostic else k) for k, c in enumerate(gt.categories)}
   raw = data["annotations"]

@@ -161,15 +161,17 @@ def _bbox_problem(bbox) -> str | None:
   return None
 
 
-def load_ground_truth(src) -> GroundTruth:
+def load_ground_truth(src, source: str | None = None) -> GroundTruth:
   """Reads and validates a COCO ground-truth dataset (path or dict); the input object is not modified.
+  `source` names a dict's file in messages (default: the path, or `<memory>`).
 
   Raises:
     InputError: naming the file and the offending image, category or annotation (index and ids).
   """
   if isinstance(src, GroundTruth):
     return src
-  data, source = load_json(src, "ground-truth")
+  data, found = load_json(src, "ground-truth")
+  source = source or found
   if not isinstance(data, dict):
     raise InputError(f"{source}: ground truth must be a COCO dataset object, got a JSON {type(data).__name__}")
   for key in ("images", "annotations", "categories"):

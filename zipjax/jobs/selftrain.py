@@ -242,7 +242,7 @@ def _initial_labels(pseudo_json: str, images_root: str) -> dict:
   """Round 0's labels: the pseudo-labels as given (validated), the images root recorded in `info`."""
   from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
   data, source = coco_io.load_json(pseudo_json, "pseudo-label")
-  coco_io.load_ground_truth(data)  # validation: ids, categories, segmentations
+  coco_io.load_ground_truth(data, source)  # validation: ids, categories, segmentations
   for i, img in enumerate(data["images"]):
     if not isinstance(img.get("file_name"), str):
       raise InputError(f"{source}: image {i} (id {img['id']}): needs a file_name (relative to --images-root)")

@@ -174,18 +174,20 @@ def load_run_config(workdir: str):
     raise InputError(f"{path}: cannot read ({e})") from e
 
 
-def _check_same_run(workdir: str, config) -> None:
+def _check_same_run(workdir: str, config, write: bool = True) -> None:
+  """Refuses a workdir started with another config (FIXED_KEYS); with `write`, records the config."""
   path = os.path.join(workdir, "config.json")
   new = config_to_dict(config)
   if not os.path.exists(path):
-    atomic_write_json(path, new)
+    if write:
+      atomic_write_json(path, new)
     return
   old = config_to_dict(load_run_config(workdir))
   diff = [k for k in FIXED_KEYS if old.get(k) != new.get(k)]
   if diff:
     raise InputError(f"{workdir} was started with a different config ({', '.join(diff)} differ); rerun with the "
                      "same config to resume, or use a new --workdir")
-  if old != new:  # eval, checkpoint, logging or mesh settings may change between restarts
+  if old != new and write:  # eval, checkpoint, logging or mesh settings may change between restarts
     atomic_write_json(path, new)
 
 
@@ -591,31 +593,16 @@ def train(config, train_json: str, images_root: str, workdir: str, val_json: str
 
   from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   total = int(config.total_steps)
   if total < 1:
     raise InputError(f"config.total_steps must be >= 1, got {total}")
   if bool(config.get("distributed", False)):
     jax.distributed.initialize()
-  _check_same_run(workdir, config)
-  ck = Checkpoints(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
-                   keep=int(config.checkpoint.keep), asynchronous=bool(config.checkpoint.asynchronous))
-  try:
-    latest = ck.latest_step()
-    if latest is not None and latest >= total:
-      log(f"{workdir}: already trained to step {latest} (total_steps {total}); nothing to do")
-      return RunResult("already_done", int(latest), int(latest), 0, {})
-    return _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck,
-                  latest, coco_train, tqdm, skip_bad_images)
-  finally:
-    ck.wait()
-    ck.close()
-
-
-def _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck, latest,
-           coco_train, tqdm, skip_bad_images=False):
+  # Everything that can refuse the run is checked before anything is written to the workdir (config.json claims
+  # it) and before orbax starts its threads: the config against the workdir's, the data, the images, the model
+  # and text tower, the batch layout.
+  _check_same_run(workdir, config, write=False)
   t0 = time.perf_counter()
-  total = int(config.total_steps)
   d = config.data
   train_set = coco_train.load_train_set(train_json, images_root, class_agnostic=bool(d.class_agnostic),
                                         fraction=float(d.fraction), fraction_seed=int(d.fraction_seed),
@@ -628,15 +615,45 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
       log(f"warning: --skip-bad-images: {len(skipped)} {what} image(s) left out ({shown})")
   trainer = Trainer(config, task or detector_task(config))
   clip = text_encoder(config)
+  pcount, pindex = jax.process_count(), jax.process_index()
+  meta = {"dataset": train_set.digest, "num_images": len(train_set.records), "names": train_set.names,
+          "batch_size": int(config.batch_size), "data_seed": int(d.seed)}
+  dataset = coco_train.make_dataset(train_set, coco_train.augment_params(config, train=True), int(config.batch_size),
+                                    int(d.seed), pindex, pcount)
+  os.makedirs(workdir, exist_ok=True)
+  ck = Checkpoints(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
+                   keep=int(config.checkpoint.keep), asynchronous=bool(config.checkpoint.asynchronous))
+  try:
+    latest = ck.latest_step()
+    if latest is not None:  # the data is part of the run's identity, finished or not
+      _check_same_data(workdir, ck.restore_meta(int(latest)), meta)
+    if latest is not None and latest >= total:
+      log(f"{workdir}: already trained to step {latest} (total_steps {total}); nothing to do")
+      return RunResult("already_done", int(latest), int(latest), 0, {})
+    _check_same_run(workdir, config)  # everything checked: config.json claims the workdir
+    return _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm, t0, train_set, trainer,
+                  clip, meta, dataset)
+  finally:
+    ck.wait()
+    ck.close()
+
+
+def _check_same_data(workdir: str, old: dict, meta: dict) -> None:
+  for k in ("dataset", "batch_size", "data_seed"):
+    if old.get(k) != meta[k]:
+      raise InputError(f"{workdir}: the checkpoint was made with another {k} ({old.get(k)!r}, now {meta[k]!r}); "
+                       "resume with the same training data and config, or use a new --workdir")
+
+
+def _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm, t0, train_set, trainer, clip,
+           meta, dataset):
+  total = int(config.total_steps)
+  d = config.data
   queries_fn = lambda names: class_queries(config, clip, names)  # noqa: E731
   queries = queries_fn(train_set.names)  # [Q, D]
   pcount, pindex = jax.process_count(), jax.process_index()
   global_bs = int(config.batch_size)
   local_bs = global_bs // pcount
-  meta = {"dataset": train_set.digest, "num_images": len(train_set.records), "names": train_set.names,
-          "batch_size": global_bs, "data_seed": int(d.seed)}
-  dataset = coco_train.make_dataset(train_set, coco_train.augment_params(config, train=True), global_bs,
-                                    int(d.seed), pindex, pcount)
 
   if latest is None:
     start = 0
@@ -644,11 +661,6 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
     iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
   else:
     start = int(latest)
-    old = ck.restore_meta(start)
-    for k in ("dataset", "batch_size", "data_seed"):
-      if old.get(k) != meta[k]:
-        raise InputError(f"{workdir}: the checkpoint was made with another {k} ({old.get(k)!r}, now {meta[k]!r}); "
-                         "resume with the same training data and config, or use a new --workdir")
     state = ck.restore_state(start, trainer.abstract_state())
     iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
     try:
@@ -662,7 +674,7 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
     raise CheckpointError(f"{workdir}: checkpoint {start} holds step {int(state['step'])}")
 
   evaluator = None
-  if val_json:
+  if val_set is not None:
     from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
     predictor = DetectorPredictor(detector_config(config), trainer.mesh, int(config.eval.batch_size),
                                   score_threshold=float(config.eval.score_threshold),
