@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zipjax.errors import CheckpointError, InputError
+from zipjax.errors import CheckpointError, CorruptCheckpointError, InputError
 from zipjax.io.atomic import atomic_write_json
 from zipjax import parallel
 from zipjax.train.metrics import MetricsWriter
@@ -350,15 +350,38 @@ class Checkpoints:
     return self.manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
 
   def restore_state(self, step: int, abstract, partial: bool = False):
-    """The state (or, with `partial`, the subtree given by `abstract`) restored into `abstract`'s shardings."""
+    """The state (or, with `partial`, the subtree given by `abstract`) restored into `abstract`'s shardings.
+
+    Raises:
+      CheckpointError: the checkpoint's stored arrays (names and shapes, from its metadata) are not those of
+        `abstract`: another model or optimizer.
+      CorruptCheckpointError: its metadata or its arrays cannot be read (truncated, missing or garbled files).
+    """
     ocp = self._ocp
+    where = f"{self.directory}: checkpoint {step}"
+    try:
+      have = _leaf_shapes(self.manager.item_metadata(step)["state"])
+    except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore raise many kinds)
+      raise CorruptCheckpointError(f"{where} is corrupt: its metadata cannot be read ({_first_line(e)})") from None
+    want = _leaf_shapes(abstract)
+    diffs = [f"{k}: missing" for k in want if k not in have]
+    diffs += [f"{k}: shape {have[k]} (the model has {want[k]})" for k in want if k in have and have[k] != want[k]]
+    if not partial:
+      diffs += [f"{k}: not in the model" for k in have if k not in want]
+    if diffs:
+      raise CheckpointError(f"{where} does not match the model/optimizer of this config ({len(diffs)} difference(s): "
+                            + "; ".join(diffs[:5]) + ")")
     args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=partial)
     try:
       return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(f"{self.directory}: checkpoint {step} does not match the model/optimizer of this "
-                            f"config ({type(e).__name__}: {str(e)[:300]})") from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"{where} is corrupt: the arrays its metadata lists cannot be read "
+                                   f"({_first_line(e)})") from None
+
+  def steps(self) -> list:
+    """The finished checkpoint steps, oldest first."""
+    return sorted(int(s) for s in self.manager.all_steps())
 
   def restore_data(self, step: int, iterator) -> None:
     self.manager.restore(step, args=self._ocp.args.Composite(data=self._grain.PyGrainCheckpointRestore(iterator)))
@@ -368,6 +391,24 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_shapes(tree) -> dict:
+  """'a.b.0.c' -> shape of every array leaf (dict keys, sequence indices and attribute names alike)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {".".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _read_checkpoints(workdir: str) -> Checkpoints:
@@ -389,15 +430,25 @@ def latest_checkpoint_step(workdir: str) -> int:
   return int(step)
 
 
-def _restore_latest_params(workdir: str, abstract_params, step: int | None = None) -> tuple:
+def _restore_latest_params(workdir: str, abstract_params, step: int | None = None, fallback: bool = False,
+                           log: Callable = print) -> tuple:
   """(params restored into `abstract_params`' shardings, step) from the checkpoint `step` (default: the latest)
-  of `workdir`."""
+  of `workdir`. With `fallback`, a corrupt checkpoint is skipped for the previous one (saying so)."""
   ck = _read_checkpoints(workdir)
   try:
     step = ck.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{workdir}: no finished checkpoint")
-    return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
+    earlier = [s for s in ck.steps() if s < int(step)][::-1] if fallback else []
+    while True:
+      try:
+        return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
+      except CorruptCheckpointError as e:
+        if not earlier:
+          raise CorruptCheckpointError(f"{e}; no earlier checkpoint to fall back to" if fallback else str(e)) \
+              from None
+        log(f"warning: {e}; using the previous checkpoint, {earlier[0]}")
+        step = earlier.pop(0)
   finally:
     ck.close()
 
@@ -407,14 +458,15 @@ def restore_params(workdir: str, trainer: Trainer):
   return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
 
 
-def load_params(workdir: str, config, mesh, step: int | None = None) -> tuple:
+def load_params(workdir: str, config, mesh, step: int | None = None, fallback: bool = False,
+                log: Callable = print) -> tuple:
   """(detector parameters replicated over `mesh`, checkpoint step) of a run's checkpoint `step` (default: the
-  latest)."""
+  latest); with `fallback`, the previous checkpoint when that one is corrupt (logged)."""
   task = detector_task(config)
   shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
   rep = parallel.replicated(mesh)
   abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-  return _restore_latest_params(workdir, abstract, step)
+  return _restore_latest_params(workdir, abstract, step, fallback, log)
 
 
 def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
