@@ -96,7 +96,7 @@ def _arch(arch) -> CLIPConfig:
 
 
 def load_clip(src, leaf_filter=None) -> ClipModel:
-  """Loads CLIP from an OpenAI checkpoint file (.pt, TorchScript or state dict; needs torch) or from a
+  """Loads CLIP from an OpenAI checkpoint file (.pt, TorchScript or state dict, read as data) or from a
   directory written by `zipjax convert clip` (no torch needed). `leaf_filter`
   (`zipjax.models.storage.LeafFilter`): keep / hold only some variables (a partial model, e.g. a trunk)."""
   src = os.fspath(src)

@@ -181,7 +181,7 @@ def _check_boxes(boxes: np.ndarray) -> None:
 
 
 def load_sam(src, leaf_filter=None, **compute) -> SamModel:
-  """Official SAM `.pth` (needs torch) or a directory from `zipjax convert sam` (no torch) -> SamModel.
+  """Official SAM `.pth` (read as data) or a directory from `zipjax convert sam` (no torch) -> SamModel.
 
   Args:
     src: path to a `.pth` file or converted directory.
@@ -211,8 +211,8 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
       raise CheckpointError(f"{src}: converted parameters do not match config.json: " + "; ".join(diffs))
     return SamModel(config, variables)
   from zipjax.convert.sam import convert_state_dict  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
-  config, variables = convert_state_dict(read_state_dict(src), src, **compute)
+  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
+  config, variables = convert_state_dict(read_checkpoint(src).tensors, src, **compute)
   if leaf_filter is not None:
     variables = leaf_filter.apply(variables)
   return SamModel(config, variables)

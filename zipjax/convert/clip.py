@@ -111,9 +111,9 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], source: str = "checkpoint",
 
 
 def load_file(src) -> tuple[CLIPConfig, dict]:
-  """Reads and converts an OpenAI checkpoint file (needs torch)."""
-  from zipjax.convert.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
-  return convert_state_dict(read_state_dict(src), source=os.fspath(src))
+  """Reads (as data, `zipjax.convert.torch_io.read_checkpoint`) and converts an OpenAI checkpoint file."""
+  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
+  return convert_state_dict(read_checkpoint(src).tensors, source=os.fspath(src))
 
 
 def convert_file(src, dst) -> tuple[str, str]:

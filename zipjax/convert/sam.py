@@ -186,9 +186,9 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, **overrides):
 def convert_file(src, dst) -> tuple[str, str]:
   """`python -m zipjax convert sam SRC DST`: official `.pth` -> converted directory."""
   from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
   src = os.fspath(src)
-  sd = read_state_dict(src)
+  sd = read_checkpoint(src).tensors
   config, variables = convert_state_dict(sd, src)
   out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src))
   n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())

@@ -317,7 +317,7 @@ def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
   lc = config.label
   rd = RunDir(req.out)
   worklist = open_inputs(req.inputs, req.coco_json, req.images_root, req.data_dir,
-                         image_feature=str(lc.tfds_image_feature))
+                         image_feature=str(lc.tfds_image_feature), exclude=(req.out,))
   job = job_identity(req.command, config, req.names, req.random_init, worklist.spec)
   lock = rd.lock(f"zipjax {req.command}")
 
