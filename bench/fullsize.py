@@ -136,28 +136,25 @@ def child_torch(args) -> dict:
                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                             multimask_output=bool(config.sam.multimask))
 
-  stages = {}
-  t0 = time.perf_counter()
-  clip_ref.surgery_encode(vit.visual, sem, 6)
-  stages["clip_surgery"] = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  feats = trunk(bnd)
-  stages["boundary"] = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  emb = sam.image_encoder(spix)
-  stages["sam_encoder"] = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  decode(emb)
-  stages["sam_decoder"] = time.perf_counter() - t0
+  stages, cpu = {}, {}
+
+  def timed(name, fn, *a):
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = fn(*a)
+    stages[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+    return r
+
+  timed("clip_surgery", clip_ref.surgery_encode, vit.visual, sem, 6)
+  feats = timed("boundary", trunk, bnd)
+  emb = timed("sam_encoder", sam.image_encoder, spix)
+  timed("sam_decoder", decode, emb)
   f = feats[0].permute(1, 2, 0).numpy()  # [h, w, C]
   h, w = f.shape[:2]
   act = np.zeros((h, w), bool)
   act[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True  # one present class, a central activation
-  t0 = time.perf_counter()
-  zip_discover.discover_reference(f, act)
-  stages["discover"] = time.perf_counter() - t0
-  out.update(stages=stages, total_s=sum(stages.values()), peak_rss_gb=_rss_gb(), files=files,
-             boundary_input=list(bnd.shape[2:]))
+  timed("discover", zip_discover.discover_reference, f, act)
+  out.update(stages=stages, cpu=cpu, total_s=sum(stages.values()), total_cpu_s=sum(cpu.values()),
+             peak_rss_gb=_rss_gb(), files=files, boundary_input=list(bnd.shape[2:]))
   return out
 
 
@@ -188,9 +185,9 @@ def child_zipjax(args) -> dict:
   out["first_image_s"] = time.perf_counter() - t0
   out["compile_s"] = eng.timings["compile"]
   assert "error" not in first[0], first[0]
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   eng.run_local(item.bucket, [item])
-  out["warm_image_s"] = time.perf_counter() - t0
+  out["warm_image_s"], out["warm_image_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
   out["instances"] = len(first[0]["instances"])
   out["memory"] = {}
   ma = eng._program(item.bucket).memory_analysis()  # pylint: disable=protected-access
@@ -231,15 +228,17 @@ def child_zipjax(args) -> dict:
                                              method=Sam.decode), eng.params["sam"],
                       jnp.zeros((1, e_, e_, c), jnp.float32)),
   }
-  stages = {}
+  stages, cpu = {}, {}
   for name, (fn, params, x) in cases.items():
     compiled = jax.jit(fn).lower(params, x).compile()
     jax.block_until_ready(compiled(params, x))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(compiled(params, x))
-    stages[name] = time.perf_counter() - t0
-  stages["discover"] = max(out["warm_image_s"] - sum(stages.values()), 0.0)  # the rest of the step + host post
-  out.update(stages=stages, peak_rss_gb=_rss_gb())
+    stages[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+  # the rest of the step (discovery, selection) + host post
+  stages["discover"] = max(out["warm_image_s"] - sum(stages.values()), 0.0)
+  cpu["discover"] = max(out["warm_image_cpu_s"] - sum(cpu.values()), 0.0)
+  out.update(stages=stages, cpu=cpu, peak_rss_gb=_rss_gb())
   return out
 
 
@@ -306,19 +305,26 @@ def main(argv=None):
         f"one {IMAGE_HW[1]}x{IMAGE_HW[0]} image, boundary bucket {zj['bucket'][0]}x{zj['bucket'][1]}; "
         f"zipjax dtypes {'/'.join(zj['dtypes'])}"
         + (f", torch float32 eager ({ref['threads']} threads)" if ref else ""))
-  print(f"{'stage (s per image)':40s} {'torch':>9s} {'zipjax':>9s} {'torch/zipjax':>13s}")
+  print("wall s = elapsed seconds (depend on the machine's load); cpu s = the process's CPU seconds (both use "
+        "every core; less sensitive to other work on the machine)")
+  print(f"{'stage (per image)':40s} {'torch s':>9s} {'zipjax s':>9s} {'ratio':>7s} {'torch cpu':>10s} "
+        f"{'zipjax cpu':>11s} {'ratio':>7s}")
   names = {"clip_surgery": "CLIP ViT-B/16 surgery 512", "boundary": "RN50x64 layer3",
            "sam_encoder": "SAM vit_h image encoder 1024", "sam_decoder": "SAM box decoder (max_boxes prompts)",
            "discover": "discovery (zipjax: rest of the step + post)"}
   for k, label in names.items():
     r = ref["stages"][k] if ref else float("nan")
-    z = zj["stages"][k]
-    print(f"{label:40s} {r:9.2f} {z:9.2f} {r / z if z else float('nan'):13.2f}")
+    rc = ref["cpu"][k] if ref else float("nan")
+    z, zc = zj["stages"][k], zj["cpu"][k]
+    print(f"{label:40s} {r:9.2f} {z:9.2f} {r / z if z else float('nan'):7.2f} {rc:10.1f} {zc:11.1f} "
+          f"{rc / zc if zc else float('nan'):7.2f}")
   rt = ref["total_s"] if ref else float("nan")
-  print(f"{'per image (torch: sum; zipjax: warm run_local)':40s} {rt:9.2f} {zj['warm_image_s']:9.2f} "
-        f"{rt / zj['warm_image_s']:13.2f}")
+  rct = ref["total_cpu_s"] if ref else float("nan")
+  print(f"{'per image (torch: sum; zipjax: warm run)':40s} {rt:9.2f} {zj['warm_image_s']:9.2f} "
+        f"{rt / zj['warm_image_s']:7.2f} {rct:10.1f} {zj['warm_image_cpu_s']:11.1f} "
+        f"{rct / zj['warm_image_cpu_s']:7.2f}")
   print(f"{'peak host RSS (GB, per process)':40s} {ref['peak_rss_gb'] if ref else float('nan'):9.2f} "
-        f"{zj['peak_rss_gb']:9.2f} {(ref['peak_rss_gb'] if ref else float('nan')) / zj['peak_rss_gb']:13.2f}")
+        f"{zj['peak_rss_gb']:9.2f} {(ref['peak_rss_gb'] if ref else float('nan')) / zj['peak_rss_gb']:7.2f}")
   print(f"\nzipjax: load {zj['load_s']:.1f} s (RSS {zj['rss_after_load_gb']:.2f} GB), first image of a fresh engine "
         f"{zj['first_image_s']:.1f} s (compile {zj['compile_s']:.1f} s), warm {zj['warm_image_s']:.1f} s"
         + (f", batch of 4 {zj['batch4_s']:.1f} s ({zj['batch4_s'] / 4:.1f} s per image)" if "batch4_s" in zj else "")

@@ -176,9 +176,10 @@ class Engine:
     specs_leaves, specs_def = jax.tree_util.tree_flatten(
         parallel.param_specs(self.params, self.mesh, self.rules),
         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    held = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(self.params))  # kernels' dtypes
     key = (self.step_spec, self.semantic_cfg, self.boundary_cfg, self.sam_cfg, self.mesh, tuple(specs_leaves),
            str(specs_def), tuple(sorted(shapes.items())), self.global_batch,
-           tuple(self.text["text"].shape))
+           tuple(self.text["text"].shape), held)
     self._programs.add(key)
     if key not in _PROGRAMS:
       t0 = time.perf_counter()

@@ -33,11 +33,15 @@ class LeafFilter:
       'attnpool').
     dtype: numpy dtype name the `CAST_LEAVES` of at least 2 dimensions are held in (None: unchanged).
     cast_prefixes: cast only under these prefixes (empty: everywhere).
+    device: put each kept leaf on the default device as soon as it is drawn or read, so the host copy of the
+      whole model never exists beside the device one (on CPU both are host memory: the model loaded twice
+      kept its peak RSS high for the rest of the run).
   """
   keep_prefixes: tuple[str, ...] = ()
   drop_parts: tuple[str, ...] = ()
   dtype: str | None = None
   cast_prefixes: tuple[str, ...] = ()
+  device: bool = False
 
   def keeps(self, path: str) -> bool:
     if self.keep_prefixes and not path.startswith(self.keep_prefixes):
@@ -56,7 +60,11 @@ class LeafFilter:
     if not self.keeps(path):
       return None
     want = self.target_dtype(path, np.ndim(array))
-    return np.asarray(array) if want is None else np.asarray(array).astype(want)
+    held = np.asarray(array) if want is None else np.asarray(array).astype(want)
+    if self.device:
+      import jax  # pylint: disable=import-outside-toplevel
+      return jax.device_put(held)
+    return held
 
   def apply(self, variables: Mapping) -> dict:
     """Nested variables -> the kept and cast ones (nested)."""
@@ -90,12 +98,12 @@ def resolve_dtype(name: str, platform: str | None = None) -> str:
   return name
 
 
-def trunk_filter(stage: int, dtype: str | None, depth: int = 4) -> LeafFilter:
+def trunk_filter(stage: int, dtype: str | None, depth: int = 4, device: bool = False) -> LeafFilter:
   """The boundary model as the engine holds it: the image trunk up to `stage` (no later stage, no attention
   pool, no text tower), kernels in `dtype`."""
   return LeafFilter(keep_prefixes=("params/visual/", "batch_stats/visual/"),
                     drop_parts=tuple(f"layer{s}_" for s in range(stage + 1, depth + 1)) + ("attnpool",),
-                    dtype=dtype)
+                    dtype=dtype, device=device)
 
 
 def np_dtype(name: str):

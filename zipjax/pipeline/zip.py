@@ -271,9 +271,10 @@ def build_models(config, random_init: bool = False):
   m = config.models
   seed = int(m.seed)
   sem_filter = storage.LeafFilter(dtype=storage.resolve_dtype(m.semantic.get("dtype", "float32")),
-                                  cast_prefixes=("params/visual/",))
+                                  cast_prefixes=("params/visual/",), device=True)
   bnd_filter = storage.trunk_filter(int(config.boundary.stage), storage.resolve_dtype(m.boundary.get("dtype",
-                                                                                                     "float32")))
+                                                                                                     "float32")),
+                                    device=True)
   if random_init:
     sem = ClipModel.random(_clip_arch(m.semantic.arch), seed, leaf_filter=sem_filter)
     bnd = ClipModel.random(_clip_arch(m.boundary.arch), seed + 1, leaf_filter=bnd_filter)
@@ -283,7 +284,7 @@ def build_models(config, random_init: bool = False):
   sam = None
   if config.sam.enabled:
     sam = refine.build_sam(m.sam, random_init, seed + 2,
-                           storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32"))))
+                           storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32")), device=True))
   return sem, bnd, sam
 
 
