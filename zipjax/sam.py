@@ -189,13 +189,13 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
       they are read; SAM variables are never dropped).
     **compute: compute options of SamConfig (dtype='bfloat16', fused_attention=True, remat=True).
   """
-  from zipjax.convert.store import is_converted_dir, load_converted  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.store import is_converted, load_converted  # pylint: disable=import-outside-toplevel
   bad = set(compute) - set(SamConfig.COMPUTE_FIELDS)
   if bad:
     raise ValueError(f"load_sam takes only compute options {SamConfig.COMPUTE_FIELDS}, not {sorted(bad)} "
                      "(the architecture comes from the checkpoint)")
   src = os.fspath(src)
-  if is_converted_dir(src):
+  if is_converted(src):
     cfg_dict, variables = load_converted(src, "sam", leaf_filter=leaf_filter)
     try:
       config = SamConfig.from_dict(cfg_dict, **compute)

@@ -183,14 +183,15 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, **overrides):
   return config, variables
 
 
-def convert_file(src, dst) -> tuple[str, str]:
-  """`python -m zipjax convert sam SRC DST`: official `.pth` -> converted directory."""
+def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
+  """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: official `.pth` -> converted checkpoint."""
   from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
   from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
   src = os.fspath(src)
   sd = read_checkpoint(src).tensors
   config, variables = convert_state_dict(sd, src)
-  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src))
+  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src),
+                       fmt=fmt)
   n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
   name = config.size_name() or (f"custom (width {config.encoder_embed_dim}, depth {config.encoder_depth}, "
                                 f"image {config.img_size})")
