@@ -87,3 +87,29 @@ def make_hf_clip(embed_dim=32, image_size=32, patch_size=16, width=64, layers=2,
     for p in model.parameters():
       p.add_(torch.randn_like(p) * 0.02)
   return model
+
+
+def make_hf_sam(cfg, seed=0):
+  """transformers `SamModel` with the architecture of zipjax's SamConfig `cfg`, random weights, eval mode."""
+  from transformers import SamConfig, SamModel  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(seed)
+  d = cfg.prompt_embed_dim
+  hf = SamConfig(
+      vision_config=dict(hidden_size=cfg.encoder_embed_dim, num_hidden_layers=cfg.encoder_depth,
+                         num_attention_heads=cfg.encoder_num_heads, image_size=cfg.img_size,
+                         patch_size=cfg.patch_size, output_channels=d, window_size=cfg.window_size,
+                         global_attn_indexes=list(cfg.encoder_global_attn_indexes), mlp_ratio=cfg.mlp_ratio,
+                         num_pos_feats=d // 2),
+      prompt_encoder_config=dict(hidden_size=d, image_size=cfg.img_size, patch_size=cfg.patch_size,
+                                 mask_input_channels=cfg.mask_in_chans),
+      mask_decoder_config=dict(hidden_size=d, num_hidden_layers=cfg.decoder_depth,
+                               num_attention_heads=cfg.decoder_num_heads, mlp_dim=cfg.decoder_mlp_dim,
+                               iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+                               num_multimask_outputs=cfg.num_multimask_outputs))
+  model = SamModel(hf).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name == "prompt_encoder.shared_embedding.positional_embedding":
+        continue  # tied to shared_image_embedding
+      p.add_(torch.randn_like(p) * (0.02 if p.ndim > 1 else 0.1))
+  return model

@@ -177,12 +177,15 @@ class Rename:
 
   `pattern` (full match) -> `target` (may use \\1 groups), through `transform` (a `Transform`, applied to the
   array; DROP drops the key). `part=(i, n)`: the array is piece i of n concatenated along axis 0 into the
-  target (e.g. q, k, v projections -> one in_proj_weight); all n pieces must be present.
+  target (e.g. q, k, v projections -> one in_proj_weight); all n pieces must be present. `tied`: the key is
+  a tied copy of another that maps to the same target (e.g. transformers SamModel's shared positional
+  embedding, saved under two names): when both are present their values must be equal.
   """
   pattern: str
   target: str
   transform: Transform = IDENTITY
   part: tuple[int, int] | None = None
+  tied: bool = False
 
   def match(self, key: str):
     m = re.fullmatch(self.pattern, key)
@@ -261,10 +264,16 @@ def translate(sd: Mapping[str, np.ndarray], renames: Iterable[Rename], source: s
     target = rule.match(key)
     arr = rule.transform.forward(np.asarray(value))
     if rule.part is None:
+      if target in out and (rule.tied or origin.get(target + "#tied")):
+        if np.shape(out[target]) != np.shape(arr) or not np.array_equal(out[target], arr):
+          errors.append(f"keys '{origin[target]}' and '{key}' are tied copies of '{target}' but differ")
+        continue
       if target in out or target in parts:
         errors.append(f"keys '{origin.get(target, '?')}' and '{key}' both map to '{target}'")
         continue
       out[target], origin[target] = arr, key
+      if rule.tied:
+        origin[target + "#tied"] = key
     else:
       i, n = rule.part
       slot = parts.setdefault(target, {})

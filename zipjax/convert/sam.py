@@ -19,10 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zipjax.convert.core import CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Rule, apply_rules, flatten
+from zipjax.convert.core import (CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Layout, Rename, Rule, apply_rules,
+                                 detect_layout, flatten, translate)
 from zipjax.errors import CheckpointError
 
 FAMILY = "sam"
+ORIGINAL = "segment_anything"
+TRANSFORMERS = "transformers SamModel"
 
 _IE = r"image_encoder\."
 _PE = r"prompt_encoder\."
@@ -90,6 +93,80 @@ SAM_RULES = [
     Rule(_TR + r"norm_final_attn\.weight", "params/mask_decoder/transformer/norm_final_attn/scale"),
     Rule(_TR + r"norm_final_attn\.bias", "params/mask_decoder/transformer/norm_final_attn/bias"),
 ]
+
+
+# transformers SamModel key (full match) -> segment_anything key (then read by SAM_RULES, which checks shapes).
+# The decoder MLPs (SamFeedForward: proj_in, layers.0, proj_out) have 3 layers in every released SAM, as here.
+_V, _M = r"vision_encoder\.", r"mask_decoder\."
+HF_RENAMES: tuple[Rename, ...] = (
+    Rename(_V + r"patch_embed\.projection\.(weight|bias)", r"image_encoder.patch_embed.proj.\1"),
+    Rename(_V + r"pos_embed", "image_encoder.pos_embed"),
+    Rename(_V + r"layers\.(\d+)\.layer_norm([12])\.(weight|bias)", r"image_encoder.blocks.\1.norm\2.\3"),
+    Rename(_V + r"layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"image_encoder.blocks.\1.attn.\2.\3"),
+    Rename(_V + r"layers\.(\d+)\.attn\.(rel_pos_h|rel_pos_w)", r"image_encoder.blocks.\1.attn.\2"),
+    Rename(_V + r"layers\.(\d+)\.mlp\.(lin1|lin2)\.(weight|bias)", r"image_encoder.blocks.\1.mlp.\2.\3"),
+    Rename(_V + r"neck\.conv1\.weight", "image_encoder.neck.0.weight"),
+    Rename(_V + r"neck\.layer_norm1\.(weight|bias)", r"image_encoder.neck.1.\1"),
+    Rename(_V + r"neck\.conv2\.weight", "image_encoder.neck.2.weight"),
+    Rename(_V + r"neck\.layer_norm2\.(weight|bias)", r"image_encoder.neck.3.\1"),
+    # one positional embedding, saved twice (SamModel ties the prompt encoder's to the model's)
+    Rename(r"shared_image_embedding\.positional_embedding",
+           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
+    Rename(r"prompt_encoder\.shared_embedding\.positional_embedding",
+           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
+    Rename(r"prompt_encoder\.point_embed\.([0-3])\.weight", r"prompt_encoder.point_embeddings.\1.weight"),
+    Rename(r"prompt_encoder\.(not_a_point_embed|no_mask_embed)\.weight", r"prompt_encoder.\1.weight"),
+    Rename(r"prompt_encoder\.mask_embed\.conv1\.(weight|bias)", r"prompt_encoder.mask_downscaling.0.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.layer_norm1\.(weight|bias)", r"prompt_encoder.mask_downscaling.1.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.conv2\.(weight|bias)", r"prompt_encoder.mask_downscaling.3.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.layer_norm2\.(weight|bias)", r"prompt_encoder.mask_downscaling.4.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.conv3\.(weight|bias)", r"prompt_encoder.mask_downscaling.6.\1"),
+    Rename(_M + r"(iou_token|mask_tokens)\.weight", r"mask_decoder.\1.weight"),
+    Rename(_M + r"upscale_conv1\.(weight|bias)", r"mask_decoder.output_upscaling.0.\1"),
+    Rename(_M + r"upscale_layer_norm\.(weight|bias)", r"mask_decoder.output_upscaling.1.\1"),
+    Rename(_M + r"upscale_conv2\.(weight|bias)", r"mask_decoder.output_upscaling.3.\1"),
+    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.proj_in\.(weight|bias)",
+           r"mask_decoder.\1.layers.0.\2"),
+    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.0\.(weight|bias)",
+           r"mask_decoder.\1.layers.1.\2"),
+    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.proj_out\.(weight|bias)",
+           r"mask_decoder.\1.layers.2.\2"),
+    Rename(_M + r"transformer\.layers\.(\d+)\." + _ATTN + r"\." + _PROJ + r"\.(weight|bias)",
+           r"mask_decoder.transformer.layers.\1.\2.\3.\4"),
+    Rename(_M + r"transformer\.layers\.(\d+)\.layer_norm([1-4])\.(weight|bias)",
+           r"mask_decoder.transformer.layers.\1.norm\2.\3"),
+    Rename(_M + r"transformer\.layers\.(\d+)\.mlp\.(lin1|lin2)\.(weight|bias)",
+           r"mask_decoder.transformer.layers.\1.mlp.\2.\3"),
+    Rename(_M + r"transformer\.final_attn_token_to_image\." + _PROJ + r"\.(weight|bias)",
+           r"mask_decoder.transformer.final_attn_token_to_image.\1.\2"),
+    Rename(_M + r"transformer\.layer_norm_final_attn\.(weight|bias)",
+           r"mask_decoder.transformer.norm_final_attn.\1"),
+)
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout(ORIGINAL, tuple(SAM_RULES), anchors=(r"image_encoder\..*", r"mask_decoder\..*")),
+    Layout(TRANSFORMERS, tuple(SAM_RULES), anchors=(r"vision_encoder\..*", r"mask_decoder\..*"),
+           renames=HF_RENAMES),
+)
+
+
+def detect(sd: Mapping[str, np.ndarray], source: str) -> Layout:
+  """The SAM layout of a state dict (segment_anything's `.pth`, or transformers SamModel)."""
+  try:
+    return detect_layout(sd, LAYOUTS, source, "SAM")
+  except CheckpointError:
+    why = _describe_foreign(sd)
+    if why.startswith("expected "):  # nothing more specific to say than detect_layout's nearest layout
+      raise
+    raise CheckpointError(f"{source}: not a Segment Anything checkpoint: {why}") from None
+
+
+def to_original(sd: Mapping[str, np.ndarray], source: str) -> tuple[dict, str]:
+  """A SAM state dict of any layout -> (segment_anything keys, the layout's name)."""
+  layout = detect(sd, source)
+  if layout.renames:
+    sd = translate(sd, layout.renames, f"{source} ({layout.name} layout)")
+  return dict(sd), layout.name
 
 
 def _describe_foreign(sd: Mapping[str, np.ndarray]) -> str:
@@ -176,11 +253,16 @@ def expected_shapes(config) -> dict[str, tuple]:
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
-def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, **overrides):
-  """State dict (numpy) -> (SamConfig, nested float32 numpy variables)."""
+def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, with_layout: bool = False,
+                       check_only: bool = False, **overrides):
+  """State dict (numpy; segment_anything or transformers layout) -> (SamConfig, nested float32 numpy
+  variables), plus the layout's name when `with_layout`. `check_only`: keys and shapes only (variables
+  None)."""
+  sd, layout = to_original(sd, source)
+  source = f"{source} ({layout} layout)"
   config = infer_config(sd, source, **overrides)
-  variables = apply_rules(sd, SAM_RULES, expected_shapes(config), source)
-  return config, variables
+  variables = apply_rules(sd, SAM_RULES, expected_shapes(config), source, check_only=check_only)
+  return (config, variables, layout) if with_layout else (config, variables)
 
 
 def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
@@ -189,10 +271,10 @@ def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
   from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
   src = os.fspath(src)
   sd = read_checkpoint(src).tensors
-  config, variables = convert_state_dict(sd, src)
+  config, variables, layout = convert_state_dict(sd, src, with_layout=True)
   out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src),
                        fmt=fmt)
   n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
   name = config.size_name() or (f"custom (width {config.encoder_embed_dim}, depth {config.encoder_depth}, "
                                 f"image {config.img_size})")
-  return out, f"SAM {name}, {n / 1e6:.1f}M parameters"
+  return out, f"{layout} layout: SAM {name}, {n / 1e6:.1f}M parameters"
