@@ -11,12 +11,20 @@
 
 `<cache>` is `$ZIPJAX_CACHE` or ~/.cache/zipjax. With `ZIPJAX_OFFLINE=1`, or when the download fails, the
 error names the file to download and the path to put it at.
+
+Hub names: `hf:ORG/REPO[/FILE][@REVISION]` (a branch, tag or commit) resolve through `huggingface_hub`
+(`hf_hub_download`, its cache and progress bars; `HF_HUB_CACHE` / `HF_HOME` and `HF_HUB_OFFLINE` are read
+when resolving; `ZIPJAX_OFFLINE=1` also keeps it to the cache). Without FILE, the first of the family's usual
+weight files that the repository holds is used (`HUB_FILES`; a `*.safetensors.index.json` brings its
+shards), with `config.json` / `open_clip_config.json` beside it when the repository has them (the CLIP
+converter checks them). The file is converted once into `<cache>/converted/hf/ORG--REPO/<commit>[--FILE]`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 import urllib.request
 
@@ -101,8 +109,133 @@ def fetch(entry: dict, downloader=_download) -> str:
   return dst
 
 
+HUB_PREFIX = "hf:"
+# the weight files a Hub repository of each family usually holds, in the order tried
+HUB_FILES = {
+    "clip": ("open_clip_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+             "open_clip_pytorch_model.bin", "pytorch_model.bin"),
+    "sam": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+}
+HUB_SIDE_FILES = ("config.json", "open_clip_config.json")
+_REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def is_hub_name(spec) -> bool:
+  return isinstance(spec, str) and spec.startswith(HUB_PREFIX)
+
+
+def parse_hub_name(spec: str) -> tuple[str, str | None, str | None]:
+  """'hf:ORG/REPO[/FILE][@REVISION]' -> (repo id, file or None, revision or None)."""
+  body, _, revision = spec[len(HUB_PREFIX):].partition("@")
+  parts = body.split("/")
+  repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+  if not _REPO.fullmatch(repo) or ".." in repo or (filename and any(p in ("", ".", "..") for p in parts[2:])) \
+      or (revision == "" and "@" in spec):
+    raise CheckpointError(f"{spec!r}: not a Hub name; expected hf:ORG/REPO[/FILE][@REVISION] "
+                          "(e.g. hf:timm/vit_base_patch16_clip_224.openai)")
+  return repo, filename, revision or None
+
+
+def hub_offline() -> bool:
+  return any(os.environ.get(v, "") not in ("", "0", "false", "False") for v in ("HF_HUB_OFFLINE", "ZIPJAX_OFFLINE"))
+
+
+def hub_cache() -> str | None:
+  """The Hugging Face cache huggingface_hub uses, read now (None: the library's default)."""
+  if os.environ.get("HF_HUB_CACHE"):
+    return os.environ["HF_HUB_CACHE"]
+  if os.environ.get("HF_HOME"):
+    return os.path.join(os.environ["HF_HOME"], "hub")
+  return None
+
+
+def hub_download(spec: str, family: str, local_only: bool | None = None, sha256: str | None = None) -> str:
+  """The weights of a Hub name in the Hugging Face cache (downloaded there if needed) -> the local path.
+
+  Raises:
+    CheckpointError: one line naming the repository and what to do (not cached while offline, no such
+      repository, revision or file, a download that failed, a sha256 that does not match).
+  """
+  from huggingface_hub import hf_hub_download  # pylint: disable=import-outside-toplevel
+  from huggingface_hub import errors as hub_errors  # pylint: disable=import-outside-toplevel
+  repo, filename, revision = parse_hub_name(spec)
+  offline = hub_offline() if local_only is None else local_only
+  kw = dict(repo_id=repo, revision=revision, cache_dir=hub_cache(), local_files_only=offline)
+  where = f"{repo}" + (f"@{revision}" if revision else "")
+  candidates = (filename,) if filename else HUB_FILES[family]
+
+  def get(name: str):
+    try:
+      return hf_hub_download(filename=name, **kw)
+    except hub_errors.EntryNotFoundError:  # (LocalEntryNotFoundError too: not in the cache)
+      return None
+    except hub_errors.RepositoryNotFoundError as e:
+      raise CheckpointError(f"{spec}: no Hub repository {repo!r} (or it is private / gated: log in with "
+                            f"`hf auth login`) ({_first_line(e)})") from None
+    except hub_errors.RevisionNotFoundError as e:
+      raise CheckpointError(f"{spec}: repository {repo!r} has no revision {revision!r} ({_first_line(e)})") from None
+    except (OSError, ValueError, hub_errors.HfHubHTTPError) as e:
+      raise CheckpointError(f"{spec}: cannot download from the Hub ({type(e).__name__}: {_first_line(e)}); "
+                            "with no network, set HF_HUB_OFFLINE=1 to use only the Hugging Face cache, "
+                            f"after `hf download {repo}` on a machine that has one") from None
+
+  path = next((p for p in map(get, candidates) if p is not None), None)
+  if path is None:
+    tried = ", ".join(candidates)
+    if offline:
+      raise CheckpointError(f"{spec}: not in the Hugging Face cache ({hub_cache() or 'the default cache'}: no "
+                            f"{tried} for {where}) and offline (HF_HUB_OFFLINE / ZIPJAX_OFFLINE): run "
+                            f"`hf download {repo}{f' --revision {revision}' if revision else ''}` with network, "
+                            "or unset them")
+    raise CheckpointError(f"{spec}: repository {where} holds none of the {family} weight files zipjax reads "
+                          f"({tried}); name the file: hf:{repo}/FILE")
+  if path.endswith(".index.json"):
+    from zipjax.convert.torch_io import read_checkpoint_index  # pylint: disable=import-outside-toplevel
+    sub = os.path.dirname(filename or "")
+    for shard in read_checkpoint_index(path):
+      if get(f"{sub}/{shard}" if sub else shard) is None:
+        raise CheckpointError(f"{spec}: shard {shard!r} of {os.path.basename(path)} is not in {where}"
+                              + (" (offline: not in the cache)" if offline else ""))
+  for side in HUB_SIDE_FILES:  # what the converter checks beside the weights, when the repository has it
+    get(f"{os.path.dirname(filename)}/{side}" if filename and "/" in filename else side)
+  if sha256:
+    got = sha256_file(path)
+    if got != sha256:
+      raise CheckpointError(f"{path}: sha256 {got} does not match the manifest's {sha256} for {spec}")
+  return path
+
+
+def _first_line(e) -> str:
+  s = str(e).strip().splitlines()
+  return s[0][:200] if s else type(e).__name__
+
+
+def _hub_converted_dir(spec: str, path: str) -> str:
+  """<cache>/converted/hf/ORG--REPO/<commit>[--FILE]: one converted copy per commit and file."""
+  repo, filename, _ = parse_hub_name(spec)
+  parts = os.path.normpath(path).split(os.sep)
+  commit = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1] if "snapshots" in parts else \
+      hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+  leaf = commit + (f"--{filename.replace('/', '--')}" if filename else "")
+  return os.path.join(cache_dir(), "converted", "hf", repo.replace("/", "--"), leaf)
+
+
+def resolve_hub(spec: str, family: str, sha256: str | None = None) -> str:
+  """A Hub name -> its converted directory in the zipjax cache (downloaded and converted once)."""
+  path = hub_download(spec, family, sha256=sha256)
+  converted = _hub_converted_dir(spec, path)
+  from zipjax.convert.store import is_converted_dir  # pylint: disable=import-outside-toplevel
+  if is_converted_dir(converted):
+    return converted
+  from zipjax.convert import get_converter  # pylint: disable=import-outside-toplevel
+  get_converter(family)(path, converted)
+  return converted
+
+
 def resolve(name_or_path: str, family: str, downloader=_download) -> str:
   """A local path for `load_clip` (family 'clip') or `load_sam` (family 'sam'); see the module docstring."""
+  if is_hub_name(name_or_path):
+    return resolve_hub(name_or_path, family)
   src = os.path.expanduser(os.fspath(name_or_path))
   if os.path.exists(src):
     return src
@@ -124,6 +257,8 @@ def resolve(name_or_path: str, family: str, downloader=_download) -> str:
 
 def describe(name_or_path: str, family: str) -> str:
   """Where `resolve` would look, for messages (no download, no conversion)."""
+  if is_hub_name(name_or_path):
+    return f"{name_or_path} (Hugging Face cache {hub_cache() or 'default'})"
   if os.path.exists(os.path.expanduser(name_or_path)):
     return name_or_path
   entry = lookup(name_or_path, family)
@@ -132,6 +267,12 @@ def describe(name_or_path: str, family: str) -> str:
 
 def available(name_or_path: str, family: str) -> bool:
   """True when `resolve` would succeed without a download."""
+  if is_hub_name(name_or_path):
+    try:
+      hub_download(name_or_path, family, local_only=True)
+    except CheckpointError:
+      return False
+    return True
   src = os.path.expanduser(name_or_path)
   if os.path.exists(src):
     return True
@@ -146,4 +287,4 @@ def available(name_or_path: str, family: str) -> bool:
 
 
 __all__ = ["MANIFEST", "cache_dir", "manifest", "lookup", "fetch", "resolve", "available", "describe",
-           "sha256_file"]
+           "sha256_file", "HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_download", "resolve_hub"]

@@ -208,8 +208,13 @@ def _st_entry(path: str, key: str, e, data_len: int):
   return begin, end, dtype, tuple(shape)
 
 
-def _read_sharded(path: str) -> Checkpoint:
-  """A `*.safetensors.index.json` and its shards (plain file names beside it)."""
+def read_checkpoint_index(path: str) -> list[str]:
+  """The shard file names of a `*.safetensors.index.json` (checked: plain names beside the index)."""
+  return list(_index_shards(path)[1])
+
+
+def _index_shards(path: str) -> tuple[dict, dict]:
+  """(weight_map, shard -> its keys) of an index file, checked."""
   try:
     with open(path, encoding="utf-8") as f:
       index = json.load(f)
@@ -219,13 +224,19 @@ def _read_sharded(path: str) -> Checkpoint:
   if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
     raise CheckpointError(f"{path}: a JSON file without a safetensors 'weight_map' (not a sharded checkpoint "
                           "index)")
-  root = os.path.dirname(os.path.abspath(path))
   shards: dict[str, list] = {}
   for key, shard in wmap.items():
     if shard in ("", ".", "..") or os.path.basename(shard) != shard or "\\" in shard or "\0" in shard:
       raise CheckpointError(f"{path}: shard {shard!r} (for {key!r}) is not a plain file name beside the "
                             "index; refused (shards are only read from the index's own directory)")
     shards.setdefault(shard, []).append(key)
+  return wmap, shards
+
+
+def _read_sharded(path: str) -> Checkpoint:
+  """A `*.safetensors.index.json` and its shards (plain file names beside it)."""
+  wmap, shards = _index_shards(path)
+  root = os.path.dirname(os.path.abspath(path))
   tensors, meta = {}, {}
   for shard, names in shards.items():
     sp = os.path.join(root, shard)
@@ -759,4 +770,4 @@ def _short(e) -> str:
   return s[0][:200] if s else type(e).__name__
 
 
-__all__ = ["Checkpoint", "read_checkpoint", "read_safetensors"]
+__all__ = ["Checkpoint", "read_checkpoint", "read_checkpoint_index", "read_safetensors"]

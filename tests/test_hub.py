@@ -1,0 +1,109 @@
+"""hf:ORG/REPO[@REVISION] names: resolved by huggingface_hub from a local Hub cache laid out as the library
+lays it out (blobs/, refs/, snapshots/<commit>/ symlinks), offline; converted once into the zipjax cache."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import zipjax
+from tests.reference.clip_ref import nchw, rel_err
+from tests.reference.libraries import make_hf_clip, make_open_clip
+from zipjax import weights
+from zipjax.errors import CheckpointError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+torch.set_grad_enabled(False)
+
+
+def hub_repo(cache, repo: str, files: dict, commit: str = COMMIT, ref: str = "main") -> str:
+  """Writes `files` (name -> bytes) into `cache` as huggingface_hub caches a repository -> the snapshot dir."""
+  root = cache / ("models--" + repo.replace("/", "--"))
+  snap = root / "snapshots" / commit
+  (root / "blobs").mkdir(parents=True, exist_ok=True)
+  for name, data in files.items():
+    blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+    blob.write_bytes(data)
+    link = snap / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(blob, link.parent))
+  (root / "refs").mkdir(exist_ok=True)
+  (root / "refs" / ref).write_text(commit)
+  return str(snap)
+
+
+def _safetensors_bytes(tmp_path, model) -> bytes:
+  p = tmp_path / "w.safetensors"
+  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p))
+  data = p.read_bytes()
+  p.unlink()
+  return data
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("ZIPJAX_CACHE", str(tmp_path / "zipjax"))
+  return tmp_path
+
+
+def test_open_clip_repo_resolves_offline_and_converts_once(env, monkeypatch):
+  model = make_open_clip(embed_dim=32, image_size=32, layers=1, width=64, patch_size=16, text_layers=1, seed=7)
+  data = _safetensors_bytes(env, model)
+  hub_repo(env / "hub", "timm/tiny_clip.openai",
+           {"open_clip_model.safetensors": data, "open_clip_config.json": b'{"model_cfg": {"quick_gelu": true}}'})
+  assert weights.available("hf:timm/tiny_clip.openai", "clip")
+  out = weights.resolve("hf:timm/tiny_clip.openai", "clip")
+  assert out == str(env / "zipjax" / "converted" / "hf" / "timm--tiny_clip.openai" / COMMIT)
+  clip = zipjax.load_clip(out)
+  x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+  assert rel_err(clip.encode_image(x), model.encode_image(nchw(x)).numpy()) < 1e-5
+  # pinned to the commit: the same; the second time nothing is converted again
+  monkeypatch.setattr("zipjax.convert.clip.convert_file", lambda *a, **k: pytest.fail("converted twice"))
+  assert weights.resolve(f"hf:timm/tiny_clip.openai@{COMMIT}", "clip") == out
+  # the manifest's sha256 of the Hub file is checked
+  sha = hashlib.sha256(data).hexdigest()
+  assert weights.hub_download("hf:timm/tiny_clip.openai", "clip", sha256=sha).endswith(
+      "open_clip_model.safetensors")
+  with pytest.raises(CheckpointError, match="does not match the manifest"):
+    weights.hub_download("hf:timm/tiny_clip.openai", "clip", sha256="0" * 64)
+
+
+def test_transformers_repo_with_sharded_weights(env):
+  from huggingface_hub import save_torch_state_dict  # pylint: disable=import-outside-toplevel
+  model = make_hf_clip(layers=1, text_layers=1, seed=8)
+  (env / "hf").mkdir()
+  save_torch_state_dict({k: v.contiguous() for k, v in model.state_dict().items()}, str(env / "hf"),
+                        max_shard_size=300_000)
+  model.config.to_json_file(str(env / "hf" / "config.json"))
+  files = {n: (env / "hf" / n).read_bytes() for n in os.listdir(env / "hf")}
+  assert "model.safetensors.index.json" in files
+  hub_repo(env / "hub", "openai/tiny-clip", files)
+  clip = zipjax.load_clip(weights.resolve("hf:openai/tiny-clip", "clip"))
+  x = np.random.default_rng(1).standard_normal((1, 32, 32, 3)).astype(np.float32)
+  want = model.get_image_features(pixel_values=nchw(x))
+  want = want if isinstance(want, torch.Tensor) else want.pooler_output
+  assert rel_err(clip.encode_image(x), want.numpy()) < 1e-5
+
+
+def test_offline_errors_say_what_to_do(env):
+  hub_repo(env / "hub", "org/other", {"README.md": b"hi"})
+  for spec, want in (("hf:org/missing", "not in the Hugging Face cache"),
+                     ("hf:org/other", "not in the Hugging Face cache"),
+                     (f"hf:org/other@{'f' * 40}", "not in the Hugging Face cache"),
+                     ("hf:nope", "not a Hub name"), ("hf:org/repo/../x", "not a Hub name"),
+                     ("hf:org/repo@", "not a Hub name")):
+    with pytest.raises(CheckpointError, match=want) as e:
+      weights.resolve(spec, "clip")
+    assert "\n" not in str(e.value) and (want == "not a Hub name" or "hf download" in str(e.value)), str(e.value)
+  assert not weights.available("hf:org/missing", "sam")
+
+
+def test_zipjax_offline_keeps_hub_to_the_cache(env, monkeypatch):
+  monkeypatch.delenv("HF_HUB_OFFLINE")
+  monkeypatch.setenv("ZIPJAX_OFFLINE", "1")
+  with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
+    weights.resolve("hf:org/missing", "sam")
