@@ -107,3 +107,56 @@ def test_zipjax_offline_keeps_hub_to_the_cache(env, monkeypatch):
   monkeypatch.setenv("ZIPJAX_OFFLINE", "1")
   with pytest.raises(CheckpointError, match="not in the Hugging Face cache"):
     weights.resolve("hf:org/missing", "sam")
+
+
+def _manifest(env, url, hub):
+  import json  # pylint: disable=import-outside-toplevel
+  m = env / "manifest.json"
+  m.write_text(json.dumps({"checkpoints": [{"name": "tiny", "family": "clip", "arch": "x", "file": "tiny.pt",
+                                            "url": url, "sha256": None, "hub": hub}]}))
+  return str(m)
+
+
+def test_manifest_entry_uses_its_hub_copy_from_the_cache(env, monkeypatch):
+  model = make_open_clip(embed_dim=32, image_size=32, layers=1, width=64, patch_size=16, text_layers=1, seed=9)
+  data = _safetensors_bytes(env, model)
+  hub_repo(env / "hub", "timm/tiny_clip.openai", {"open_clip_model.safetensors": data})
+  sha = hashlib.sha256(data).hexdigest()
+  monkeypatch.setenv("ZIPJAX_MANIFEST", _manifest(env, (env / "nowhere.pt").as_uri(), [
+      {"repo": "timm/tiny_clip.openai", "file": "open_clip_model.safetensors", "sha256": sha}]))
+  assert weights.available("tiny", "clip")
+  out = weights.resolve("tiny", "clip", downloader=lambda *a: pytest.fail("downloaded the original URL"))
+  assert out.startswith(str(env / "zipjax" / "converted" / "hf" / "timm--tiny_clip.openai" / COMMIT))
+  assert zipjax.load_clip(out).config.embed_dim == 32
+
+
+def test_manifest_entry_falls_back_to_the_hub_when_the_url_fails(env, monkeypatch):
+  model = make_open_clip(embed_dim=32, image_size=32, layers=1, width=64, patch_size=16, text_layers=1, seed=9)
+  hub_repo(env / "hub", "timm/tiny_clip.openai", {"open_clip_model.safetensors": _safetensors_bytes(env, model)})
+  monkeypatch.setenv("ZIPJAX_MANIFEST", _manifest(env, (env / "nowhere.pt").as_uri(), [
+      {"repo": "timm/tiny_clip.openai", "file": "open_clip_model.safetensors", "sha256": None}]))
+  monkeypatch.setattr("zipjax.weights._cached_hub_source", lambda *a: None)  # as if not cached before
+  monkeypatch.delenv("HF_HUB_OFFLINE")
+  calls = []
+
+  def fake_hub(spec, family, local_only=None, sha256=None, _real=weights.hub_download):
+    calls.append(spec)  # the "download" of the Hub copy: served by the local cache (no network in tests)
+    return _real(spec, family, local_only=True, sha256=sha256)
+
+  monkeypatch.setattr("zipjax.weights.hub_download", fake_hub)
+  out = weights.resolve("tiny", "clip", downloader=lambda url, dst: (_ for _ in ()).throw(OSError("no route")))
+  assert calls == ["hf:timm/tiny_clip.openai/open_clip_model.safetensors"] and os.path.isdir(out)
+  # offline, the URL's failure is the answer (the Hub is not tried over the network)
+  monkeypatch.setenv("ZIPJAX_OFFLINE", "1")
+  monkeypatch.setenv("ZIPJAX_CACHE", str(env / "zipjax2"))
+  with pytest.raises(CheckpointError, match="ZIPJAX_OFFLINE is set"):
+    weights.resolve("tiny", "clip")
+
+
+def test_manifest_hub_entries_are_well_formed():
+  for e in weights.manifest():
+    srcs = weights.hub_sources(e)
+    assert srcs, e["name"]
+    for spec, sha in srcs:
+      weights.parse_hub_name(spec)
+      assert sha is None or len(sha) == 64

@@ -5,9 +5,12 @@
 1. an existing file or directory is returned as is;
 2. otherwise the name is looked up in `checkpoints/manifest.json` (by `name` or `file`); the converted
    directory `<cache>/converted/<file stem>` is returned when present;
-3. otherwise the published file `<cache>/downloads/<file>` is converted into it (once); when that file is
+3. otherwise, when the entry's `hub` repositories (the same weights on the Hugging Face Hub) are in the
+   Hugging Face cache, they are used (see Hub names below);
+4. otherwise the published file `<cache>/downloads/<file>` is converted into it (once); when that file is
    missing it is downloaded from the manifest URL with a progress bar (to a temporary file, renamed when
-   complete) and its sha256 checked when the manifest knows it (`"sha256": null` entries are not checked).
+   complete) and its sha256 checked when the manifest knows it (`"sha256": null` entries are not checked);
+   when that download fails (and not offline) the entry's `hub` repositories are tried in order.
 
 `<cache>` is `$ZIPJAX_CACHE` or ~/.cache/zipjax. With `ZIPJAX_OFFLINE=1`, or when the download fails, the
 error names the file to download and the path to put it at.
@@ -220,6 +223,26 @@ def _hub_converted_dir(spec: str, path: str) -> str:
   return os.path.join(cache_dir(), "converted", "hf", repo.replace("/", "--"), leaf)
 
 
+def hub_sources(entry: dict) -> list[tuple[str, str | None]]:
+  """(hf: name, sha256 or None) of each Hub repository a manifest entry lists as holding the same weights."""
+  out = []
+  for h in entry.get("hub") or []:
+    out.append((f"{HUB_PREFIX}{h['repo']}" + (f"/{h['file']}" if h.get("file") else "")
+                + (f"@{h['revision']}" if h.get("revision") else ""), h.get("sha256")))
+  return out
+
+
+def _cached_hub_source(entry: dict, family: str) -> tuple[str, str | None] | None:
+  """The first Hub source of `entry` whose weights are in the Hugging Face cache (checked, no network)."""
+  for spec, sha in hub_sources(entry):
+    try:
+      hub_download(spec, family, local_only=True, sha256=sha)
+    except CheckpointError:
+      continue
+    return spec, sha
+  return None
+
+
 def resolve_hub(spec: str, family: str, sha256: str | None = None) -> str:
   """A Hub name -> its converted directory in the zipjax cache (downloaded and converted once)."""
   path = hub_download(spec, family, sha256=sha256)
@@ -245,7 +268,22 @@ def resolve(name_or_path: str, family: str, downloader=_download) -> str:
   from zipjax.convert.store import is_converted_dir  # pylint: disable=import-outside-toplevel
   if is_converted_dir(converted):
     return converted
-  raw = fetch(entry, downloader)
+  if not os.path.isfile(os.path.join(cache_dir(), "downloads", entry["file"])):
+    cached = _cached_hub_source(entry, family)
+    if cached is not None:  # the same weights are in the Hugging Face cache already: no download
+      return resolve_hub(cached[0], family, sha256=cached[1])
+  try:
+    raw = fetch(entry, downloader)
+  except CheckpointError as e:
+    if hub_offline() or not hub_sources(entry):
+      raise
+    failures = [str(e)]
+    for spec, sha in hub_sources(entry):
+      try:
+        return resolve_hub(spec, family, sha256=sha)
+      except CheckpointError as hub_error:
+        failures.append(str(hub_error))
+    raise CheckpointError(" | also tried the Hub: ".join(failures)) from None
   from zipjax.convert import get_converter  # pylint: disable=import-outside-toplevel
   try:
     convert = get_converter(family)
@@ -283,8 +321,9 @@ def available(name_or_path: str, family: str) -> bool:
   stem = os.path.splitext(entry["file"])[0]
   root = cache_dir()
   return (os.path.isfile(os.path.join(root, "converted", stem, "config.json")) or
-          os.path.isfile(os.path.join(root, "downloads", entry["file"])))
+          os.path.isfile(os.path.join(root, "downloads", entry["file"])) or
+          _cached_hub_source(entry, family) is not None)
 
 
 __all__ = ["MANIFEST", "cache_dir", "manifest", "lookup", "fetch", "resolve", "available", "describe",
-           "sha256_file", "HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_download", "resolve_hub"]
+           "sha256_file", "HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_download", "hub_sources", "resolve_hub"]
