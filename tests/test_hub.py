@@ -160,3 +160,38 @@ def test_manifest_hub_entries_are_well_formed():
     for spec, sha in srcs:
       weights.parse_hub_name(spec)
       assert sha is None or len(sha) == 64
+
+
+def test_weights_command_list_download_verify(env, monkeypatch, capsys):
+  import json  # pylint: disable=import-outside-toplevel
+  from zipjax.cli import main as cli_main  # pylint: disable=import-outside-toplevel
+  model = make_open_clip(embed_dim=32, image_size=32, layers=1, width=64, patch_size=16, text_layers=1, seed=9)
+  data = _safetensors_bytes(env, model)
+  snap = hub_repo(env / "hub", "timm/tiny_clip.openai", {"open_clip_model.safetensors": data})
+  src = env / "tiny.pt"
+  torch.save(model.state_dict(), src)
+  sha = hashlib.sha256(src.read_bytes()).hexdigest()
+  m = env / "manifest.json"
+  m.write_text(json.dumps({"checkpoints": [
+      {"name": "tiny", "family": "clip", "arch": "x", "file": "tiny.pt", "url": src.as_uri(), "sha256": sha,
+       "hub": []},
+      {"name": "tinyhub", "family": "clip", "arch": "x", "file": "tinyhub.pt", "url": (env / "no.pt").as_uri(),
+       "sha256": None, "hub": [{"repo": "timm/tiny_clip.openai", "file": "open_clip_model.safetensors",
+                                "sha256": None}]}]}))
+  monkeypatch.setenv("ZIPJAX_MANIFEST", str(m))
+  assert cli_main(["weights", "list"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert "not cached" in out[0] and "in the Hugging Face cache" in out[1] and "hf:timm/tiny_clip.openai" in out[1]
+  assert cli_main(["weights", "download", "tiny", "nope", "tinyhub"]) == 1  # 'nope' fails, the others go on
+  cap = capsys.readouterr()
+  assert "tiny: " in cap.out and "tinyhub: " in cap.out and "nope: error:" in cap.err
+  assert cli_main(["weights", "list", "--json"]) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert rows[0]["converted"] and rows[0]["downloaded"] and rows[0]["size"] > 0
+  assert rows[1]["converted"] and rows[1]["hub_cached"].startswith(snap)
+  assert cli_main(["weights", "verify"]) == 0
+  out = capsys.readouterr().out
+  assert out.count(": ok: ") == 2, out
+  (env / "zipjax" / "downloads" / "tiny.pt").write_bytes(b"corrupt")
+  assert cli_main(["weights", "verify", "tiny"]) == 1
+  assert "MISMATCH" in capsys.readouterr().out

@@ -293,6 +293,70 @@ def resolve(name_or_path: str, family: str, downloader=_download) -> str:
   return converted
 
 
+def _size(path: str) -> int:
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  total = 0
+  for root, _, files in os.walk(path):
+    total += sum(os.path.getsize(os.path.join(root, f)) for f in files if os.path.isfile(os.path.join(root, f)))
+  return total
+
+
+def status(entry: dict) -> dict:
+  """Where a manifest entry's weights are on this machine (nothing is downloaded): keys name, family, arch,
+  url, hub (hf: names), converted / downloaded / hub_cached (paths or None), size (bytes of what is there)."""
+  root = cache_dir()
+  stem = os.path.splitext(entry["file"])[0]
+  converted = os.path.join(root, "converted", stem)
+  from zipjax.convert.store import is_converted_dir  # pylint: disable=import-outside-toplevel
+  out = {"name": entry["name"], "family": entry["family"], "arch": entry.get("arch"), "url": entry.get("url"),
+         "hub": [spec for spec, _ in hub_sources(entry)], "converted": None, "downloaded": None,
+         "hub_cached": None, "size": 0}
+  if is_converted_dir(converted):
+    out["converted"] = converted
+  raw = os.path.join(root, "downloads", entry["file"])
+  if os.path.isfile(raw):
+    out["downloaded"] = raw
+  cached = _cached_hub_source(entry, entry["family"])
+  if cached is not None:
+    path = hub_download(cached[0], entry["family"], local_only=True)
+    out["hub_cached"] = path
+    conv = _hub_converted_dir(cached[0], path)
+    if out["converted"] is None and is_converted_dir(conv):
+      out["converted"] = conv
+  out["size"] = sum(_size(p) for p in (out["converted"], out["downloaded"], out["hub_cached"]) if p)
+  return out
+
+
+def verify(entry: dict) -> list[tuple[str, str, str]]:
+  """sha256 checks of what is cached for a manifest entry -> [(path, 'ok' | 'MISMATCH' | 'unverified', detail)].
+
+  The downloaded file is checked against the manifest's sha256; a Hub file in the Hugging Face cache against
+  the manifest's sha256 for that repository when recorded, else against the content hash the Hub cache names
+  its blob by (the LFS sha256 the Hub served)."""
+  out = []
+  raw = os.path.join(cache_dir(), "downloads", entry["file"])
+  if os.path.isfile(raw):
+    want, got = entry.get("sha256"), sha256_file(raw)
+    out.append((raw, "unverified" if not want else ("ok" if got == want else "MISMATCH"),
+                f"sha256 {got}" + (f", manifest {want}" if want and want != got else "")))
+  for spec, want in hub_sources(entry):
+    try:
+      path = hub_download(spec, entry["family"], local_only=True)
+    except CheckpointError:
+      continue
+    got = sha256_file(path)
+    blob = os.path.basename(os.path.realpath(path))
+    if want:
+      state = "ok" if got == want else "MISMATCH"
+    elif re.fullmatch(r"[0-9a-f]{64}", blob):
+      state, want = ("ok" if got == blob else "MISMATCH"), blob
+    else:
+      state = "unverified"
+    out.append((path, state, f"{spec}: sha256 {got}" + (f", expected {want}" if want and want != got else "")))
+  return out
+
+
 def describe(name_or_path: str, family: str) -> str:
   """Where `resolve` would look, for messages (no download, no conversion)."""
   if is_hub_name(name_or_path):
@@ -326,4 +390,5 @@ def available(name_or_path: str, family: str) -> bool:
 
 
 __all__ = ["MANIFEST", "cache_dir", "manifest", "lookup", "fetch", "resolve", "available", "describe",
-           "sha256_file", "HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_download", "hub_sources", "resolve_hub"]
+           "sha256_file", "HUB_PREFIX", "is_hub_name", "parse_hub_name", "hub_download", "hub_sources", "resolve_hub",
+           "status", "verify"]
