@@ -22,11 +22,22 @@ def add_parser(sub):
   dl = ws.add_parser("download", help="download (verified) and convert models into the cache")
   dl.add_argument("names", nargs="*", metavar="NAME", help="manifest names or hf:ORG/REPO[@REVISION]")
   dl.add_argument("--all", action="store_true", help="every model of the manifest")
+  dl.add_argument("--preset", choices=("reference", "zip"), help="the models that preset's config names")
+  dl.add_argument("--config", metavar="FILE", help="the models a config file (get_config()) names")
   dl.add_argument("--family", choices=("clip", "sam"), help="model family of hf: names (default: from the "
                                                              "name: 'sam' when it contains 'sam', else clip)")
   vf = ws.add_parser("verify", help="sha256 of the cached files")
   vf.add_argument("names", nargs="*", metavar="NAME", help="manifest names (default: all)")
   return p
+
+
+def config_models(config) -> list[tuple[str, str]]:
+  """(checkpoint name, family) of the models a pipeline config uses (SAM only when enabled)."""
+  m = config.models
+  need = [(str(m.semantic.checkpoint), "clip"), (str(m.boundary.checkpoint), "clip")]
+  if config.sam.enabled:
+    need.append((str(m.sam.checkpoint), "sam"))
+  return need
 
 
 def _entries(names):
@@ -52,14 +63,21 @@ def run(args) -> int:
             + (f" or {', '.join(st['hub'])}" if st["hub"] else ""))
     return 0
   if args.action == "download":
-    names = [e["name"] for e in weights.manifest()] if args.all else list(args.names)
-    if not names:
-      raise CheckpointError("weights download: name at least one model (or --all); see `zipjax weights list`")
+    items = [(e["name"], e["family"]) for e in weights.manifest()] if args.all else \
+        [(n, None) for n in args.names]
+    if args.preset or args.config:
+      from zipjax import configs  # pylint: disable=import-outside-toplevel
+      from zipjax.commands.common import load_config_file  # pylint: disable=import-outside-toplevel
+      items += config_models(load_config_file(args.config) if args.config else configs.get_preset(args.preset))
+    if not items:
+      raise CheckpointError("weights download: name at least one model (or --all, --preset, --config); see "
+                            "`zipjax weights list`")
     failed = 0
-    for name in names:
+    for name, family in items:
       try:
-        family = args.family or ("sam" if "sam" in name.lower() else "clip") if weights.is_hub_name(name) \
-            else weights.lookup(name)["family"]
+        if family is None:
+          family = args.family or ("sam" if "sam" in name.lower() else "clip") if weights.is_hub_name(name) \
+              else weights.lookup(name)["family"]
         out = weights.resolve(name, family)
         print(f"{name}: {out}")
       except CheckpointError as e:
