@@ -213,12 +213,25 @@ def _first_line(e) -> str:
   return s[0][:200] if s else type(e).__name__
 
 
+def _snapshot_commit(path: str) -> str:
+  """The commit of a file in the Hugging Face cache (.../snapshots/<commit>/FILE)."""
+  parts = os.path.normpath(path).split(os.sep)
+  if "snapshots" in parts:
+    i = len(parts) - 1 - parts[::-1].index("snapshots")
+    if i + 1 < len(parts) - 1:
+      return parts[i + 1]
+  return hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+
+
+def hub_commit(spec: str, family: str) -> str:
+  """The commit that a Hub name's weights in the Hugging Face cache come from (no network)."""
+  return _snapshot_commit(hub_download(spec, family, local_only=True))
+
+
 def _hub_converted_dir(spec: str, path: str) -> str:
   """<cache>/converted/hf/ORG--REPO/<commit>[--FILE]: one converted copy per commit and file."""
   repo, filename, _ = parse_hub_name(spec)
-  parts = os.path.normpath(path).split(os.sep)
-  commit = parts[len(parts) - 1 - parts[::-1].index("snapshots") + 1] if "snapshots" in parts else \
-      hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+  commit = _snapshot_commit(path)
   leaf = commit + (f"--{filename.replace('/', '--')}" if filename else "")
   return os.path.join(cache_dir(), "converted", "hf", repo.replace("/", "--"), leaf)
 

@@ -31,7 +31,7 @@ elements than it, and each storage is read once.
 
 When a file cannot be read, the error is one line that names the file and says what happened, checked in
 this order: missing, a directory, not a regular file (FIFO, device), not readable (permission denied),
-empty, a safetensors file, a zip archive cut short or failing its CRC checks or without `data.pkl`, a
+empty, a safetensors file whose header fails its checks, a zip archive cut short or failing its CRC checks or without `data.pkl`, a
 legacy pickle stream that ends early (scanned with `pickletools`, which executes nothing), a pickle that
 references other Python objects (refused as unsafe: they could run code), anything else.
 """
