@@ -199,3 +199,87 @@ def test_weights_command_list_download_verify(env, monkeypatch, capsys):
   (env / "zipjax" / "downloads" / "tiny.pt").write_bytes(b"corrupt")
   assert cli_main(["weights", "verify", "tiny"]) == 1
   assert "MISMATCH" in capsys.readouterr().out
+
+
+class _FakeHub:
+  """A loopback stand-in for the Hub's file API as huggingface_hub uses it (HEAD/GET .../resolve/REV/FILE,
+  X-Repo-Commit and ETag headers, X-Error-Code on 404)."""
+
+  def __init__(self, repos: dict):
+    import http.server  # pylint: disable=import-outside-toplevel
+    import threading  # pylint: disable=import-outside-toplevel
+    self.repos, self.gets = repos, []
+    hub = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *a):
+        pass
+
+      def _find(self):
+        m = __import__("re").fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
+        if not m or m.group(1) not in hub.repos:
+          return None, "RepoNotFound"
+        files = hub.repos[m.group(1)]
+        if m.group(2) not in ("main", COMMIT):
+          return None, "RevisionNotFound"
+        return (files.get(m.group(3)), "EntryNotFound")
+
+      def _head(self, body):
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("ETag", '"' + hashlib.sha256(body).hexdigest() + '"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+
+      def _missing(self, code):
+        self.send_response(404)
+        self.send_header("X-Error-Code", code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+      def do_HEAD(self):  # noqa: N802
+        body, code = self._find()
+        self._head(body) if body is not None else self._missing(code)
+
+      def do_GET(self):  # noqa: N802
+        body, code = self._find()
+        if body is None:
+          return self._missing(code)
+        hub.gets.append(self.path)
+        self._head(body)
+        self.wfile.write(body)
+        return None
+
+    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_download_from_a_fake_hub_endpoint_then_offline_from_the_cache(env, monkeypatch):
+  model = make_open_clip(embed_dim=32, image_size=32, layers=1, width=64, patch_size=16, text_layers=1, seed=10)
+  data = _safetensors_bytes(env, model)
+  hub = _FakeHub({"timm/tiny_clip.openai": {"open_clip_model.safetensors": data,
+                                            "open_clip_config.json": b'{"model_cfg": {"quick_gelu": true}}'}})
+  try:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import (which the env fixture may have preceded)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    out = weights.resolve("hf:timm/tiny_clip.openai", "clip")
+    assert [g.rsplit("/", 1)[1] for g in hub.gets] == ["open_clip_model.safetensors", "open_clip_config.json"]
+    assert out.endswith(os.path.join("timm--tiny_clip.openai", COMMIT))
+    snap = env / "hub" / "models--timm--tiny_clip.openai" / "snapshots" / COMMIT
+    assert (snap / "open_clip_model.safetensors").read_bytes() == data
+    with pytest.raises(CheckpointError, match="no Hub repository 'org/absent'"):
+      weights.resolve("hf:org/absent", "clip")
+    with pytest.raises(CheckpointError, match="has no revision 'v9'"):
+      weights.resolve("hf:timm/tiny_clip.openai@v9", "clip")
+    with pytest.raises(CheckpointError, match="holds none of the sam weight files"):
+      weights.hub_download("hf:timm/tiny_clip.openai", "sam")
+  finally:
+    hub.server.shutdown()
+  # afterwards, offline: the cached copy resolves without the endpoint
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  assert weights.hub_download("hf:timm/tiny_clip.openai", "clip").startswith(str(snap))

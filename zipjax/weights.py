@@ -163,14 +163,22 @@ def hub_download(spec: str, family: str, local_only: bool | None = None, sha256:
   from huggingface_hub import errors as hub_errors  # pylint: disable=import-outside-toplevel
   repo, filename, revision = parse_hub_name(spec)
   offline = hub_offline() if local_only is None else local_only
-  kw = dict(repo_id=repo, revision=revision, cache_dir=hub_cache(), local_files_only=offline)
+  kw = dict(repo_id=repo, revision=revision, cache_dir=hub_cache(), local_files_only=offline,
+            endpoint=os.environ.get("HF_ENDPOINT") or None)
   where = f"{repo}" + (f"@{revision}" if revision else "")
   candidates = (filename,) if filename else HUB_FILES[family]
 
   def get(name: str):
     try:
       return hf_hub_download(filename=name, **kw)
-    except hub_errors.EntryNotFoundError:  # (LocalEntryNotFoundError too: not in the cache)
+    except hub_errors.LocalEntryNotFoundError as e:
+      if offline:
+        return None  # not in the cache
+      raise CheckpointError(f"{spec}: cannot reach the Hub and {name} of {where} is not in the Hugging Face "
+                            f"cache ({_first_line(e)}); with no network, run `hf download {repo}` on a machine "
+                            "that has one and copy its cache, or set HF_HUB_OFFLINE=1 to use the cache only") \
+          from None
+    except hub_errors.EntryNotFoundError:  # the repository has no such file
       return None
     except hub_errors.RepositoryNotFoundError as e:
       raise CheckpointError(f"{spec}: no Hub repository {repo!r} (or it is private / gated: log in with "
@@ -200,7 +208,10 @@ def hub_download(spec: str, family: str, local_only: bool | None = None, sha256:
         raise CheckpointError(f"{spec}: shard {shard!r} of {os.path.basename(path)} is not in {where}"
                               + (" (offline: not in the cache)" if offline else ""))
   for side in HUB_SIDE_FILES:  # what the converter checks beside the weights, when the repository has it
-    get(f"{os.path.dirname(filename)}/{side}" if filename and "/" in filename else side)
+    try:
+      get(f"{os.path.dirname(filename)}/{side}" if filename and "/" in filename else side)
+    except CheckpointError:
+      pass  # best effort: the weights are there (the Hub may be unreachable now, with them cached)
   if sha256:
     got = sha256_file(path)
     if got != sha256:
