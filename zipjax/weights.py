@@ -93,6 +93,9 @@ def fetch(entry: dict, downloader=_download) -> str:
   dst = os.path.join(cache_dir(), "downloads", entry["file"])
   how = (f"download {entry['url']} and put it at {dst} (or set ZIPJAX_CACHE to a folder that has "
          f"downloads/{entry['file']})")
+  hub = [parse_hub_name(spec)[0] for spec, _ in hub_sources(entry)]
+  if hub:
+    how += f", or get the same weights into the Hugging Face cache: hf download {hub[0]}"
   if not os.path.isfile(dst):
     if os.environ.get("ZIPJAX_OFFLINE", "") not in ("", "0"):
       raise CheckpointError(f"checkpoint {entry['name']!r} is not in the cache and ZIPJAX_OFFLINE is set: {how}")
