@@ -133,3 +133,20 @@ def test_converted_safetensors_with_leaf_filter_reads_only_kept_leaves(tmp_path,
   assert cli_main(["convert", "clip", str(src), out, "--format", "safetensors"]) == 0
   visual = zipjax.load_clip(out, leaf_filter=LeafFilter(keep_prefixes=("params/visual/",)))
   assert all(k.startswith("params/visual/") for k in flatten(visual.variables))
+
+
+def test_safetensors_files_load_without_torch(tmp_path, clip_model):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  raw = tmp_path / "model.safetensors"
+  st_save_torch({k: v.contiguous() for k, v in clip_model.state_dict().items()}, str(raw))
+  out = tmp_path / "c.safetensors"
+  assert cli_main(["convert", "clip", str(raw), str(out), "--format", "safetensors"]) == 0
+  code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+          "import zipjax\n"
+          f"a = zipjax.load_clip({str(raw)!r}); b = zipjax.load_clip({str(out)!r})\n"
+          "print(a.config == b.config)\n")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                     check=False)
+  assert r.returncode == 0 and r.stdout.strip().endswith("True"), r.stderr[-2000:]
