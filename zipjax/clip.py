@@ -113,8 +113,6 @@ def load_clip(src, leaf_filter=None) -> ClipModel:
       raise CheckpointError(f"{src}: converted variables do not match config.json "
                             f"(first mismatches: {bad[:3] or sorted(set(flat) - set(expected))[:3]})")
     return ClipModel(config, variables, name=src)
-  if os.path.isdir(src):
-    raise CheckpointError(f"{src}: directory is not a converted zipjax checkpoint (no config.json)")
   from zipjax.convert.clip import load_file  # pylint: disable=import-outside-toplevel
   config, variables = load_file(src)
   if leaf_filter is not None:

@@ -212,6 +212,8 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
     return SamModel(config, variables)
   from zipjax.convert.sam import convert_state_dict  # pylint: disable=import-outside-toplevel
   from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
+  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
+  src = checkpoint_file(src, "sam")
   config, variables = convert_state_dict(read_checkpoint(src).tensors, src, **compute)
   if leaf_filter is not None:
     variables = leaf_filter.apply(variables)

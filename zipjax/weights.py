@@ -126,6 +126,18 @@ HUB_SIDE_FILES = ("config.json", "open_clip_config.json")
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
+def checkpoint_file(src: str, family: str) -> str:
+  """`src` itself, or for a model folder (a Hub snapshot, a `save_pretrained` output) the first of the family's
+  usual weight files in it (`HUB_FILES`)."""
+  if not os.path.isdir(src):
+    return src
+  for name in HUB_FILES[family]:
+    if os.path.isfile(os.path.join(src, name)):
+      return os.path.join(src, name)
+  raise CheckpointError(f"{src}: directory is not a converted zipjax checkpoint (config.json + params.npz), "
+                        f"nor a model folder holding one of {', '.join(HUB_FILES[family])}")
+
+
 def is_hub_name(spec) -> bool:
   return isinstance(spec, str) and spec.startswith(HUB_PREFIX)
 

@@ -77,6 +77,13 @@ def test_transformers_clip_parity(tmp_path, capsys):
   x = _pixels(32)
   assert rel_err(clip.encode_image(x), _features(model.get_image_features(pixel_values=nchw(x)))) < TOL
   assert rel_err(clip.encode_text(TEXTS), _features(model.get_text_features(input_ids=_tokens()))) < TOL
+  # the save_pretrained folder itself (a Hub snapshot looks the same): its model.safetensors is read
+  folder = zipjax.load_clip(tmp_path / "hf")
+  assert folder.config == clip.config
+  assert np.array_equal(np.asarray(folder.encode_image(x)), np.asarray(clip.encode_image(x)))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(CheckpointError, match="not a converted zipjax checkpoint .* nor a model folder"):
+    zipjax.load_clip(tmp_path / "empty")
 
 
 def test_transformers_config_other_than_openai_is_refused(tmp_path):

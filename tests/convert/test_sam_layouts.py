@@ -41,6 +41,7 @@ def test_transformers_sam_parity(hf_sam, tmp_path, capsys):
   logits, iou = sam.predict_boxes(emb, boxes, multimask=True)
   assert rel_err(logits[0], want.pred_masks[0].numpy()) < TOL
   assert rel_err(iou[0], want.iou_scores[0].numpy()) < TOL
+  assert zipjax.load_sam(tmp_path / "hf").config == CFG  # the save_pretrained folder itself
 
 
 def test_tied_copies_must_agree_and_unknown_keys_name_the_layout(hf_sam):

@@ -233,7 +233,8 @@ def load_file(src, with_layout: bool = False):
   """Reads (as data, `zipjax.convert.torch_io.read_checkpoint`) and converts a CLIP checkpoint file of any
   layout -> (config, variables), plus the layout's name when `with_layout`."""
   from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  src = os.fspath(src)
+  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
+  src = checkpoint_file(os.fspath(src), "clip")
   sd = read_checkpoint(src).tensors
   layout = detect(sd, src)
   _check_side_config(src, layout)

@@ -269,7 +269,8 @@ def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
   """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: official `.pth` -> converted checkpoint."""
   from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
   from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  src = os.fspath(src)
+  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
+  src = checkpoint_file(os.fspath(src), FAMILY)
   sd = read_checkpoint(src).tensors
   config, variables, layout = convert_state_dict(sd, src, with_layout=True)
   out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src),

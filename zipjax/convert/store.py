@@ -28,7 +28,9 @@ FORMATS = ("dir", "safetensors")
 
 
 def is_converted_dir(path) -> bool:
-  return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
+  """A directory with config.json and params.npz (a Hugging Face model folder has a config.json too)."""
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE)) and \
+      os.path.isfile(os.path.join(path, PARAMS_FILE))
 
 
 def _safetensors_meta(path) -> dict | None:
@@ -66,7 +68,7 @@ def check_destination(dst, family: str) -> None:
     return
   if os.path.isfile(dst) and not os.path.islink(dst) and _safetensors_meta(dst) is not None:
     held = _safetensors_meta(dst).get("family")
-  elif not is_converted_dir(dst) or os.path.islink(dst):
+  elif not (os.path.isdir(dst) and os.path.isfile(os.path.join(dst, CONFIG_FILE))) or os.path.islink(dst):
     raise CheckpointError(f"{dst}: exists and is not a zipjax converted checkpoint; refusing to overwrite")
   else:
     try:
