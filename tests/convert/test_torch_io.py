@@ -2,7 +2,6 @@
 torch.jit.load (which zipjax never calls) and a hostile one never runs; torch.save files give torch.load's
 tensors; each way a file can fail says what happened in one line (permission denied, unsafe pickle, truncated
 zip or pickle, corrupt archive, empty, FIFO), and an unsafe pickle never runs."""
-import json
 import os
 import pickle
 import shutil
