@@ -210,11 +210,8 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
                if want.get(k) != have.get(k)][:10]
       raise CheckpointError(f"{src}: converted parameters do not match config.json: " + "; ".join(diffs))
     return SamModel(config, variables)
-  from zipjax.convert.sam import convert_state_dict  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
-  src = checkpoint_file(src, "sam")
-  config, variables = convert_state_dict(read_checkpoint(src).tensors, src, **compute)
+  from zipjax.convert.sam import load_file  # pylint: disable=import-outside-toplevel
+  config, variables, _ = load_file(src, **compute)
   if leaf_filter is not None:
     variables = leaf_filter.apply(variables)
   return SamModel(config, variables)

@@ -58,6 +58,15 @@ def test_tied_copies_must_agree_and_unknown_keys_name_the_layout(hf_sam):
     convert_state_dict(renamed, "x.safetensors")
 
 
+def test_transformers_config_other_than_released_sam_is_refused(hf_sam, tmp_path):
+  hf_sam.save_pretrained(tmp_path)
+  cfg = __import__("json").loads((tmp_path / "config.json").read_text())
+  cfg["mask_decoder_config"]["hidden_act"] = "gelu"
+  (tmp_path / "config.json").write_text(__import__("json").dumps(cfg))
+  with pytest.raises(CheckpointError, match="mask_decoder_config.hidden_act='gelu'.*would give wrong masks"):
+    zipjax.load_sam(tmp_path)
+
+
 _RELEASED = {
     "vit_b": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11]),
     "vit_l": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,

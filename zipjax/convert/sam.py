@@ -11,6 +11,7 @@ Attributes:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Mapping
@@ -265,16 +266,53 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, with_layout: b
   return (config, variables, layout) if with_layout else (config, variables)
 
 
-def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
-  """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: official `.pth` -> converted checkpoint."""
-  from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
+# transformers SamConfig fields whose value zipjax's SAM computes (released SAM v1); others are refused
+_HF_FIXED = {"vision_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True, "use_abs_pos": True,
+                               "use_rel_pos": True},
+             "mask_decoder_config": {"hidden_act": "relu", "attention_downsample_rate": 2},
+             "prompt_encoder_config": {"hidden_act": "gelu"}}
+
+
+def _check_side_config(src: str, layout: str) -> None:
+  """Refuses a transformers SamModel whose config.json (beside the file) zipjax would compute wrongly."""
+  if layout != TRANSFORMERS:
+    return
+  path = os.path.join(os.path.dirname(os.path.abspath(src)), "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except (OSError, ValueError):
+    return
+  if not isinstance(cfg, dict):
+    return
+  for part, fixed in _HF_FIXED.items():
+    sub = cfg.get(part) or {}
+    for key, want in fixed.items():
+      got = sub.get(key, want)
+      if got != want and not (isinstance(want, float) and isinstance(got, (int, float))
+                              and abs(got - want) < 1e-12):
+        raise CheckpointError(f"{src}: its config.json has {part}.{key}={got!r}; zipjax's SAM computes the "
+                              f"released SAM ({key}={want!r}) and would give wrong masks for this model")
+
+
+def load_file(src, **overrides):
+  """Reads (as data) and converts a SAM checkpoint file or model folder of any layout -> (SamConfig,
+  variables, layout name). `overrides`: compute options of SamConfig."""
   from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
   from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
   src = checkpoint_file(os.fspath(src), FAMILY)
   sd = read_checkpoint(src).tensors
-  config, variables, layout = convert_state_dict(sd, src, with_layout=True)
-  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src),
-                       fmt=fmt)
+  layout = detect(sd, src).name
+  _check_side_config(src, layout)
+  return convert_state_dict(sd, src, with_layout=True, **overrides)
+
+
+def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
+  """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: a SAM checkpoint -> converted checkpoint."""
+  from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
+  config, variables, layout = load_file(src)
+  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables,
+                       source=os.path.basename(os.fspath(src)), fmt=fmt)
   n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
   name = config.size_name() or (f"custom (width {config.encoder_embed_dim}, depth {config.encoder_depth}, "
                                 f"image {config.img_size})")
