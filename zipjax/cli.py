@@ -36,6 +36,7 @@ COMMANDS = {
     "train": "train",
     "detect": "detect",
     "self-train": "self_train",
+    "weights": "weights",
 }
 
 EXIT_OK = 0

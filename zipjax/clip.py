@@ -7,7 +7,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from zipjax.convert.store import is_converted_dir, load_converted
+from zipjax.convert.store import is_converted, load_converted
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models.clip import ARCHITECTURES, CLIP, CLIPConfig, image_tower, variable_shapes
 from zipjax.models.clip_resnet import ModifiedResNet
@@ -100,7 +100,7 @@ def load_clip(src, leaf_filter=None) -> ClipModel:
   directory written by `zipjax convert clip` (no torch needed). `leaf_filter`
   (`zipjax.models.storage.LeafFilter`): keep / hold only some variables (a partial model, e.g. a trunk)."""
   src = os.fspath(src)
-  if is_converted_dir(src):
+  if is_converted(src):
     cfg, variables = load_converted(src, family="clip", leaf_filter=leaf_filter)
     config = CLIPConfig.from_dict(cfg)
     expected = variable_shapes(config)
@@ -113,8 +113,6 @@ def load_clip(src, leaf_filter=None) -> ClipModel:
       raise CheckpointError(f"{src}: converted variables do not match config.json "
                             f"(first mismatches: {bad[:3] or sorted(set(flat) - set(expected))[:3]})")
     return ClipModel(config, variables, name=src)
-  if os.path.isdir(src):
-    raise CheckpointError(f"{src}: directory is not a converted zipjax checkpoint (no config.json)")
   from zipjax.convert.clip import load_file  # pylint: disable=import-outside-toplevel
   config, variables = load_file(src)
   if leaf_filter is not None:

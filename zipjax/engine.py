@@ -98,7 +98,7 @@ class Engine:
     if not self.semantic_clip.config.is_vit:
       raise InputError("models.semantic must be a CLIP ViT (CLIP Surgery)")
     if self.boundary_clip.config.is_vit:
-      raise InputError("models.boundary must be a CLIP ModifiedResNet")
+      raise InputError(zip_lib.BOUNDARY_NOT_RESNET)
     if config.sam.enabled and self.sam is None:
       raise InputError("config.sam.enabled is set but no SAM model was given")
     patch = self.semantic_clip.config.vision_patch_size

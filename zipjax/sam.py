@@ -189,13 +189,13 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
       they are read; SAM variables are never dropped).
     **compute: compute options of SamConfig (dtype='bfloat16', fused_attention=True, remat=True).
   """
-  from zipjax.convert.store import is_converted_dir, load_converted  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.store import is_converted, load_converted  # pylint: disable=import-outside-toplevel
   bad = set(compute) - set(SamConfig.COMPUTE_FIELDS)
   if bad:
     raise ValueError(f"load_sam takes only compute options {SamConfig.COMPUTE_FIELDS}, not {sorted(bad)} "
                      "(the architecture comes from the checkpoint)")
   src = os.fspath(src)
-  if is_converted_dir(src):
+  if is_converted(src):
     cfg_dict, variables = load_converted(src, "sam", leaf_filter=leaf_filter)
     try:
       config = SamConfig.from_dict(cfg_dict, **compute)
@@ -210,9 +210,8 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
                if want.get(k) != have.get(k)][:10]
       raise CheckpointError(f"{src}: converted parameters do not match config.json: " + "; ".join(diffs))
     return SamModel(config, variables)
-  from zipjax.convert.sam import convert_state_dict  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  config, variables = convert_state_dict(read_checkpoint(src).tensors, src, **compute)
+  from zipjax.convert.sam import load_file  # pylint: disable=import-outside-toplevel
+  config, variables, _ = load_file(src, **compute)
   if leaf_filter is not None:
     variables = leaf_filter.apply(variables)
   return SamModel(config, variables)

@@ -1,8 +1,7 @@
 """zipjax.convert.torch_io: checkpoints are read as data. TorchScript archives give exactly the state dict of
 torch.jit.load (which zipjax never calls) and a hostile one never runs; torch.save files give torch.load's
 tensors; each way a file can fail says what happened in one line (permission denied, unsafe pickle, truncated
-zip or pickle, corrupt archive, safetensors, empty, FIFO), and an unsafe pickle never runs."""
-import json
+zip or pickle, corrupt archive, empty, FIFO), and an unsafe pickle never runs."""
 import os
 import pickle
 import shutil
@@ -206,13 +205,6 @@ def test_malicious_pickles_are_refused(tmp_path):
     msg = _message(tmp_path / name)
     assert "\n" not in msg and "refused as unsafe" in msg and ("system" in msg or "open" in msg), msg
     assert not marker.exists()
-
-
-def test_safetensors_is_named(tmp_path):
-  header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
-  (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
-  msg = _message(tmp_path / "m.safetensors")
-  assert "safetensors" in msg and "not read" in msg and "pickle" not in msg and "truncated" not in msg, msg
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")

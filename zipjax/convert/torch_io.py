@@ -17,7 +17,13 @@ Formats:
     without `__torch__` classes. A `{"state_dict": {...}}` wrapper is unwrapped.
   * "torch-legacy": an older `torch.save` file (a raw pickle stream, not a zip archive), read by
     `torch.load(weights_only=True)` (tensors and plain containers only; needs torch).
-A safetensors file is recognised by its header and refused with a message saying so (not yet supported).
+  * "safetensors": a safetensors file (recognised by its header: an 8-byte length, then a JSON table of
+    dtype / shape / byte range per tensor, then the raw bytes); parsed here, nothing is unpickled. Every
+    entry's byte range must lie inside the file, hold exactly shape x itemsize bytes, and not overlap
+    another's. A zipjax export (`zipjax convert --format safetensors`) is one of these, with metadata.
+  * "safetensors-sharded": a `*.safetensors.index.json` (the Hub's sharded layout): its `weight_map` names
+    shard files, which must be plain file names in the index's own directory (never another path); every
+    shard is read as above and must hold exactly the keys the index assigns to it.
 
 Memory is bounded by the file: a zip member may not claim more bytes than the archive can hold, a storage
 must hold exactly the bytes its header says, a tensor view must lie inside its storage and have no more
@@ -25,7 +31,7 @@ elements than it, and each storage is read once.
 
 When a file cannot be read, the error is one line that names the file and says what happened, checked in
 this order: missing, a directory, not a regular file (FIFO, device), not readable (permission denied),
-empty, a safetensors file, a zip archive cut short or failing its CRC checks or without `data.pkl`, a
+empty, a safetensors file whose header fails its checks, a zip archive cut short or failing its CRC checks or without `data.pkl`, a
 legacy pickle stream that ends early (scanned with `pickletools`, which executes nothing), a pickle that
 references other Python objects (refused as unsafe: they could run code), anything else.
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import math
 import os
 import pickle
@@ -40,6 +47,7 @@ import pickletools
 import re
 import stat
 import struct
+import sys
 import zipfile
 import zlib
 from typing import Mapping, NamedTuple
@@ -59,10 +67,12 @@ class Checkpoint(NamedTuple):
 
   Attributes:
     tensors: flat name -> numpy array (the state dict; floating dtypes kept, bfloat16 widened to float32).
-    format: "torchscript", "torch-zip" or "torch-legacy".
+    format: "torchscript", "torch-zip", "torch-legacy", "safetensors" or "safetensors-sharded".
+    metadata: the safetensors `__metadata__` table (str -> str; of the first shard), else {}.
   """
   tensors: dict
   format: str
+  metadata: dict = {}
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -92,8 +102,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
   if not head:
     raise CheckpointError(f"{path}: file is empty")
   if _is_safetensors(path, head, st.st_size):
-    raise CheckpointError(f"{path}: a safetensors file (recognised by its header); zipjax does not read "
-                          "safetensors checkpoints yet: save the tensors as a PyTorch state dict (.pt / .pth)")
+    tensors, meta = read_safetensors(path)
+    return Checkpoint(tensors, "safetensors", meta)
+  if path.endswith(".index.json"):
+    return _read_sharded(path)
   if head.startswith(_ZIP_MAGIC):
     return _read_zip(path, st.st_size)
   return Checkpoint(_read_legacy(path, head), "torch-legacy")
@@ -105,6 +117,139 @@ def _is_safetensors(path: str, head: bytes, size: int) -> bool:
     return False
   (n,) = struct.unpack("<Q", head[:8])
   return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+# ------------------------------------------------------------------------------------------ safetensors
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+              "I16": "<i2", "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?"}
+_ST_MAX_HEADER = 100 << 20  # the safetensors format's own limit on the JSON header
+
+
+def read_safetensors(path: str, names=None, keep=None) -> tuple[dict, dict]:
+  """A safetensors file -> (name -> numpy array, metadata). `names`, if given, are the only keys it may hold;
+  `keep(name) -> bool`, if given, selects the tensors read (the others are checked but not read).
+
+  Checked before any tensor is read: the header is JSON of at most 100 MiB inside the file; each entry has
+  a known dtype, a shape of non-negative integers and a byte range [begin, end) inside the data section that
+  holds exactly prod(shape) x itemsize bytes; ranges do not overlap. BF16 is widened to float32.
+  """
+  size = os.path.getsize(path)
+  try:
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      if n > min(_ST_MAX_HEADER, size - 8):
+        raise CheckpointError(f"{path}: safetensors header claims {n} bytes, more than the file holds or the "
+                              "format allows (corrupt file)")
+      header_bytes = f.read(n)
+      try:
+        header = json.loads(header_bytes.decode("utf-8"))
+      except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON: {_short(e)})") from None
+      if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+      meta = header.pop("__metadata__", None) or {}
+      if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ is not a table of strings)")
+      data_len = size - 8 - n
+      entries = []
+      for key, e in header.items():
+        entries.append((_st_entry(path, key, e, data_len), key))
+      if names is not None and set(header) != set(names):
+        extra = sorted(set(header) - set(names))[:3]
+        missing = sorted(set(names) - set(header))[:3]
+        raise CheckpointError(f"{path}: shard does not hold the keys its index assigns to it (extra: {extra}, "
+                              f"missing: {missing})")
+      ordered = sorted(entries)
+      for (prev, _), (cur, key) in zip(ordered, ordered[1:]):
+        if cur[0] < prev[1]:
+          raise CheckpointError(f"{path}: tensor {key!r} overlaps another tensor's bytes (corrupt file)")
+      out = {}
+      base = 8 + n
+      for (begin, end, dtype, shape), key in entries:
+        if keep is not None and not keep(key):
+          continue
+        f.seek(base + begin)
+        buf = f.read(end - begin)
+        if len(buf) != end - begin:
+          raise CheckpointError(f"{path}: tensor {key!r} is cut short (truncated file)")
+        arr = np.frombuffer(buf, np.dtype(_ST_DTYPES[dtype])).reshape(shape)
+        if dtype == "BF16":
+          arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        elif sys.byteorder == "big" and arr.dtype.itemsize > 1:
+          arr = arr.astype(arr.dtype.newbyteorder("="))
+        out[key] = arr
+  except PermissionError:
+    raise CheckpointError(f"{path}: permission denied (the file cannot be read)") from None
+  except (OSError, struct.error) as e:
+    raise CheckpointError(f"{path}: cannot be read: truncated or corrupt safetensors file ({_short(e)})") from None
+  return out, dict(meta)
+
+
+def _st_entry(path: str, key: str, e, data_len: int):
+  """((begin, end, dtype, shape)) of one header entry, checked."""
+  if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
+    raise CheckpointError(f"{path}: corrupt safetensors header entry for {key!r}")
+  dtype, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+  if dtype not in _ST_DTYPES:
+    raise CheckpointError(f"{path}: tensor {key!r} has dtype {dtype!r}, which zipjax does not read "
+                          f"(known: {', '.join(_ST_DTYPES)})")
+  ints = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                for x in v)
+  if not ints(shape) or not ints(offs) or len(offs) != 2:
+    raise CheckpointError(f"{path}: corrupt safetensors header entry for {key!r} (shape {shape}, "
+                          f"data_offsets {offs})")
+  begin, end = offs
+  if not begin <= end <= data_len:
+    raise CheckpointError(f"{path}: tensor {key!r} byte range [{begin}, {end}) lies outside the file's "
+                          f"{data_len} data bytes (truncated or corrupt file)")
+  if math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize != end - begin:
+    raise CheckpointError(f"{path}: tensor {key!r} {shape} {dtype} does not hold {end - begin} bytes "
+                          "(corrupt file)")
+  return begin, end, dtype, tuple(shape)
+
+
+def read_checkpoint_index(path: str) -> list[str]:
+  """The shard file names of a `*.safetensors.index.json` (checked: plain names beside the index)."""
+  return list(_index_shards(path)[1])
+
+
+def _index_shards(path: str) -> tuple[dict, dict]:
+  """(weight_map, shard -> its keys) of an index file, checked."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      index = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise CheckpointError(f"{path}: cannot be read as a safetensors index ({_short(e)})") from None
+  wmap = index.get("weight_map") if isinstance(index, dict) else None
+  if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
+    raise CheckpointError(f"{path}: a JSON file without a safetensors 'weight_map' (not a sharded checkpoint "
+                          "index)")
+  shards: dict[str, list] = {}
+  for key, shard in wmap.items():
+    if shard in ("", ".", "..") or os.path.basename(shard) != shard or "\\" in shard or "\0" in shard:
+      raise CheckpointError(f"{path}: shard {shard!r} (for {key!r}) is not a plain file name beside the "
+                            "index; refused (shards are only read from the index's own directory)")
+    shards.setdefault(shard, []).append(key)
+  return wmap, shards
+
+
+def _read_sharded(path: str) -> Checkpoint:
+  """A `*.safetensors.index.json` and its shards (plain file names beside it)."""
+  wmap, shards = _index_shards(path)
+  root = os.path.dirname(os.path.abspath(path))
+  tensors, meta = {}, {}
+  for shard, names in shards.items():
+    sp = os.path.join(root, shard)
+    if not os.path.isfile(sp):
+      raise CheckpointError(f"{path}: shard {shard!r} is missing (expected at {sp})")
+    with open(sp, "rb") as f:
+      head = f.read(16)
+    if not _is_safetensors(sp, head, os.path.getsize(sp)):
+      raise CheckpointError(f"{sp}: not a safetensors file (a shard of {path})")
+    t, m = read_safetensors(sp, names)
+    tensors.update(t)
+    meta = meta or m
+  return Checkpoint({k: tensors[k] for k in wmap}, "safetensors-sharded", meta)
 
 
 # ------------------------------------------------------------------------------------------ zip archives
@@ -625,4 +770,4 @@ def _short(e) -> str:
   return s[0][:200] if s else type(e).__name__
 
 
-__all__ = ["Checkpoint", "read_checkpoint"]
+__all__ = ["Checkpoint", "read_checkpoint", "read_checkpoint_index", "read_safetensors"]

@@ -69,7 +69,14 @@ def _plain(x):
 def checkpoint_identity(spec: str, family: str) -> dict:
   """What identifies a checkpoint without loading it: the manifest entry (name, file, sha256) of a known name;
   for a file, its name, size and a sha256 of its size + first and last MiB; for a converted directory, a sha256
-  of its file names, sizes and config.json."""
+  of its file names, sizes and config.json; for a Hub name (hf:...), the name and the commit its weights in
+  the Hugging Face cache come from (when cached)."""
+  from zipjax import weights  # pylint: disable=import-outside-toplevel
+  if weights.is_hub_name(str(spec)):
+    try:
+      return {"name": str(spec), "commit": weights.hub_commit(str(spec), family)}
+    except Exception:  # pylint: disable=broad-except
+      return {"name": str(spec)}  # not cached (or not a valid name): loading the model reports it
   path = os.path.expanduser(str(spec))
   if os.path.isfile(path):
     size = os.path.getsize(path)
@@ -91,7 +98,6 @@ def checkpoint_identity(spec: str, family: str) -> dict:
           with open(p, "rb") as f:
             h.update(f.read())
     return {"dir": os.path.basename(os.path.normpath(path)), "sha256": h.hexdigest()}
-  from zipjax import weights  # pylint: disable=import-outside-toplevel
   try:
     entry = weights.lookup(str(spec), family)
   except Exception:  # pylint: disable=broad-except

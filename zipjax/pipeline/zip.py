@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax import preprocess
+from zipjax.convert.clip import NO_HF_RESNET
 from zipjax.errors import InputError
 from zipjax.ops import components
 from zipjax.ops import resize
@@ -39,6 +40,7 @@ from zipjax.pipeline import discover as discover_lib
 from zipjax.pipeline import refine
 from zipjax.pipeline import semantic
 
+BOUNDARY_NOT_RESNET = f"models.boundary must be a CLIP ModifiedResNet, got a ViT; {NO_HF_RESNET}"
 STAGES = ("preprocess", "clip_surgery", "similarity", "boundary", "discover", "sam", "select")
 
 
@@ -81,7 +83,7 @@ class Segmenter:
     if not semantic_clip.config.is_vit:
       raise InputError("models.semantic must be a CLIP ViT (CLIP Surgery)")
     if boundary_clip.config.is_vit:
-      raise InputError("models.boundary must be a CLIP ModifiedResNet")
+      raise InputError(BOUNDARY_NOT_RESNET)
     if config.sam.enabled and sam is None:
       raise InputError("config.sam.enabled is set but no SAM model was given")
     patch = semantic_clip.config.vision_patch_size
