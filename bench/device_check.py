@@ -11,7 +11,8 @@ Measures on ONE device (images/s per GPU):
   - each model alone (ViT surgery, RN50x64 trunk, SAM image encoder, SAM box decoder): images/s, FLOPs per
     image counted analytically (every dot_general / convolution of the model's jaxpr, from its shapes) and by
     XLA's cost analysis, achieved TFLOP/s and the fraction of the device's peak dense bf16 FLOP/s;
-  - compile times and the peak device memory;
+  - compile times, the peak device memory, and the step program's `memory_analysis` at per-device batch 1, 2
+    and 4 (compiled without running) with the largest batch that fits 16 / 24 / 80 / 141 GB;
 and projects the wall time of labelling COCO train2017 (118287 images) on 1 and 8 such devices from the
 step's rate (data parallel: the step never communicates across devices).
 
@@ -202,7 +203,37 @@ def engine_rows(args, config, eng, state: dict) -> list[Row]:
                   note=f"host per image: prepare {prep_s * 1e3:.0f} ms, post {post_s * 1e3:.0f} ms (one thread); "
                        f"{errors} errors"))
   state["host_s"] = prep_s + post_s
+  state["memory"] = {eng.per_device_batch: _memory(program)}
+  state["bucket"] = bucket
   return rows
+
+
+def _memory(program) -> list[int]:
+  ma = program.memory_analysis()
+  return [ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.temp_size_in_bytes]
+
+
+def memory_lines(args, config, eng, state: dict, deadline: float) -> list[str]:
+  """The step program's memory_analysis at per-device batch 1, 2 and 4 (compiled without running; the
+  measured batch is reused) and the largest batch that fits 16 / 24 / 80 / 141 GB (bench/fullsize.py's fit)."""
+  from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
+  mem = dict(state.get("memory", {}))
+  for b in (1, 2, 4):
+    if b in mem or time.perf_counter() > deadline:
+      continue
+    cfg = config.copy_and_resolve_references()
+    cfg.batch_size = b
+    e = Engine(cfg, models=(eng.semantic_clip, eng.boundary_clip, eng.sam), mesh=eng.mesh, text_cache=None)
+    e.set_classes(eng.names, features=np.concatenate([np.asarray(eng.text["text"]),
+                                                       np.asarray(eng.text["redundant"])[None]]))
+    mem[b] = _memory(e._program(state["bucket"]))  # pylint: disable=protected-access
+  lines = [f"step memory_analysis, batch {b}: arguments {a / 1e9:.2f} GB, outputs {o / 1e9:.3f} GB, temporaries "
+           f"{t / 1e9:.2f} GB, total {(a + o + t) / 1e9:.2f} GB" for b, (a, o, t) in sorted(mem.items())]
+  if all(b in mem for b in (1, 2, 4)):
+    fit = _bench_module("fullsize").max_batch
+    lines.append("largest per-device batch by memory_analysis: " + ", ".join(
+        f"{gb} GB: {fit({str(b): v for b, v in mem.items()}, gb)}" for gb in (16, 24, 80, 141)))
+  return lines
 
 
 def model_rows(args, eng, deadline: float) -> list[Row]:
@@ -255,13 +286,18 @@ def model_rows(args, eng, deadline: float) -> list[Row]:
   return rows
 
 
-def _bench_train():
-  """bench/train.py as a module (bench/ is not a package)."""
+def _bench_module(name: str):
+  """bench/NAME.py as a module (bench/ is not a package)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("zipjax_bench_train", os.path.join(ROOT, "bench", "train.py"))
+  spec = importlib.util.spec_from_file_location(f"zipjax_bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def _bench_train():
+  """bench/train.py as a module."""
+  return _bench_module("train")
 
 
 def train_rows(args) -> list[Row]:
@@ -371,6 +407,7 @@ def main(argv=None) -> int:
   for section in EXTRA_SECTIONS:
     rows += section(args)
   rows += model_rows(args, eng, t_start + args.budget)
+  mem_lines = memory_lines(args, config, eng, state, t_start + args.budget)
   peak = peak_flops(dev.device_kind, args.peak_tflops)
   mem = (dev.memory_stats() or {}).get("peak_bytes_in_use") if hasattr(dev, "memory_stats") else None
 
@@ -394,6 +431,8 @@ def main(argv=None) -> int:
           f"{fmt(r.flops_xla and r.flops_xla / 1e9, 10, 3)} {fmt(achieved and achieved / 1e12, 8, 3)} "
           f"{fmt(frac, 7, 1)} {fmt(r.compile_s, 9, 1)}  {r.note}")
   rate = state.get("step_rate")
+  for line in mem_lines:
+    print(line)
   print(f"peak device memory: {fmt(mem and mem / 2**30, 0).strip()} GiB; model build + text {build_s:.1f} s; "
         f"wall {time.perf_counter() - t_start:.0f} s")
   if rate:

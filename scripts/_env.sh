@@ -19,7 +19,11 @@ if [ "$(cat "$VENV/.zipjax-stamp" 2>/dev/null)" != "$stamp_want" ]; then
       *,convert,*|*,test,*) "$PY" -m pip install "torch==2.13.0" ;;  # CPU build; never an unpinned torch
       *) true ;;
     esac &&
-    "$PY" -m pip install -e "$ROOT[$extras]"
+    "$PY" -m pip install -e "$ROOT[$extras]" &&
+    case ",$extras," in  # open_clip pulls torchvision (and with it another torch): its model code needs neither
+      *,test,*) "$PY" -m pip install --no-deps "open-clip-torch==3.3.0" ;;
+      *) true ;;
+    esac
   } > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "[zipjax] install failed; full log: $log" >&2; exit 1; }
   echo "$stamp_want" > "$VENV/.zipjax-stamp"
 fi

@@ -304,6 +304,7 @@ _POS = "a count / size / period: 0 or less hangs, divides by zero or builds empt
 BOUNDS = [
     # ---- segment / label family (zipjax/configs.py)
     ("segment", "batch_size", [0, -1], [1], "images per step: 0 makes no progress"),
+    ("segment", "micro_batch", [-1], [0, 1], "images vmapped together: 0 = the whole batch, negative is meaningless"),
     ("segment", "models.seed", [-1], [0, 12345], "a seed: non-negative"),
     ("segment", "input.min_side", [0, -1], [1], "refuse shorter sides below it: 0 admits 0-pixel images (the "
      "resize divides by the side)"),

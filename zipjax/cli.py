@@ -8,7 +8,8 @@ Exit status (every subcommand):
   failure (an unexpected exception, printed with its traceback);
 - 2: a usage or input error (bad arguments, a bad config value, an unusable `--out`, a bad ground-truth or
   prediction file, an unreadable checkpoint), printed as one line `zipjax CMD: error: ...`;
-- 130: interrupted (Ctrl-C), printed as one line `zipjax CMD: interrupted`.
+- 130: interrupted (Ctrl-C), printed as one line `zipjax CMD: interrupted`;
+- 141: the reader of stdout went away (`zipjax gallery ... | head`): no message, no traceback.
 
 Messages go to stderr; stdout and stderr print file names that are not valid in their encoding with
 backslash escapes instead of failing (`zipjax.io.paths.display`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import _thread
 import argparse
 import importlib
+import os
 import sys
 import threading
 
@@ -34,12 +36,14 @@ COMMANDS = {
     "train": "train",
     "detect": "detect",
     "self-train": "self_train",
+    "weights": "weights",
 }
 
 EXIT_OK = 0
 EXIT_FAILURE = 1      # nothing could be processed, or a runtime failure
 EXIT_USAGE = 2        # usage / input error (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`zipjax ... | head`)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +114,15 @@ class _RedeliverSwallowedInterrupts:
     return False
 
 
+def _silence_stdout() -> None:
+  """After a broken pipe: stdout goes to /dev/null, so that flushing it at exit prints nothing."""
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+  except (OSError, ValueError):
+    pass
+
+
 def main(argv=None) -> int:
   _tolerant_streams()
   command = "?"
@@ -124,7 +137,12 @@ def main(argv=None) -> int:
             a.startswith("--config.") or not a.startswith("-") for a in extra):
           parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.config_overrides = extra
-      return int(args._run(args) or 0)
+      rc = int(args._run(args) or 0)
+      sys.stdout.flush()  # a closed pipe (`| head`) shows here, where it is handled, not at interpreter exit
+      return rc
+  except BrokenPipeError:
+    _silence_stdout()
+    return EXIT_BROKEN_PIPE
   except ZipjaxError as e:
     print(f"zipjax {command}: error: {e}", file=sys.stderr)
     return EXIT_USAGE

@@ -7,9 +7,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from zipjax.convert.store import is_converted_dir, load_converted
+from zipjax.convert.store import is_converted, load_converted
 from zipjax.errors import CheckpointError, InputError
-from zipjax.models.clip import ARCHITECTURES, CLIP, CLIPConfig, variable_shapes
+from zipjax.models.clip import ARCHITECTURES, CLIP, CLIPConfig, image_tower, variable_shapes
+from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.random_init import random_variables
 from zipjax.models.tokenizer import get_tokenizer
 
@@ -32,13 +33,17 @@ class ClipModel:
     m = self.module
     self._image = jax.jit(lambda v, x, s: m.apply(v, x, s, method=CLIP.encode_image), static_argnums=2)
     self._text = jax.jit(lambda v, t: m.apply(v, t, method=CLIP.encode_text))
-    self._trunk = jax.jit(lambda v, x, s: m.apply(v, x, s, method=CLIP.trunk), static_argnums=2)
+    tower = image_tower(config)  # the trunk needs the image tower's variables only (a trunk-only model works)
+    self._trunk = jax.jit(lambda v, x, s: tower.apply({c: t["visual"] for c, t in v.items() if "visual" in t}, x, s,
+                                                     method=ModifiedResNet.trunk), static_argnums=2)
 
   @classmethod
-  def random(cls, arch: str | CLIPConfig = "ViT-B/16", seed: int = 0) -> "ClipModel":
-    """Random weights (for smoke runs and tests); `arch` is a name from ARCHITECTURES or a config."""
+  def random(cls, arch: str | CLIPConfig = "ViT-B/16", seed: int = 0, leaf_filter=None) -> "ClipModel":
+    """Random weights (for smoke runs and tests); `arch` is a name from ARCHITECTURES or a config.
+    `leaf_filter` (`zipjax.models.storage.LeafFilter`): keep / hold only some variables (a partial model)."""
     config = _arch(arch)
-    return cls(config, random_variables(variable_shapes(config), seed), name=f"random:{seed}")
+    return cls(config, random_variables(variable_shapes(config), seed, leaf_filter=leaf_filter),
+               name=f"random:{seed}")
 
   def _check_pixels(self, pixels, what: str) -> jax.Array:
     shape = getattr(pixels, "shape", None)
@@ -90,14 +95,17 @@ def _arch(arch) -> CLIPConfig:
   return ARCHITECTURES[arch]
 
 
-def load_clip(src) -> ClipModel:
-  """Loads CLIP from an OpenAI checkpoint file (.pt, TorchScript or state dict; needs torch) or from a
-  directory written by `zipjax convert clip` (no torch needed)."""
+def load_clip(src, leaf_filter=None) -> ClipModel:
+  """Loads CLIP from an OpenAI checkpoint file (.pt, TorchScript or state dict, read as data) or from a
+  directory written by `zipjax convert clip` (no torch needed). `leaf_filter`
+  (`zipjax.models.storage.LeafFilter`): keep / hold only some variables (a partial model, e.g. a trunk)."""
   src = os.fspath(src)
-  if is_converted_dir(src):
-    cfg, variables = load_converted(src, family="clip")
+  if is_converted(src):
+    cfg, variables = load_converted(src, family="clip", leaf_filter=leaf_filter)
     config = CLIPConfig.from_dict(cfg)
     expected = variable_shapes(config)
+    if leaf_filter is not None:
+      expected = {k: v for k, v in expected.items() if leaf_filter.keeps(k)}
     from zipjax.convert.core import flatten  # pylint: disable=import-outside-toplevel
     flat = flatten(variables)
     bad = [k for k in expected if k not in flat or tuple(flat[k].shape) != expected[k]]
@@ -105,10 +113,10 @@ def load_clip(src) -> ClipModel:
       raise CheckpointError(f"{src}: converted variables do not match config.json "
                             f"(first mismatches: {bad[:3] or sorted(set(flat) - set(expected))[:3]})")
     return ClipModel(config, variables, name=src)
-  if os.path.isdir(src):
-    raise CheckpointError(f"{src}: directory is not a converted zipjax checkpoint (no config.json)")
   from zipjax.convert.clip import load_file  # pylint: disable=import-outside-toplevel
   config, variables = load_file(src)
+  if leaf_filter is not None:
+    variables = leaf_filter.apply(variables)
   return ClipModel(config, variables, name=src)
 
 

@@ -190,6 +190,7 @@ PROBABILITY = Float(0.0, 1.0)
 RULES: dict[str, Rule] = {
     "preset": TEXT,
     "batch_size": Int(1),
+    "micro_batch": Int(0),
     # models
     "models.semantic.checkpoint": TEXT,
     "models.semantic.arch": ARCH,
@@ -197,9 +198,9 @@ RULES: dict[str, Rule] = {
     "models.boundary.arch": ARCH,
     "models.sam.checkpoint": TEXT,
     "models.sam.arch": ARCH,
-    "models.semantic.dtype": Choice("float32", "bfloat16"),
-    "models.boundary.dtype": Choice("float32", "bfloat16"),
-    "models.sam.dtype": Choice("float32", "bfloat16"),
+    "models.semantic.dtype": Choice("auto", "float32", "bfloat16"),
+    "models.boundary.dtype": Choice("auto", "float32", "bfloat16"),
+    "models.sam.dtype": Choice("auto", "float32", "bfloat16"),
     "models.seed": Int(0, 2**31 - 1),
     # image decoding limits
     "input.min_side": Int(1),
@@ -293,8 +294,15 @@ def _input_sides(config) -> str | None:
   return None
 
 
+def _micro_batch(config) -> str | None:
+  m, b = config.get("micro_batch", 1), _get(config, "batch_size")
+  if isinstance(m, int) and isinstance(b, int) and m > 0 and b % m:
+    return f"micro_batch = {m} must divide batch_size = {b} (or be 0: the whole batch at once)"
+  return None
+
+
 # Checks that involve several fields: config -> problem or None (run only when every field passed its rule).
-RELATIONS: list[Callable[[Any], str | None]] = [_input_sides, _discover_semantic_k]
+RELATIONS: list[Callable[[Any], str | None]] = [_input_sides, _discover_semantic_k, _micro_batch]
 
 
 def _optional_text(v) -> bool:

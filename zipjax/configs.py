@@ -73,8 +73,10 @@ def _models() -> ml_collections.ConfigDict:
   c.semantic = ml_collections.ConfigDict({"checkpoint": "ViT-B/16", "arch": "ViT-B/16"})
   c.boundary = ml_collections.ConfigDict({"checkpoint": "RN50x64", "arch": "RN50x64"})
   c.sam = ml_collections.ConfigDict({"checkpoint": "sam_vit_h", "arch": "vit_h"})
-  # compute dtype of each image model in the engine ('float32' or 'bfloat16'); parameters stay float32, the
-  # CLIP text tower always runs in float32, k-means and every kernel after the models run in float32
+  # compute dtype of each image model in the engine ('auto', 'float32' or 'bfloat16'); 'auto' is bfloat16 on
+  # GPU / TPU and the faster of the two on CPU (zipjax/models/storage.py AUTO_DTYPE, measured by
+  # bench/fullsize.py). The engine holds the models' Dense / Conv kernels in this dtype (no float32 copy);
+  # the CLIP text tower always runs in float32, k-means and every kernel after the models run in float32
   for m in (c.semantic, c.boundary, c.sam):
     m.dtype = "float32"
   c.seed = 0                      # random-init seed (the three models get seed, seed + 1, seed + 2)
@@ -170,7 +172,11 @@ def reference() -> ml_collections.ConfigDict:
   """
   config = ml_collections.ConfigDict()
   config.preset = "reference"
-  config.batch_size = 4           # images per CLIP Surgery call
+  config.batch_size = 4           # images per step and data-parallel device group
+  # images computed together inside a device batch (the rest loop): the step's temporaries are one
+  # micro-batch's, and padding micro-batches cost nothing (a single image in a batch of 4 costs one image).
+  # 0: the whole device batch vmapped at once (more parallel work per kernel, memory grows with the batch)
+  config.micro_batch = 1
   config.models = _models()
   config.input = _input()
   config.semantic = _semantic_reference()
@@ -204,7 +210,7 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   config.sam.enabled = True       # SAM box refinement; score = sqrt(CLIP probability * SAM IoU)
   config.boundary.size_multiple = 128  # 8 feature cells; shape buckets by aspect ratio (bucket_ratios)
   for m in (config.models.semantic, config.models.boundary, config.models.sam):
-    m.dtype = "bfloat16"          # image models in bf16 (k-means and the kernels stay float32)
+    m.dtype = "auto"              # bf16 on GPU / TPU, the faster dtype on CPU (k-means and kernels stay float32)
   d = _discover_reference()
   d.init = "semantic"
   d.center_features = True

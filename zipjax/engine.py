@@ -51,6 +51,7 @@ import numpy as np
 
 from zipjax import parallel
 from zipjax.errors import InputError
+from zipjax.models import storage
 from zipjax.pipeline import post as post_lib
 from zipjax.pipeline import step as step_lib
 from zipjax.pipeline.prep import PrepSpec, Prepared, dummy_arrays, pixel_tables, prepare
@@ -60,10 +61,8 @@ _PROGRAMS: dict = {}  # compiled step programs shared by engines of the same mod
 
 
 def _dtype(model_cfg) -> str:
-  d = str(model_cfg.get("dtype", "float32")) if hasattr(model_cfg, "get") else "float32"
-  if d not in ("float32", "bfloat16"):
-    raise InputError(f"model dtype must be 'float32' or 'bfloat16', got {d!r}")
-  return d
+  """models.* dtype ('auto' resolved for this platform, `zipjax.models.storage.resolve_dtype`)."""
+  return storage.resolve_dtype(model_cfg.get("dtype", "float32") if hasattr(model_cfg, "get") else "float32")
 
 
 def _hashable_rules(rules) -> tuple:
@@ -99,7 +98,7 @@ class Engine:
     if not self.semantic_clip.config.is_vit:
       raise InputError("models.semantic must be a CLIP ViT (CLIP Surgery)")
     if self.boundary_clip.config.is_vit:
-      raise InputError("models.boundary must be a CLIP ModifiedResNet")
+      raise InputError(zip_lib.BOUNDARY_NOT_RESNET)
     if config.sam.enabled and self.sam is None:
       raise InputError("config.sam.enabled is set but no SAM model was given")
     patch = self.semantic_clip.config.vision_patch_size
@@ -177,9 +176,10 @@ class Engine:
     specs_leaves, specs_def = jax.tree_util.tree_flatten(
         parallel.param_specs(self.params, self.mesh, self.rules),
         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    held = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(self.params))  # kernels' dtypes
     key = (self.step_spec, self.semantic_cfg, self.boundary_cfg, self.sam_cfg, self.mesh, tuple(specs_leaves),
            str(specs_def), tuple(sorted(shapes.items())), self.global_batch,
-           tuple(self.text["text"].shape))
+           tuple(self.text["text"].shape), held)
     self._programs.add(key)
     if key not in _PROGRAMS:
       t0 = time.perf_counter()

@@ -11,3 +11,8 @@ class CheckpointError(ZipjaxError, ValueError):
 
 class InputError(ZipjaxError, ValueError):
   """Bad user input: an image, a class list, pixel arrays of the wrong shape."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint's files cannot be read back (truncated, missing, garbled), as opposed to a checkpoint that is
+  intact but of another model."""

@@ -59,13 +59,14 @@ class SamModel:
 
   # ---- construction
   @classmethod
-  def random(cls, config: SamConfig | str = "vit_b", seed: int = 0, **overrides) -> "SamModel":
-    """Randomly initialised model (e.g. `--random-init`, smoke configs). `config` may be a size name."""
+  def random(cls, config: SamConfig | str = "vit_b", seed: int = 0, leaf_filter=None, **overrides) -> "SamModel":
+    """Randomly initialised model (e.g. `--random-init`, smoke configs). `config` may be a size name.
+    `leaf_filter` (`zipjax.models.storage.LeafFilter`): hold kernels in a compute dtype as they are drawn."""
     if isinstance(config, str):
       config = SamConfig.from_size(config, **overrides)
     elif overrides:
       config = SamConfig.from_dict(config.to_dict(), **overrides)
-    return cls(config, random_variables(config, seed))
+    return cls(config, random_variables(config, seed, leaf_filter=leaf_filter))
 
   def with_options(self, **compute) -> "SamModel":
     """Same parameters, other compute options (dtype='bfloat16', fused_attention=True, remat=True)."""
@@ -150,7 +151,7 @@ class SamModel:
     return masks, iou[0], logits[0]
 
 
-def random_variables(config: SamConfig, seed: int = 0) -> dict:
+def random_variables(config: SamConfig, seed: int = 0, leaf_filter=None) -> dict:
   """Random parameters for `Sam(config)`, generated on the host with numpy (fast for any size).
 
   Flax's `init` would compile the whole forward pass (tens of seconds on CPU even for tiny models). Values
@@ -161,7 +162,7 @@ def random_variables(config: SamConfig, seed: int = 0) -> dict:
   return shared_random_variables(
       expected_shapes(config), seed,
       std={"embedding": 1.0, "positional_encoding_gaussian_matrix": 1.0},
-      zeros=("pos_embed", "rel_pos_h", "rel_pos_w"))
+      zeros=("pos_embed", "rel_pos_h", "rel_pos_w"), leaf_filter=leaf_filter)
 
 
 def _check_boxes(boxes: np.ndarray) -> None:
@@ -179,21 +180,23 @@ def _check_boxes(boxes: np.ndarray) -> None:
                      f"{boxes[b, m].tolist()}")
 
 
-def load_sam(src, **compute) -> SamModel:
-  """Official SAM `.pth` (needs torch) or a directory from `zipjax convert sam` (no torch) -> SamModel.
+def load_sam(src, leaf_filter=None, **compute) -> SamModel:
+  """Official SAM `.pth` (read as data) or a directory from `zipjax convert sam` (no torch) -> SamModel.
 
   Args:
     src: path to a `.pth` file or converted directory.
+    leaf_filter: `zipjax.models.storage.LeafFilter` to hold kernels in a compute dtype (applied per leaf as
+      they are read; SAM variables are never dropped).
     **compute: compute options of SamConfig (dtype='bfloat16', fused_attention=True, remat=True).
   """
-  from zipjax.convert.store import is_converted_dir, load_converted  # pylint: disable=import-outside-toplevel
+  from zipjax.convert.store import is_converted, load_converted  # pylint: disable=import-outside-toplevel
   bad = set(compute) - set(SamConfig.COMPUTE_FIELDS)
   if bad:
     raise ValueError(f"load_sam takes only compute options {SamConfig.COMPUTE_FIELDS}, not {sorted(bad)} "
                      "(the architecture comes from the checkpoint)")
   src = os.fspath(src)
-  if is_converted_dir(src):
-    cfg_dict, variables = load_converted(src, "sam")
+  if is_converted(src):
+    cfg_dict, variables = load_converted(src, "sam", leaf_filter=leaf_filter)
     try:
       config = SamConfig.from_dict(cfg_dict, **compute)
     except (TypeError, ValueError) as e:
@@ -207,9 +210,10 @@ def load_sam(src, **compute) -> SamModel:
                if want.get(k) != have.get(k)][:10]
       raise CheckpointError(f"{src}: converted parameters do not match config.json: " + "; ".join(diffs))
     return SamModel(config, variables)
-  from zipjax.convert.sam import convert_state_dict  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
-  config, variables = convert_state_dict(read_state_dict(src), src, **compute)
+  from zipjax.convert.sam import load_file  # pylint: disable=import-outside-toplevel
+  config, variables, _ = load_file(src, **compute)
+  if leaf_filter is not None:
+    variables = leaf_filter.apply(variables)
   return SamModel(config, variables)
 
 

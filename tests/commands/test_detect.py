@@ -96,3 +96,65 @@ def test_detect_errors(workdir, tmp_path, capsys):
   assert cli.main(["detect", str(d / "val" / "images"), "--workdir", str(empty), "--classes", "a",
                    "--out", str(tmp_path / "o")]) == 2
   assert "checkpoints" in capsys.readouterr().err
+
+
+def test_hostile_text_tower_checkpoint_never_runs(workdir, tmp_path):
+  """`--config.init_checkpoint` names the CLIP whose text tower embeds the class names: hostile files are
+  refused in one line (exit 2) and never run (the other commands: tests/convert/test_untrusted.py)."""
+  from tests.convert import malicious
+  d = workdir
+  evil = malicious.make_all(tmp_path)
+  cases = [(f"detect {kind}", ["detect", str(d / "val" / "images" / "000001.png"), "--workdir", str(d / "w"),
+                               "--classes", "a", "--out", str(tmp_path / f"o_{kind}"),
+                               f"--config.init_checkpoint={path}"]) for kind, path in evil.items()]
+  results = malicious.run_cli(cases, tmp_path)
+  assert not malicious.markers(tmp_path)
+  bad = malicious.failures(cases, results, evil)
+  assert not bad, "\n".join(bad)
+
+
+def test_a_finished_workdir_given_other_data_is_refused(workdir):
+  """The data is part of a run's identity: a finished run rerun on other images is refused (it used to say
+  'nothing to do'); with its own data it has nothing to do."""
+  from zipjax.errors import InputError
+  d = workdir
+  config = apply_overrides(load_config_file("configs/train_smoke.py"), TINY)
+  res = tr.train(config, str(d / "train" / "annotations.json"), str(d / "train" / "images"), str(d / "w"),
+                 progress=False, log=lambda m: None)
+  assert res.status == "already_done"
+  with pytest.raises(InputError, match="checkpoint was made with another dataset"):
+    tr.train(config, str(d / "val" / "annotations.json"), str(d / "val" / "images"), str(d / "w"),
+             progress=False, log=lambda m: None)
+
+
+def test_corrupt_checkpoint_is_named_and_the_previous_one_used(workdir, tmp_path, capsys):
+  """A truncated latest checkpoint is called corrupt (not 'does not match the model') and detect falls back to
+  the previous checkpoint, saying so (stderr, run.json); with every checkpoint corrupt it is one line, exit 2; a
+  checkpoint of another model is still 'does not match', with the differences."""
+  import glob
+  import shutil
+  d = workdir
+  w = tmp_path / "w"
+  shutil.copytree(d / "w", w)
+
+  def truncate(step):
+    for f in glob.glob(str(w / "checkpoints" / str(step) / "state" / "ocdbt.process_0" / "d" / "*")):
+      data = open(f, "rb").read()
+      open(f, "wb").write(data[:len(data) // 2])
+
+  img = str(d / "val" / "images" / "000001.png")
+  truncate(6)
+  assert cli.main(["detect", img, "--workdir", str(w), "--classes", "a", "--out", str(tmp_path / "o"),
+                   "--no-overlays"]) == 0
+  err = capsys.readouterr().err
+  assert "checkpoint 6 is corrupt" in err and "using the previous checkpoint, 3" in err, err
+  run = json.loads((tmp_path / "o" / "run.json").read_text())
+  assert run["info"]["checkpoint_step"] == 3 and "corrupt" in run["info"]["note"]
+  truncate(3)
+  assert cli.main(["detect", img, "--workdir", str(w), "--classes", "a", "--out", str(tmp_path / "o2")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "checkpoint 3 is corrupt" in err[-1] and "no earlier checkpoint" in err[-1] and "Traceback" not in "".join(err)
+  assert cli.main(["detect", img, "--workdir", str(d / "w"), "--classes", "a", "--out", str(tmp_path / "o3"),
+                   "--config.model.mask_dim=8"]) == 2
+  err = capsys.readouterr().err
+  assert "does not match the model" in err and "difference(s)" in err and "corrupt" not in err, err

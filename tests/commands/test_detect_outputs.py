@@ -62,6 +62,7 @@ def test_reference_outputs(sets):
   run = json.loads(files["run.json"])
   assert run["detected"] == 5 and run["skipped"] == 1 and run["info"]["checkpoint_step"] == 6
   assert run["images_root"] == ROOT  # the working directory (relative input paths are relative to it)
+  assert run["input_roots"] == [str(a)]  # where `zipjax gallery` may read this run's images from
   assert len(overlays) == 5 and len(json.loads(files["annotations.json"])["images"]) == 5
   assert [e["path"] for e in json.loads(files["errors.json"])] == [str(a / "zz_bad.png")]
 

@@ -78,3 +78,87 @@ def test_gallery_of_a_segment_smoke_run(tmp_path, capsys, monkeypatch):
   assert re.search(r"bad\.png", doc.by_id("errors").text)
   for im in ds["images"]:
     assert (out / "gallery" / "pages" / f"{im['id']}.html").is_file()
+
+
+def _gallery(capsys, *args):
+  rc = cli.main(["gallery", *map(str, args)])
+  err = capsys.readouterr().err.strip()
+  return rc, err
+
+
+def test_hostile_numbers_and_names_do_not_abort_or_mislead(tmp_path, capsys):
+  """A box at x = 1e19, scores of +-1e308 and a file name with an RTL override (U+202E, which makes the name read
+  backwards) build: the box is drawn clipped to the image, the histograms hold every score, the name is shown
+  with the control character escaped, never raw."""
+  s = synth.make_run(tmp_path, n_images=2)
+  ds = json.load(open(os.path.join(s["run"], "annotations.json")))
+  a = ds["annotations"][0]
+  ds["annotations"] += [dict(a, id=90, bbox=[1e19, 0, 5, 5], segmentation=None, score=1e308),
+                        dict(a, id=91, score=-1e308)]
+  del ds["annotations"][-2]["segmentation"]
+  evil = "images/evil\u202egnp.exe.png"
+  os.rename(os.path.join(tmp_path, ds["images"][0]["file_name"]), os.path.join(tmp_path, evil))
+  ds["images"][0]["file_name"] = evil
+  json.dump(ds, open(os.path.join(s["run"], "annotations.json"), "w"))
+  rc, err = _gallery(capsys, s["run"])
+  assert rc == 0, err
+  out = os.path.join(s["run"], "gallery")
+  texts = [open(os.path.join(out, "index.html"), encoding="utf-8").read()] + [
+      open(os.path.join(out, "pages", f), encoding="utf-8").read() for f in os.listdir(os.path.join(out, "pages"))]
+  assert not any("\u202e" in t for t in texts)
+  assert any("evil\\u202egnp.exe.png" in t for t in texts)
+  doc = parse(texts[0])
+  counts = [int(r.find_all("td")[1].text) for r in doc.by_id("classes").find_all("tr") if "data-cat" in r.attrs]
+  assert sum(counts) == len(ds["annotations"])
+
+
+def test_out_folder_is_checked_and_never_taken_over(tmp_path, capsys):
+  s = synth.make_run(tmp_path / "r", n_images=1)
+  mine = tmp_path / "site"
+  mine.mkdir()
+  (mine / "index.html").write_text("<p>my own page</p>")
+  (mine / "thumbs").mkdir()
+  (mine / "thumbs" / ("0" * 32 + ".jpg")).write_bytes(b"my photo")
+  rc, err = _gallery(capsys, s["run"], "--out", mine)
+  assert rc == 2 and "did not create" in err and "--overwrite" in err and "\n" not in err
+  assert (mine / "index.html").read_text() == "<p>my own page</p>" and (mine / "thumbs" / ("0" * 32 + ".jpg")).exists()
+  assert _gallery(capsys, s["run"], "--out", mine, "--overwrite")[0] == 0
+  assert _gallery(capsys, s["run"], "--out", mine)[0] == 0  # now a gallery: rebuilt in place
+  assert _gallery(capsys, s["run"])[0] == 0 and _gallery(capsys, s["run"])[0] == 0  # the default folder
+  (tmp_path / "file").write_text("x")
+  for out, msg in ((tmp_path / "file", "not a directory"), (tmp_path / "file" / "below", "below it"),
+                   ("/proc/zipjax-gallery", "")):
+    rc, err = _gallery(capsys, s["run"], "--out", out)
+    assert rc == 2 and err.startswith("zipjax gallery: error: --out") and msg in err and "\n" not in err, err
+
+
+def test_deeply_nested_json_is_one_line(tmp_path, capsys):
+  s = synth.make_run(tmp_path, n_images=1, with_gt=True)
+  deep = "[" * 200000 + "]" * 200000
+  ann = open(os.path.join(s["run"], "annotations.json")).read()
+  run_json = open(os.path.join(s["run"], "run.json")).read()
+  for target, text, where in ((os.path.join(s["run"], "annotations.json"), ann, "annotations.json"),
+                              (s["gt_path"], open(s["gt_path"]).read(), "gt.json")):
+    with open(target, "w") as f:
+      f.write(text.replace('"images": [', '"extra": ' + deep + ', "images": [', 1))
+    rc, err = _gallery(capsys, s["run"], "--gt", s["gt_path"])
+    assert rc == 2 and where in err and "nested too deeply" in err and "\n" not in err, err
+    with open(target, "w") as f:
+      f.write(text)
+  with open(os.path.join(s["run"], "run.json"), "w") as f:
+    f.write('{"info": ' + deep + "}")
+  rc, err = _gallery(capsys, s["run"])
+  assert rc == 0 and "run.json: cannot read the run record (JSON nested too deeply)" in err
+  with open(os.path.join(s["run"], "run.json"), "w") as f:
+    f.write(run_json)
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+  import subprocess
+  import sys
+  s = synth.make_run(tmp_path, n_images=1)
+  proc = subprocess.Popen([sys.executable, "-m", "zipjax", "gallery", s["run"]], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+  proc.stdout.close()  # `| head -0`: the reader is gone before anything is printed
+  err = proc.stderr.read().decode()
+  assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

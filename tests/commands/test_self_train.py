@@ -119,3 +119,33 @@ def test_refusals(tmp_path, pseudo, capsys):
   assert code == 2 and "pseudo_json_sha256" in out.err and "config.selftrain" in out.err
   assert "config.model" not in out.err
   assert json.loads((tmp_path / "w" / "selftrain.json").read_text()) == state
+
+
+def test_a_workdir_that_lost_selftrain_json_adopts_no_other_inputs(tmp_path, pseudo, capsys):
+  """Round 0's labels carry the run's identity: with selftrain.json deleted, other pseudo-labels are refused up
+  front (they used to take over the finished rounds silently); the same inputs recreate selftrain.json."""
+  from zipjax.train import trainer as tr
+  w = tmp_path / "w"
+  state = {"pseudo_json": str(pseudo / "annotations.json"),
+           "pseudo_json_sha256": selftrain.sha256_file(str(pseudo / "annotations.json")),
+           "images_root": str(pseudo / "images"), "config": tr.config_to_dict(_config())}
+  labels = selftrain._initial_labels(str(pseudo / "annotations.json"), str(pseudo / "images"),
+                                     selftrain.run_identity(state))
+  (w / "round_0").mkdir(parents=True)
+  (w / "round_0" / "annotations.json").write_text(json.dumps(labels))
+  other = tmp_path / "other.json"
+  data = json.load(open(pseudo / "annotations.json"))
+  data["annotations"] = data["annotations"][:1]
+  other.write_text(json.dumps(data))
+  base = ["self-train", "--config", CONFIG, "--images-root", str(pseudo / "images"), "--workdir", str(w),
+          "--no-progress"]
+  code, out = _run(capsys, *base, "--pseudo-json", str(other))
+  assert code == 2 and "no selftrain.json (deleted?)" in out.err and "other inputs or config" in out.err, out.err
+  assert not (w / "selftrain.json").exists()
+  selftrain._check_state(str(w), state)  # the same inputs: accepted, recorded again
+  assert json.loads((w / "selftrain.json").read_text())["pseudo_json_sha256"] == state["pseudo_json_sha256"]
+  (w / "selftrain.json").unlink()
+  del labels["info"]["run_identity"]  # rounds made before the identity was recorded: cannot be checked
+  (w / "round_0" / "annotations.json").write_text(json.dumps(labels))
+  with pytest.raises(InputError, match="inputs that cannot be checked"):
+    selftrain._check_state(str(w), state)

@@ -58,3 +58,52 @@ def test_workdir_of_another_config_is_refused(shapes, tmp_path, capsys):
   assert _train(shapes, w) == 2
   err = capsys.readouterr().err
   assert "different config" in err and "seed" in err
+
+
+def test_every_image_is_checked_before_step_0(shapes, tmp_path, capsys):
+  """A missing, a corrupt and a resized training image are listed in one error before anything is built (a
+  resumed run used to die at the step that met the first one, every time); the validation file likewise;
+  --skip-bad-images leaves them out."""
+  import shutil
+
+  from PIL import Image
+  images = tmp_path / "images"
+  shutil.copytree(shapes / "images", images)
+  names = sorted(p.name for p in images.iterdir())
+  (images / names[0]).unlink()
+  (images / names[1]).write_bytes(b"not an image")
+  Image.new("RGB", (7, 9)).save(images / names[2])
+  args = ["train", "--config", "configs/train_smoke.py", "--train-json", str(shapes / "annotations.json"),
+          "--images-root", str(images), "--no-progress"]
+  assert cli.main(args + ["--workdir", str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "3 of 3 training image(s) cannot be used" in err, err
+  assert f"{names[0]}: file not found" in err and f"{names[1]}: not an image" in err
+  assert f"{names[2]}: the image is 7x9" in err and "--skip-bad-images" in err
+  assert not list((tmp_path / "w").glob("checkpoints/*"))  # no step was trained or saved
+  assert cli.main(args + ["--workdir", str(tmp_path / "w2"), "--skip-bad-images"]) == 2
+  assert "no training images left" in capsys.readouterr().err
+  # the validation file: checked with the training images, before the model is built
+  assert cli.main(args[:6] + [str(shapes / "images"), "--no-progress", "--workdir", str(tmp_path / "w3"),
+                              "--val-json", str(shapes / "annotations.json"), "--val-images-root", str(images)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "3 of 3 validation image(s) cannot be used" in err, err
+
+
+def test_a_refused_run_leaves_the_workdir_unclaimed_and_names_the_file(shapes, tmp_path, capsys):
+  """A run refused after the config checks (here: a batch that cannot be split) writes no config.json (a corrected
+  rerun is not told the workdir belongs to another config) and starts no checkpoint manager; a bad record is
+  named with its file, not `<memory>`."""
+  w = tmp_path / "w"
+  assert _train(shapes, w, "--config.batch_size=3") == 2
+  err = capsys.readouterr().err.strip()
+  assert "multiple" in err and "\n" not in err and "Traceback" not in err, err
+  assert not (w / "config.json").exists() and not (w / "checkpoints").exists()
+  data = json.loads((shapes / "annotations.json").read_text())
+  data["annotations"][0]["category_id"] = 999
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps(data))
+  assert cli.main(["train", "--config", "configs/train_smoke.py", "--train-json", str(bad), "--images-root",
+                   str(shapes / "images"), "--workdir", str(w)]) == 2
+  err = capsys.readouterr().err
+  assert f"{bad}: annotation 0" in err and "<memory>" not in err, err

@@ -1,6 +1,6 @@
 """Synthetic zipjax output folders for the gallery tests and bench: images written to disk, an annotations.json
 as `zipjax segment` writes it (compressed RLE, bbox, area, score; `file_name` relative to the images folder's
-parent), errors.json, run.json, and a matching ground truth with shifted, dropped and extra instances."""
+parent, which run.json records as `images_root`), errors.json, run.json, and a matching ground truth with shifted, dropped and extra instances."""
 from __future__ import annotations
 
 import json
@@ -78,7 +78,8 @@ def make_run(base, n_images: int = 12, seed: int = 0, size=(96, 128), missing=()
   with open(os.path.join(run_dir, "errors.json"), "w", encoding="utf-8") as f:
     json.dump(errors, f)
   with open(os.path.join(run_dir, "run.json"), "w", encoding="utf-8") as f:
-    json.dump({"info": dataset["info"], "images": n_images + 2, "segmented": n_images, "skipped": 2}, f)
+    json.dump({"info": dataset["info"], "images": n_images + 2, "segmented": n_images, "skipped": 2,
+               "images_root": base}, f)
   out = {"base": base, "run": run_dir, "images_dir": img_dir, "dataset": dataset, "errors": errors,
          "masks": masks}
   if with_gt:

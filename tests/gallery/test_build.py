@@ -23,7 +23,7 @@ from tests.gallery.dom import parse
 from tests.gallery.test_match import reference
 from zipjax.errors import InputError
 from zipjax.gallery import render
-from zipjax.gallery.build import build_gallery, resolve_image, sample_images
+from zipjax.gallery.build import build_gallery, image_roots, resolve_image, sample_images
 from zipjax.gallery.source import CocoIndex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,7 +187,8 @@ def _one_image_run(base, score=0.9, pixel=128):
   Image.fromarray(np.full((64, 96, 3), pixel, np.uint8)).save(os.path.join(base, "flat.png"))
   m = np.zeros((64, 96), bool)
   m[20:50, 30:80] = True
-  ds = {"images": [{"id": 1, "file_name": os.path.join(base, "flat.png"), "height": 64, "width": 96}],
+  ds = {"info": {"images_root": base},
+        "images": [{"id": 1, "file_name": os.path.join(base, "flat.png"), "height": 64, "width": 96}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": synth.rle(m),
                          "bbox": [30.0, 20.0, 50.0, 30.0], "area": float(m.sum()), "score": score, "iscrowd": 0}],
         "categories": [{"id": 1, "name": "box"}]}
@@ -344,7 +345,13 @@ def test_image_paths_resolve_under_the_recorded_or_given_root(tmp_path):
   root = str(tmp_path / "a")
   moved = str(tmp_path / "elsewhere")
   shutil.move(s["run"], moved)
-  assert build_gallery(moved, workers=1).missing == 3  # file names relative to a folder it cannot guess
+  assert build_gallery(moved, workers=1).missing == 0  # run.json records the (absolute) root
+  with open(os.path.join(moved, "run.json")) as f:
+    run = json.load(f)
+  del run["images_root"]
+  with open(os.path.join(moved, "run.json"), "w") as f:
+    json.dump(run, f)
+  assert build_gallery(moved, workers=1).missing == 3  # no root recorded: only the run folder, not its parent
   assert build_gallery(moved, images_root=root, workers=1).missing == 0
   with open(os.path.join(moved, "annotations.json")) as f:
     ds = json.load(f)
@@ -352,8 +359,58 @@ def test_image_paths_resolve_under_the_recorded_or_given_root(tmp_path):
   with open(os.path.join(moved, "annotations.json"), "w") as f:
     json.dump(ds, f)
   assert build_gallery(moved, workers=1).missing == 0
-  path, why = resolve_image("x/y.png", [str(tmp_path)])
-  assert path == os.path.join(str(tmp_path), "x/y.png") and "not found" in why and "--images-root" in why
+  path, why, shown = resolve_image("x/y.png", image_roots(str(tmp_path), {}, None, str(tmp_path)))
+  assert path is None and "not found" in why and "--images-root" in why and shown == "x/y.png"
+
+
+def test_images_outside_the_roots_are_refused_and_paths_are_relative(tmp_path):
+  """An absolute file_name, a ../ path or a symlink that leads outside the recorded root (or --images-root) is
+  never copied into the gallery: refused per image (page, index), while the images inside are shown with paths
+  relative to the root; no page shows an absolute local path."""
+  s = synth.make_run(tmp_path / "a", n_images=5, flat=True)
+  secret_dir = tmp_path / "private"
+  secret_dir.mkdir()
+  secret = np.zeros((40, 40, 3), np.uint8)
+  secret[:, :, 0] = 255  # pure red: a copy would be recognisable
+  Image.fromarray(secret).save(secret_dir / "secret.png")
+  os.symlink(secret_dir / "secret.png", tmp_path / "a" / "images" / "link.png")
+  with open(os.path.join(s["run"], "annotations.json")) as f:
+    ds = json.load(f)
+  names = [str(secret_dir / "secret.png"), "../private/secret.png", "images/link.png",
+           "images/../../private/secret.png"]
+  for im, name in zip(ds["images"], names):
+    im["file_name"] = name
+  with open(os.path.join(s["run"], "annotations.json"), "w") as f:
+    json.dump(ds, f)
+  for kw in ({}, {"images_root": str(tmp_path / "a")}):
+    out = tmp_path / f"g{len(kw)}"
+    res = build_gallery(s["run"], out=str(out), workers=1, **kw)
+    assert res.missing == 4 and res.displays_rendered == 1  # only the fifth image is inside the root
+    copies = [np.asarray(Image.open(out / "images" / f)) for f in os.listdir(out / "images")]
+    thumbs = [np.asarray(Image.open(out / "thumbs" / f)) for f in os.listdir(out / "thumbs")]
+    for arr in copies + thumbs:  # nothing red was copied (the refused images are blank canvases)
+      assert not ((arr[..., 0] > 200) & (arr[..., 1] < 60)).mean() > 0.3
+    for im in ds["images"][:4]:
+      page = _read(out / "pages" / f"{im['id']}.html")
+      assert "image refused" in page and "outside the images root" in page, im
+    good = _read(out / "pages" / f"{ds['images'][4]['id']}.html")
+    assert "original file</a> (images/img_00005.png)" in good
+    index = _read(out / "index.html")
+    assert "outside the images root" in index
+    for html in [index] + [_read(out / "pages" / f) for f in os.listdir(out / "pages")]:
+      assert str(tmp_path) not in html.replace(str(secret_dir / "secret.png"), "")  # no absolute path shown
+  # a folder run's INPUT arguments bound what it may show (run.json input_roots)
+  with open(os.path.join(s["run"], "run.json")) as f:
+    run = json.load(f)
+  run["input_roots"] = [str(tmp_path / "a" / "images" / "img_00005.png")]
+  run["images_root"] = str(tmp_path / "a")
+  with open(os.path.join(s["run"], "run.json"), "w") as f:
+    json.dump(run, f)
+  ds["images"][0]["file_name"] = "images/img_00001.png"  # inside the images root, but not an input
+  with open(os.path.join(s["run"], "annotations.json"), "w") as f:
+    json.dump(ds, f)
+  res = build_gallery(s["run"], out=str(tmp_path / "g3"), workers=1)
+  assert res.missing == 4 and res.displays_rendered == 1
 
 
 def test_same_inputs_give_byte_identical_galleries(tmp_path):
@@ -401,3 +458,36 @@ def test_killed_build_leaves_complete_files_and_the_rerun_finishes(tmp_path):
   assert not [n for sub in ("thumbs", "images", "pages") for n in os.listdir(os.path.join(out, sub))
               if n.startswith(".")]  # temporary files of the killed run are cleaned up
   assert len(os.listdir(pages)) == n
+
+
+def test_memory_follows_the_image_not_the_numbers_in_the_file(tmp_path):
+  """A 60000 x 60000 image record with an 8-character RLE (a 3.35 GiB mask if decoded) and a polygon with
+  coordinates of 2e7 (GBs of outline for pycocotools) build in a process limited to 1.5 GiB of address space:
+  the oversized record is refused in one line (its page and the index say so), the polygon is clipped to its
+  image first and drawn."""
+  run = _one_image_run(str(tmp_path))
+  with open(os.path.join(run, "annotations.json")) as f:
+    ds = json.load(f)
+  huge = mask_utils.frPyObjects({"size": [60000, 60000], "counts": [60000 * 60000]}, 60000, 60000)
+  assert len(huge["counts"]) <= 8
+  ds["images"].append({"id": 2, "file_name": "flat.png", "height": 60000, "width": 60000})
+  ds["annotations"] += [
+      {"id": 2, "image_id": 2, "category_id": 1, "score": 0.5, "iscrowd": 0,
+       "segmentation": {"size": [60000, 60000], "counts": huge["counts"].decode()}},
+      {"id": 3, "image_id": 1, "category_id": 1, "score": 0.4, "iscrowd": 0,
+       "segmentation": [[-2e7, -2e7, 2e7, -2e7, 2e7, 2e7, -2e7, 2e7]]}]
+  with open(os.path.join(run, "annotations.json"), "w") as f:
+    json.dump(ds, f)
+  code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+          "from zipjax.gallery.build import build_gallery\n"
+          f"r = build_gallery({run!r}, workers=1)\nprint(r.shown, r.missing)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1"), cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["2", "1"]
+  index = _read(os.path.join(run, "gallery", "index.html"))
+  assert "image record 1 (id 2) claims 60000x60000 px, more than the limit" in index
+  assert "claims 60000x60000 px" in _read(os.path.join(run, "gallery", "pages", "2.html"))
+  data = json.loads(parse(_read(os.path.join(run, "gallery", "pages", "1.html"))).by_id("page-data").text)
+  full = mask_utils.decode({"size": [64, 96], "counts": data["pred"][1]["rle"]["counts"].encode()})
+  assert full.all()  # the clipped polygon covers the whole image

@@ -328,3 +328,66 @@ def test_sigkill_in_the_middle_of_writing_a_shard(data, tmp_path):
   assert _bytes(out) == _bytes(ref)
   assert not [n for n in os.listdir(sdir) if n.startswith(".")]  # the torn temporary file was cleaned
   assert all(_complete_shard(sdir / n) for n in os.listdir(sdir))
+
+
+def test_output_folder_inside_the_input_folder_is_not_labelled(tmp_path):
+  """`zipjax label DIR --out DIR/out`, then a gallery (JPEGs under DIR/out/gallery/), then the same command
+  again: the run is complete (nothing to do), the gallery's images are not added to the dataset."""
+  from zipjax.gallery import build_gallery
+  root = tmp_path / "data"
+  keys = make_images(root, n=4)
+  out = root / "out"
+  rc, _ = run_single([root], out)
+  assert rc == 0
+  first = (out / "annotations.json").read_bytes()
+  build_gallery(str(out), workers=1, thumb_size=32, image_size=64)
+  assert list((out / "gallery" / "thumbs").iterdir())
+  logs = []
+  rc, make = run_single([root], out, logs=logs)
+  assert rc == 0 and make.engines == []  # complete: nothing to label, no engine built
+  assert (out / "annotations.json").read_bytes() == first
+  names = [im["file_name"] for im in json.loads(first)["images"]]
+  assert not [n for n in names if n.startswith("out/")] and set(keys) <= set(names)
+
+
+def test_coco_json_names_stay_inside_the_images_root(tmp_path):
+  """--coco-json: an absolute name, a ../ name and a symbolic link leading out of --images-root are per-image
+  errors (nothing outside is read); './a.png' beside 'a.png' is one file listed twice."""
+  root = tmp_path / "imgs"
+  keys = make_images(root, n=2)
+  outside = tmp_path / "private.png"
+  Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(outside)
+  os.symlink(outside, root / "link.png")
+  listing = [{"id": 1, "file_name": keys[0]}, {"id": 2, "file_name": str(outside)},
+             {"id": 3, "file_name": "../private.png"}, {"id": 4, "file_name": "link.png"},
+             {"id": 5, "file_name": "a/../" + keys[1]}]
+  (tmp_path / "c.json").write_text(json.dumps({"images": listing}))
+  out = tmp_path / "out"
+  rc, _ = run_single([], out, coco_json=str(tmp_path / "c.json"), images_root=str(root))
+  assert rc == 0
+  ds = json.loads((out / "annotations.json").read_text())
+  assert sorted(im["id"] for im in ds["images"]) == [1, 5]
+  errors = {e["id"]: e["reason"] for e in json.loads((out / "errors.json").read_text())}
+  assert sorted(errors) == [2, 3, 4] and all("outside --images-root" in r for r in errors.values()), errors
+  (tmp_path / "d.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"},
+                                                         {"id": 2, "file_name": "./a.png"}]}))
+  with pytest.raises(InputError, match="'./a.png' is listed twice"):
+    run_single([], tmp_path / "out2", coco_json=str(tmp_path / "d.json"), images_root=str(root))
+
+
+def test_label_input_files_fail_in_one_line_and_leave_nothing(tmp_path, capsys):
+  from zipjax import cli
+  root = tmp_path / "imgs"
+  make_images(root, n=3)
+  (tmp_path / "big.json").write_text(json.dumps({"images": [{"id": 2 ** 70, "file_name": "a.png"}]}))
+  os.mkfifo(tmp_path / "fifo.json")
+  cases = [(["--coco-json", str(tmp_path / "big.json"), "--images-root", str(root)], "below 2^53"),
+           (["--coco-json", "/dev/zero", "--images-root", str(root)], "not a regular file"),
+           (["--coco-json", str(tmp_path / "fifo.json"), "--images-root", str(root)], "not a regular file"),
+           (["tfds:no_such_dataset_zipjax:train", "--data-dir", str(tmp_path)], "cannot open the prepared dataset")]
+  for k, (args, msg) in enumerate(cases):
+    out = tmp_path / f"out{k}"
+    rc = cli.main(["label", *args, "--classes", "a", "--random-init", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and msg in err and "\n" not in err, err
+    assert not out.exists()  # no empty run folder left behind

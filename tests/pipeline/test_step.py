@@ -107,6 +107,7 @@ def test_padding_rows_keep_nothing():
   from zipjax.engine import Engine, prepare  # pylint: disable=import-outside-toplevel
   config = _config()
   config.sam.enabled = False
+  config.micro_batch = 0  # the rows vmapped together: the padding row is computed, only the mask drops it
   config.semantic.input_size = 64  # 4 x 4 tokens and a 128 px boundary input: the smoke models, small inputs
   config.boundary.input_size = 128
   config.boundary.size_multiple = 32
@@ -124,3 +125,12 @@ def test_padding_rows_keep_nothing():
   for k in ("keep_category", "keep_score", "keep_box"):  # the padding row computed the same instances ...
     np.testing.assert_array_equal(np.asarray(out[k])[0], np.asarray(out[k])[1])
   assert not keep[1].any(), "instances of a valid=False padding row are kept"  # ... and keeps none of them
+  # micro-batches of one image: the padding row's micro-batch is skipped (zeros); the real row is what the
+  # same step gives it alone (bit for bit)
+  fn1 = jax.jit(step.make_step(dataclasses.replace(eng.step_spec, micro_batch=1), eng.semantic_cfg, eng.boundary_cfg,
+                               eng.sam_cfg))
+  out1 = fn1(eng.params, eng.text, batch)
+  alone = fn1(eng.params, eng.text, {k: v[:1] for k, v in batch.items()})
+  assert not np.asarray(out1["keep_valid"])[1].any() and not np.asarray(out1["keep_score"])[1].any()
+  for k in ("keep_valid", "keep_category", "keep_score", "keep_box", "labels", "probs"):
+    np.testing.assert_array_equal(np.asarray(out1[k])[0], np.asarray(alone[k])[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from zipjax.errors import InputError
@@ -71,19 +72,23 @@ class _Detector:
 
 
 def build_detector(config, workdir: str, step: int, names) -> _Detector:
-  """Loads checkpoint `step` of `workdir`, embeds the class names, compiles nothing yet."""
+  """Loads checkpoint `step` of `workdir` (the previous one, saying so, when it is corrupt: `_Detector.step` is
+  the one used), embeds the class names, compiles nothing yet."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
   from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
   mesh = parallel.create_mesh([("data", -1)], jax.local_devices())
-  params, _ = trainer.load_params(workdir, config, mesh, step)
+  params, used = trainer.load_params(workdir, config, mesh, step, fallback=True,
+                                     log=lambda m: print(m, file=sys.stderr))
   queries = trainer.class_queries(config, trainer.text_encoder(config), names)  # [Q, D]
   predictor = DetectorPredictor(trainer.detector_config(config), mesh, int(config.detect.batch_size),
                                 score_threshold=float(config.detect.score_threshold),
                                 compiler_options=trainer.compiler_options(config))
-  return _Detector(predictor, params, queries)
+  det = _Detector(predictor, params, queries)
+  det.step = int(used)
+  return det
 
 
 def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dict:
@@ -121,14 +126,19 @@ def run(args) -> int:
 
   def build():
     enable_compilation_cache()
-    return build_detector(config, args.workdir, step, names)
+    det = build_detector(config, args.workdir, step, names)
+    if getattr(det, "step", step) != step:  # the latest checkpoint is corrupt: the outputs say which one ran
+      info["checkpoint_step"] = det.step
+      info["note"] = f"checkpoint {step} of the workdir is corrupt; checkpoint {det.step} was used"
+    return det
 
+  info = {"description": "zipjax detect", "workdir": os.path.abspath(args.workdir), "checkpoint_step": step,
+          "classes": names}
   lim = config.input
   job = FolderJob(
       command="detect", verb="detected", out=args.out, names=names,
       identity=lambda inputs: detect_identity(config, names, args.workdir, step, inputs),
-      info={"description": "zipjax detect", "workdir": os.path.abspath(args.workdir), "checkpoint_step": step,
-            "classes": names},
+      info=info,
       config=trainer.config_to_dict(config), build=build, batch_size=int(config.detect.batch_size),
       limits=(int(lim.min_side), int(lim.max_side), float(lim.max_aspect)), overlays=bool(config.detect.overlays),
       overlay_max_side=int(config.detect.overlay_max_side))

@@ -9,8 +9,9 @@ Reads DIR/annotations.json (+ errors.json, run.json when present) and the images
                     the ground truth beside it and the true positives / misses / false positives at mask IoU 0.5.
 Thumbnails and image copies are cached by content: a re-run renders only what changed. A run with more than
 --max-images images is sampled deterministically (by a hash of the file name); the index says so.
-Relative file names are looked up under --images-root, else the root the run recorded, the current folder, DIR
-and its parent.
+Relative file names are looked up under --images-root, else the root the run recorded, else DIR; only images
+strictly inside --images-root (else the run's recorded inputs or root) are shown and copied: an absolute name,
+a ../ path or a symlink leading outside is refused per image (see zipjax/gallery/build.py).
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def add_parser(sub):
   p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="PX",
                  help=f"image size on the pages, longer side (default {DEFAULT_IMAGE_SIZE})")
   p.add_argument("--workers", type=int, metavar="N", help="rendering threads (default: min(4, CPUs))")
+  p.add_argument("--overwrite", action="store_true",
+                 help="build into an existing --out folder that is not a gallery (its index.html is replaced and "
+                      "files named like gallery files are removed)")
   return p
 
 
@@ -56,7 +60,7 @@ def run(args) -> int:
   res = build_gallery(args.dir, out=args.out, max_images=args.max_images or None, gt=args.gt,
                       images_root=args.images_root, class_agnostic=args.class_agnostic,
                       thumb_size=args.thumb_size, image_size=args.image_size, workers=args.workers,
-                      progress=progress)
+                      progress=progress, overwrite=args.overwrite)
   sampled = f" (a sample of {res.total})" if res.shown < res.total else ""
   print(f"gallery of {res.shown} image(s){sampled} in {res.seconds:.1f}s: thumbnails {res.thumbs_rendered} "
         f"drawn, {res.thumbs_reused} reused; image copies {res.displays_rendered} written, {res.displays_reused} "

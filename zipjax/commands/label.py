@@ -1,6 +1,7 @@
 """`zipjax label INPUT... --classes a,b | --classes-file F --out DIR`: pseudo-labels for a whole dataset.
 
-INPUT: image folders (searched recursively) and image files; or `--coco-json FILE --images-root DIR` (the json's
+INPUT: image folders (searched recursively; an --out folder inside one is left out, so a rerun never labels the
+run's own outputs, e.g. its gallery) and image files; or `--coco-json FILE --images-root DIR` (the json's
 `images` list is the work list, ids kept); or `tfds:NAME:SPLIT --data-dir DIR` (a prepared TFDS dataset, read
 without TensorFlow). DIR may be a local folder or a bucket URL (gs://...).
 
@@ -80,9 +81,10 @@ def run(args) -> int:
   from zipjax.commands.common import class_names  # pylint: disable=import-outside-toplevel
   names = class_names(args)
   config = resolve_config(args)
-  if "://" not in args.out:  # a local --out must be a writable directory (checked before models load)
+  if "://" not in args.out:  # a local --out must be (or become) a writable directory (checked before models
+    # load); it is created only once the inputs are open, so a bad input leaves no empty folder behind
     from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
-    check_output_dir(args.out, "--out")
+    check_output_dir(args.out, "--out", create=False)
   comm_lib.initialize(args.coordinator, args.num_processes, args.process_id)
   from zipjax.commands.common import enable_compilation_cache  # pylint: disable=import-outside-toplevel
   enable_compilation_cache()

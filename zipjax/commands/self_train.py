@@ -35,6 +35,9 @@ def add_parser(sub):
   p.add_argument("--val-images-root", metavar="DIR2", help="folder of the validation images (default: "
                  "--images-root)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
+  p.add_argument("--skip-bad-images", action="store_true",
+                 help="train without the images that fail the up-front check (missing, not an image, another "
+                      "size than annotated), with a warning, instead of refusing the run")
   return p
 
 
@@ -56,7 +59,7 @@ def run(args) -> int:
   log = lambda m: print(m, file=sys.stderr)  # noqa: E731
   res = selftrain.self_train(config, args.pseudo_json, args.images_root, args.workdir, gt_json=args.gt_json,
                              val_json=args.val_json, val_images_root=args.val_images_root,
-                             progress=not args.no_progress, log=log)
+                             progress=not args.no_progress, log=log, skip_bad_images=args.skip_bad_images)
   if res.exit_code:
     return res.exit_code
   last = res.rounds[-1]

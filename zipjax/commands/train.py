@@ -1,8 +1,10 @@
 """`zipjax train --config FILE --train-json ANN --images-root DIR --workdir W`: train the open-vocabulary detector.
 
 Trains on a COCO dataset with masks (RLE or polygons; pseudo-labels with scores welcome, e.g. the
-annotations.json of `zipjax segment`) until `config.total_steps`; checkpoints, metrics.jsonl, perf.jsonl,
-TensorBoard events (tb/) and config.json go to the workdir. Rerunning the same command resumes from the latest
+annotations.json of `zipjax segment`) until `config.total_steps`; every image file (training and validation) is
+checked before step 0 (exists, is an image of the annotated size, read from the headers in parallel): bad ones
+are listed in one error (exit 2), or left out with a warning under `--skip-bad-images`. Checkpoints,
+metrics.jsonl, perf.jsonl, TensorBoard events (tb/) and config.json go to the workdir. Rerunning the same command resumes from the latest
 checkpoint (parameters, optimizer, step, RNG, data iterator); a finished run says so and exits 0. SIGTERM saves a
 checkpoint and exits 143.
 
@@ -33,6 +35,9 @@ def add_parser(sub):
   p.add_argument("--val-images-root", metavar="DIR2", help="folder of the validation images (default: "
                  "--images-root)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--skip-bad-images", action="store_true",
+                 help="train (and validate) without the images that fail the up-front check (missing, not an "
+                      "image, another size than annotated), with a warning, instead of refusing the run")
   return p
 
 
@@ -61,7 +66,7 @@ def run(args) -> int:
   enable_compilation_cache()
   res = trainer.train(config, args.train_json, args.images_root, args.workdir, val_json=args.val_json,
                       val_images_root=args.val_images_root, progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr))
+                      log=lambda m: print(m, file=sys.stderr), skip_bad_images=args.skip_bad_images)
   if res.last_metrics:
     shown = {k: v for k, v in res.last_metrics.items() if k == "loss" or k.startswith("eval/")}
     print(" ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()) if v is not None))

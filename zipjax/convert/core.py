@@ -92,7 +92,7 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
 
 def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
                 expected: Mapping[str, tuple], source: str,
-                torch_name: Callable[[str], str] | None = None) -> dict:
+                torch_name: Callable[[str], str] | None = None, check_only: bool = False) -> dict | None:
   """Maps every torch key through `rules` and checks the result against `expected` shapes.
 
   Args:
@@ -102,6 +102,7 @@ def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
     source: the checkpoint's name, for error messages.
     torch_name: Flax path -> the torch key expected for it, to name missing keys in errors
       (default: a best-effort inverse of the rule templates).
+    check_only: check keys and shapes only (no array is read or converted); returns None.
 
   Returns:
     Nested Flax variables {'params': ..., 'batch_stats': ...} of float32 numpy arrays.
@@ -133,11 +134,14 @@ def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
     if tuple(np.shape(value)) != torch_want:
       errors.append(f"key '{key}': expected shape {torch_want}, found {tuple(np.shape(value))}")
       continue
+    origin[target] = key
+    if check_only:
+      flat[target] = None
+      continue
     arr = np.asarray(rule.transform.forward(np.asarray(value)))
     if np.issubdtype(arr.dtype, np.floating):
       arr = arr.astype(np.float32)
     flat[target] = np.array(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-    origin[target] = key
   for target in sorted(set(expected) - seen):
     torch_key = torch_name(target) if torch_name else _guess_torch_key(target, rules)
     errors.append(f"missing key '{torch_key}' (for '{target}', shape {tuple(expected[target])})")
@@ -145,7 +149,7 @@ def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],
     shown = errors[:20]
     more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
     raise CheckpointError(f"{source}: checkpoint does not match the model:\n  " + "\n  ".join(shown) + more)
-  return unflatten(flat)
+  return None if check_only else unflatten(flat)
 
 
 def _guess_torch_key(target: str, rules: Iterable[Rule]) -> str:
@@ -164,3 +168,135 @@ def _guess_torch_key(target: str, rules: Iterable[Rule]) -> str:
       key = re.sub(r"\([^()]*\)", lambda _: m.group(name), key, count=1)
     return key.replace("\\.", ".").replace("\\", "")
   return target
+
+
+# ------------------------------------------------------------------------------------------ other layouts
+@dataclasses.dataclass(frozen=True)
+class Rename:
+  """A key of another library's layout -> the key of the layout a family's `Rule` table reads.
+
+  `pattern` (full match) -> `target` (may use \\1 groups), through `transform` (a `Transform`, applied to the
+  array; DROP drops the key). `part=(i, n)`: the array is piece i of n concatenated along axis 0 into the
+  target (e.g. q, k, v projections -> one in_proj_weight); all n pieces must be present. `tied`: the key is
+  a tied copy of another that maps to the same target (e.g. transformers SamModel's shared positional
+  embedding, saved under two names): when both are present their values must be equal.
+  """
+  pattern: str
+  target: str
+  transform: Transform = IDENTITY
+  part: tuple[int, int] | None = None
+  tied: bool = False
+
+  def match(self, key: str):
+    m = re.fullmatch(self.pattern, key)
+    return None if m is None else m.expand(self.target)
+
+
+TRANSPOSE = Transform("transpose", lambda w: w.T, lambda s: tuple(s)[::-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A checkpoint layout of a model family: its name, the key table it is read with, and for a foreign
+  layout the `Rename` table that turns it into the family's own layout (`renames` empty: the family's own).
+
+  `anchors`: keys (regexes) that a checkpoint of this layout always has; `refuse(keys)`: an optional check
+  returning an error message for a checkpoint of this layout that zipjax cannot read (or None).
+  """
+  name: str
+  table: tuple
+  anchors: tuple[str, ...]
+  renames: tuple[Rename, ...] = ()
+  refuse: Callable | None = None
+
+  def unfit(self, keys) -> list[str]:
+    """The keys no rule of this layout's table matches."""
+    rules = self.renames or self.table
+    return [k for k in keys if not any(r.match(k) is not None for r in rules)]
+
+
+def detect_layout(sd: Mapping, layouts: Iterable[Layout], source: str, family: str) -> Layout:
+  """The layout of `sd`: the first whose key table maps every key and whose anchors are present; else the
+  first whose anchors are present (its strict table then names the keys that do not fit).
+
+  Raises:
+    CheckpointError: when no layout's anchors are present, naming the nearest layout (fewest keys its table
+      does not map) and the first keys that do not fit it.
+  """
+  keys = list(sd)
+  layouts = list(layouts)
+  anchored = [layout for layout in layouts
+              if all(any(re.fullmatch(a, k) for k in keys) for a in layout.anchors)]
+  chosen = next((layout for layout in anchored if not layout.unfit(keys)), anchored[0] if anchored else None)
+  if chosen is not None:
+    msg = chosen.refuse(keys) if chosen.refuse else None
+    if msg:
+      raise CheckpointError(f"{source}: {msg}")
+    return chosen
+  scored = sorted(((len(layout.unfit(keys)), i, layout) for i, layout in enumerate(layouts)))
+  n_bad, _, nearest = scored[0]
+  bad = nearest.unfit(keys)
+  missing = [a for a in nearest.anchors if not any(re.fullmatch(a, k) for k in keys)]
+  shown = ", ".join(f"'{k}'" for k in bad[:5]) + (", ..." if len(bad) > 5 else "")
+  detail = (f"{n_bad} of {len(keys)} keys do not fit it, first {shown}; " if bad else "") + \
+      f"no key matches {', '.join(repr(a) for a in missing[:3])}"
+  known = ", ".join(layout.name for layout in layouts)
+  raise CheckpointError(f"{source}: matches no known {family} layout ({known}); nearest: {nearest.name}: "
+                        f"{detail}")
+
+
+def translate(sd: Mapping[str, np.ndarray], renames: Iterable[Rename], source: str) -> dict[str, np.ndarray]:
+  """Applies a `Rename` table: every key must match a rule; concatenated targets need all their pieces,
+  with the same trailing shape. The result is read by the family's own `Rule` table (which checks shapes)."""
+  renames = list(renames)
+  out: dict[str, np.ndarray] = {}
+  origin: dict[str, str] = {}
+  parts: dict[str, dict[int, tuple[str, np.ndarray]]] = {}
+  counts: dict[str, int] = {}
+  errors: list[str] = []
+  for key, value in sd.items():
+    rule = next((r for r in renames if r.match(key) is not None), None)
+    if rule is None:
+      errors.append(f"key '{key}' {tuple(np.shape(value))} is not in the key table (unexpected key)")
+      continue
+    if rule.transform is DROP:
+      continue
+    target = rule.match(key)
+    arr = rule.transform.forward(np.asarray(value))
+    if rule.part is None:
+      if target in out and (rule.tied or origin.get(target + "#tied")):
+        if np.shape(out[target]) != np.shape(arr) or not np.array_equal(out[target], arr):
+          errors.append(f"keys '{origin[target]}' and '{key}' are tied copies of '{target}' but differ")
+        continue
+      if target in out or target in parts:
+        errors.append(f"keys '{origin.get(target, '?')}' and '{key}' both map to '{target}'")
+        continue
+      out[target], origin[target] = arr, key
+      if rule.tied:
+        origin[target + "#tied"] = key
+    else:
+      i, n = rule.part
+      slot = parts.setdefault(target, {})
+      if target in out or i in slot:
+        errors.append(f"key '{key}' maps to piece {i} of '{target}', which is already set")
+        continue
+      slot[i] = (key, arr)
+      counts[target] = n
+  for target, slot in parts.items():
+    n = counts[target]
+    if len(slot) != n:
+      have = ", ".join(f"'{k}'" for k, _ in slot.values())
+      errors.append(f"'{target}' needs {n} pieces, found {len(slot)} ({have}): a piece is missing")
+      continue
+    pieces = [slot[i][1] for i in range(n)]
+    if len({p.shape[1:] for p in pieces}) != 1:
+      errors.append(f"pieces of '{target}' have different shapes: "
+                    + ", ".join(f"'{slot[i][0]}' {slot[i][1].shape}" for i in range(n)))
+      continue
+    out[target] = np.concatenate(pieces, axis=0)
+    origin[target] = slot[0][0]
+  if errors:
+    shown = errors[:20]
+    more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+    raise CheckpointError(f"{source}: checkpoint does not match the model:\n  " + "\n  ".join(shown) + more)
+  return out

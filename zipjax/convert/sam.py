@@ -11,6 +11,7 @@ Attributes:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Mapping
@@ -19,10 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zipjax.convert.core import CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Rule, apply_rules, flatten
+from zipjax.convert.core import (CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Layout, Rename, Rule, apply_rules,
+                                 detect_layout, flatten, translate)
 from zipjax.errors import CheckpointError
 
 FAMILY = "sam"
+ORIGINAL = "segment_anything"
+TRANSFORMERS = "transformers SamModel"
 
 _IE = r"image_encoder\."
 _PE = r"prompt_encoder\."
@@ -90,6 +94,80 @@ SAM_RULES = [
     Rule(_TR + r"norm_final_attn\.weight", "params/mask_decoder/transformer/norm_final_attn/scale"),
     Rule(_TR + r"norm_final_attn\.bias", "params/mask_decoder/transformer/norm_final_attn/bias"),
 ]
+
+
+# transformers SamModel key (full match) -> segment_anything key (then read by SAM_RULES, which checks shapes).
+# The decoder MLPs (SamFeedForward: proj_in, layers.0, proj_out) have 3 layers in every released SAM, as here.
+_V, _M = r"vision_encoder\.", r"mask_decoder\."
+HF_RENAMES: tuple[Rename, ...] = (
+    Rename(_V + r"patch_embed\.projection\.(weight|bias)", r"image_encoder.patch_embed.proj.\1"),
+    Rename(_V + r"pos_embed", "image_encoder.pos_embed"),
+    Rename(_V + r"layers\.(\d+)\.layer_norm([12])\.(weight|bias)", r"image_encoder.blocks.\1.norm\2.\3"),
+    Rename(_V + r"layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"image_encoder.blocks.\1.attn.\2.\3"),
+    Rename(_V + r"layers\.(\d+)\.attn\.(rel_pos_h|rel_pos_w)", r"image_encoder.blocks.\1.attn.\2"),
+    Rename(_V + r"layers\.(\d+)\.mlp\.(lin1|lin2)\.(weight|bias)", r"image_encoder.blocks.\1.mlp.\2.\3"),
+    Rename(_V + r"neck\.conv1\.weight", "image_encoder.neck.0.weight"),
+    Rename(_V + r"neck\.layer_norm1\.(weight|bias)", r"image_encoder.neck.1.\1"),
+    Rename(_V + r"neck\.conv2\.weight", "image_encoder.neck.2.weight"),
+    Rename(_V + r"neck\.layer_norm2\.(weight|bias)", r"image_encoder.neck.3.\1"),
+    # one positional embedding, saved twice (SamModel ties the prompt encoder's to the model's)
+    Rename(r"shared_image_embedding\.positional_embedding",
+           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
+    Rename(r"prompt_encoder\.shared_embedding\.positional_embedding",
+           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
+    Rename(r"prompt_encoder\.point_embed\.([0-3])\.weight", r"prompt_encoder.point_embeddings.\1.weight"),
+    Rename(r"prompt_encoder\.(not_a_point_embed|no_mask_embed)\.weight", r"prompt_encoder.\1.weight"),
+    Rename(r"prompt_encoder\.mask_embed\.conv1\.(weight|bias)", r"prompt_encoder.mask_downscaling.0.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.layer_norm1\.(weight|bias)", r"prompt_encoder.mask_downscaling.1.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.conv2\.(weight|bias)", r"prompt_encoder.mask_downscaling.3.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.layer_norm2\.(weight|bias)", r"prompt_encoder.mask_downscaling.4.\1"),
+    Rename(r"prompt_encoder\.mask_embed\.conv3\.(weight|bias)", r"prompt_encoder.mask_downscaling.6.\1"),
+    Rename(_M + r"(iou_token|mask_tokens)\.weight", r"mask_decoder.\1.weight"),
+    Rename(_M + r"upscale_conv1\.(weight|bias)", r"mask_decoder.output_upscaling.0.\1"),
+    Rename(_M + r"upscale_layer_norm\.(weight|bias)", r"mask_decoder.output_upscaling.1.\1"),
+    Rename(_M + r"upscale_conv2\.(weight|bias)", r"mask_decoder.output_upscaling.3.\1"),
+    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.proj_in\.(weight|bias)",
+           r"mask_decoder.\1.layers.0.\2"),
+    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.0\.(weight|bias)",
+           r"mask_decoder.\1.layers.1.\2"),
+    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.proj_out\.(weight|bias)",
+           r"mask_decoder.\1.layers.2.\2"),
+    Rename(_M + r"transformer\.layers\.(\d+)\." + _ATTN + r"\." + _PROJ + r"\.(weight|bias)",
+           r"mask_decoder.transformer.layers.\1.\2.\3.\4"),
+    Rename(_M + r"transformer\.layers\.(\d+)\.layer_norm([1-4])\.(weight|bias)",
+           r"mask_decoder.transformer.layers.\1.norm\2.\3"),
+    Rename(_M + r"transformer\.layers\.(\d+)\.mlp\.(lin1|lin2)\.(weight|bias)",
+           r"mask_decoder.transformer.layers.\1.mlp.\2.\3"),
+    Rename(_M + r"transformer\.final_attn_token_to_image\." + _PROJ + r"\.(weight|bias)",
+           r"mask_decoder.transformer.final_attn_token_to_image.\1.\2"),
+    Rename(_M + r"transformer\.layer_norm_final_attn\.(weight|bias)",
+           r"mask_decoder.transformer.norm_final_attn.\1"),
+)
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout(ORIGINAL, tuple(SAM_RULES), anchors=(r"image_encoder\..*", r"mask_decoder\..*")),
+    Layout(TRANSFORMERS, tuple(SAM_RULES), anchors=(r"vision_encoder\..*", r"mask_decoder\..*"),
+           renames=HF_RENAMES),
+)
+
+
+def detect(sd: Mapping[str, np.ndarray], source: str) -> Layout:
+  """The SAM layout of a state dict (segment_anything's `.pth`, or transformers SamModel)."""
+  try:
+    return detect_layout(sd, LAYOUTS, source, "SAM")
+  except CheckpointError:
+    why = _describe_foreign(sd)
+    if why.startswith("expected "):  # nothing more specific to say than detect_layout's nearest layout
+      raise
+    raise CheckpointError(f"{source}: not a Segment Anything checkpoint: {why}") from None
+
+
+def to_original(sd: Mapping[str, np.ndarray], source: str) -> tuple[dict, str]:
+  """A SAM state dict of any layout -> (segment_anything keys, the layout's name)."""
+  layout = detect(sd, source)
+  if layout.renames:
+    sd = translate(sd, layout.renames, f"{source} ({layout.name} layout)")
+  return dict(sd), layout.name
 
 
 def _describe_foreign(sd: Mapping[str, np.ndarray]) -> str:
@@ -176,22 +254,66 @@ def expected_shapes(config) -> dict[str, tuple]:
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
-def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, **overrides):
-  """State dict (numpy) -> (SamConfig, nested float32 numpy variables)."""
+def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, with_layout: bool = False,
+                       check_only: bool = False, **overrides):
+  """State dict (numpy; segment_anything or transformers layout) -> (SamConfig, nested float32 numpy
+  variables), plus the layout's name when `with_layout`. `check_only`: keys and shapes only (variables
+  None)."""
+  sd, layout = to_original(sd, source)
+  source = f"{source} ({layout} layout)"
   config = infer_config(sd, source, **overrides)
-  variables = apply_rules(sd, SAM_RULES, expected_shapes(config), source)
-  return config, variables
+  variables = apply_rules(sd, SAM_RULES, expected_shapes(config), source, check_only=check_only)
+  return (config, variables, layout) if with_layout else (config, variables)
 
 
-def convert_file(src, dst) -> tuple[str, str]:
-  """`python -m zipjax convert sam SRC DST`: official `.pth` -> converted directory."""
+# transformers SamConfig fields whose value zipjax's SAM computes (released SAM v1); others are refused
+_HF_FIXED = {"vision_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True, "use_abs_pos": True,
+                               "use_rel_pos": True},
+             "mask_decoder_config": {"hidden_act": "relu", "attention_downsample_rate": 2},
+             "prompt_encoder_config": {"hidden_act": "gelu"}}
+
+
+def _check_side_config(src: str, layout: str) -> None:
+  """Refuses a transformers SamModel whose config.json (beside the file) zipjax would compute wrongly."""
+  if layout != TRANSFORMERS:
+    return
+  path = os.path.join(os.path.dirname(os.path.abspath(src)), "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except (OSError, ValueError):
+    return
+  if not isinstance(cfg, dict):
+    return
+  for part, fixed in _HF_FIXED.items():
+    sub = cfg.get(part) or {}
+    for key, want in fixed.items():
+      got = sub.get(key, want)
+      if got != want and not (isinstance(want, float) and isinstance(got, (int, float))
+                              and abs(got - want) < 1e-12):
+        raise CheckpointError(f"{src}: its config.json has {part}.{key}={got!r}; zipjax's SAM computes the "
+                              f"released SAM ({key}={want!r}) and would give wrong masks for this model")
+
+
+def load_file(src, **overrides):
+  """Reads (as data) and converts a SAM checkpoint file or model folder of any layout -> (SamConfig,
+  variables, layout name). `overrides`: compute options of SamConfig."""
+  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
+  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
+  src = checkpoint_file(os.fspath(src), FAMILY)
+  sd = read_checkpoint(src).tensors
+  layout = detect(sd, src).name
+  _check_side_config(src, layout)
+  return convert_state_dict(sd, src, with_layout=True, **overrides)
+
+
+def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
+  """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: a SAM checkpoint -> converted checkpoint."""
   from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.torch_io import read_state_dict  # pylint: disable=import-outside-toplevel
-  src = os.fspath(src)
-  sd = read_state_dict(src)
-  config, variables = convert_state_dict(sd, src)
-  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables, source=os.path.basename(src))
+  config, variables, layout = load_file(src)
+  out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables,
+                       source=os.path.basename(os.fspath(src)), fmt=fmt)
   n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
   name = config.size_name() or (f"custom (width {config.encoder_embed_dim}, depth {config.encoder_depth}, "
                                 f"image {config.img_size})")
-  return out, f"SAM {name}, {n / 1e6:.1f}M parameters"
+  return out, f"{layout} layout: SAM {name}, {n / 1e6:.1f}M parameters"

@@ -5,7 +5,8 @@ Pipeline (per process, grain's dataset API):
   `TrainSet` (records: image path, size, annotations; loaded and validated once)
     -> `MapDataset.source(records).shuffle(seed).repeat()` (a new permutation every epoch; endless)
     -> `ExampleAt` (this process's examples of every global batch, see below): decode the image
-       (`zipjax/io/images.py`: EXIF, grayscale, 16-bit...), decode every mask (RLE or polygons, pycocotools),
+       (`zipjax/io/images.py`: EXIF, grayscale, 16-bit...), decode every mask (RLE or polygons, bounded by the
+       image: `zipjax/io/geometry.py`),
        one random geometry applied to the image and to every mask, targets recomputed from the masks
     -> `.batch(G / P)` -> `.to_iter_dataset()` (thread prefetch) -> `.mp_prefetch()` (decoding worker
        processes, `data.workers`).
@@ -56,11 +57,11 @@ import sys
 import grain
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from zipjax.errors import InputError
 from zipjax.io import coco as coco_io
 from zipjax.io import images as images_io
+from zipjax.io.geometry import decode_mask
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -75,15 +76,55 @@ class TrainSet:
     source: the annotation file path.
     digest: a short hash of the records (image ids, file names, labels, segmentations) and of the query names,
       checked when resuming.
+    skipped: `[(path, reason)]` of the images left out by `load_train_set(check=True, skip_bad=True)`.
   """
   records: list
   names: list
   source: str
   digest: str
+  skipped: list = dataclasses.field(default_factory=list)
+
+
+def check_images(records: list, progress: bool = False, threads: int | None = None) -> list:
+  """`[(path, reason)]` of the records (`path`, `height`, `width`) whose image file is missing, not an image
+  or not of the annotated size, from the file headers (`zipjax.io.images.probe_image`), read by a thread pool
+  with a progress bar, in record order."""
+  import concurrent.futures  # pylint: disable=import-outside-toplevel
+
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  def problem(r):
+    try:
+      w, h = images_io.probe_image(r["path"])
+    except InputError as e:
+      return str(e)
+    if (h, w) != (r["height"], r["width"]):
+      return f"the image is {w}x{h}, the annotation file says {r['width']}x{r['height']} (width x height)"
+    return None
+
+  n = threads or min(32, 4 * (os.cpu_count() or 1))
+  out = []
+  with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool, \
+      tqdm(total=len(records), unit="img", desc="checking images", disable=not progress or None,
+           file=sys.stderr) as bar:
+    for r, why in zip(records, pool.map(problem, records)):
+      bar.update(1)
+      if why:
+        out.append((r["path"], why))
+  return out
+
+
+def bad_images_message(source: str, what: str, bad: list, total: int, shown: int = 5) -> str:
+  """One line naming the bad images of a `what` ('training', 'validation') set and how to go on."""
+  listed = "; ".join(f"{p}: {why}" for p, why in bad[:shown])
+  more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+  return (f"{source}: {len(bad)} of {total} {what} image(s) cannot be used ({listed}{more}); fix or remove them, "
+          "or pass --skip-bad-images to leave them out")
 
 
 def load_train_set(ann, images_root: str, *, class_agnostic: bool = False, fraction: float = 1.0,
-                   fraction_seed: int = 0, min_score: float = 0.0, keep_empty: bool = False) -> TrainSet:
+                   fraction_seed: int = 0, min_score: float = 0.0, keep_empty: bool = False, check: bool = False,
+                   skip_bad: bool = False, progress: bool = False) -> TrainSet:
   """Reads and validates a COCO dataset for training (see the module docstring for the rules).
 
   Args:
@@ -94,16 +135,20 @@ def load_train_set(ann, images_root: str, *, class_agnostic: bool = False, fract
     fraction_seed: seed of the subset.
     min_score: drop annotations whose `score` is below this (annotations without a score are kept).
     keep_empty: keep images without annotations (all their predictions are background).
+    check: check every image up front (`check_images`: exists, is an image, has the annotated size), so that
+      a bad file stops the run before step 0, not at the step that meets it.
+    skip_bad: with `check`, leave the bad images out (listed in `TrainSet.skipped`) instead of refusing.
+    progress: a progress bar for the check.
 
   Raises:
     InputError: a malformed dataset (the message names the file and the record), no images left, an image
-      without `file_name`, an annotation without segmentation, a bad fraction.
+      without `file_name`, an annotation without segmentation, a bad fraction, bad image files (`check`,
+      one message listing them).
   """
   if not 0.0 < float(fraction) <= 1.0:
     raise InputError(f"data.fraction must be in (0, 1], got {fraction}")
   data, source = coco_io.load_json(ann, "training annotation")
-  gt = coco_io.load_ground_truth(data)  # validation: ids, categories, segmentations, boxes
-  gt.source = source
+  gt = coco_io.load_ground_truth(data, source)  # validation: ids, categories, segmentations, boxes
   names = ["object"] if class_agnostic else [c["name"] for c in gt.categories]
   label_of = {c["id"]: (0 if class_agnostic else k) for k, c in enumerate(gt.categories)}
   raw = data["annotations"]
@@ -136,6 +181,14 @@ def load_train_set(ann, images_root: str, *, class_agnostic: bool = False, fract
       continue
     records.append({"path": os.path.join(os.fspath(images_root), img["file_name"]), "image_id": i,
                     "height": img["height"], "width": img["width"], "anns": anns_of[i]})
+  skipped = []
+  if check:
+    bad = check_images(records, progress=progress)
+    if bad and not skip_bad:
+      raise InputError(bad_images_message(source, "training", bad, len(records)))
+    skipped = bad
+    gone = {p for p, _ in bad}
+    records = [r for r in records if r["path"] not in gone]
   if not records:
     raise InputError(f"{source}: no training images left (fraction {fraction}, min_score {min_score}, "
                      f"keep_empty {keep_empty})")
@@ -143,7 +196,7 @@ def load_train_set(ann, images_root: str, *, class_agnostic: bool = False, fract
   for r in records:
     name = gt.images[r["image_id"]]["file_name"]  # not the root: the images may move between restarts
     h.update(json.dumps([r["image_id"], name, r["anns"]], sort_keys=True).encode())
-  return TrainSet(records=records, names=names, source=source, digest=h.hexdigest()[:16])
+  return TrainSet(records=records, names=names, source=source, digest=h.hexdigest()[:16], skipped=skipped)
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -257,17 +310,6 @@ def transform_masks(masks: np.ndarray, g: Geometry) -> np.ndarray:
   out = np.zeros((n, g.size, g.size), bool)
   out[:, :g.out_h, :g.out_w] = masks[:, ys][:, :, xs]  # [n, out_h, out_w]
   return out
-
-
-def decode_mask(seg, h: int, w: int) -> np.ndarray:
-  """COCO segmentation (compressed/uncompressed RLE or polygons) -> uint8 [h, w] in {0, 1}."""
-  if isinstance(seg, dict):
-    rle = seg if isinstance(seg["counts"], (str, bytes)) else mask_utils.frPyObjects(seg, h, w)
-    if isinstance(rle["counts"], str):
-      rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-  else:
-    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-  return mask_utils.decode(rle)
 
 
 def box_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -413,6 +455,7 @@ def make_iterator(dataset: grain.MapDataset, workers: int = 0, threads: int = 2,
   return iter(it)
 
 
-__all__ = ["TrainSet", "Geometry", "AugmentParams", "ExampleAt", "load_train_set", "sample_geometry",
+__all__ = ["TrainSet", "Geometry", "AugmentParams", "ExampleAt", "load_train_set", "check_images",
+           "bad_images_message", "sample_geometry",
            "apply_geometry", "source_indices", "transform_masks", "decode_mask", "box_from_mask", "make_targets",
            "augment_params", "make_dataset", "make_iterator"]

@@ -44,7 +44,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from zipjax.errors import InputError
-from zipjax.io.coco import normalize_name, to_compressed_rle
+from zipjax.io.coco import normalize_name
+from zipjax.io.geometry import to_compressed_rle
 
 MODES = ("replace", "union")
 ROUND_KEY = "self_round"  # the round whose merge added a label (absent on the original pseudo-labels)

@@ -9,8 +9,10 @@ machine, the working directory or the process count:
   URLs (`gs://...`, read through etils.epath) both work. `file_name` = key; the common folder (absolute, or
   the URL) is the spec's `images_root`.
 - `CocoList` (`--coco-json FILE --images-root DIR`): the `file_name` of each entry of the json's `images`
-  list; its `id` is kept as the output image id. A listed file that is missing is a per-image error. The
-  spec's `images_root` is DIR (absolute).
+  list (normalised: `./a.png` is `a.png`, listed twice if both appear); its `id` (a positive integer below
+  2^53) is kept as the output image id. A listed file that is missing, or that is outside DIR (an absolute or
+  `../` name, or a symbolic link leading out), is a per-image error. The spec's `images_root` is DIR
+  (absolute).
 - `TfdsList` (`tfds:NAME:SPLIT --data-dir DIR`): `SPLIT/<index, zero-padded>`, read with `tfds.data_source`
   from the prepared ArrayRecord files (never downloaded, no TensorFlow); the image feature's encoded bytes
   are decoded here, so the decoding rules are the same as for files. `image/filename` (when the dataset has
@@ -27,6 +29,7 @@ import bisect
 import dataclasses
 import io
 import os
+import posixpath
 import stat
 
 import numpy as np
@@ -34,6 +37,9 @@ import numpy as np
 from zipjax.errors import InputError
 from zipjax.io import fs
 from zipjax.io import images as images_io
+
+
+MAX_IMAGE_ID = 1 << 53  # COCO image ids: positive integers that every JSON reader holds exactly
 
 
 @dataclasses.dataclass
@@ -156,13 +162,21 @@ class _SortedKeys(WorkList):
     return i if i < len(self._keys) and self._keys[i] == key else None
 
 
-def _walk(folder: str):
-  """Image files under `folder`, recursively (local or bucket) -> [(path, path relative to folder)]."""
+def _excluded(path: str, exclude: tuple) -> bool:
+  """True when `path` is one of the `exclude` folders (real paths, or URLs) or inside one."""
+  p = os.path.realpath(path) if fs.is_local(path) else path.rstrip("/")
+  return any(p == e or p.startswith(e.rstrip("/" if "://" in e else os.sep) + ("/" if "://" in e else os.sep))
+             for e in exclude)
+
+
+def _walk(folder: str, exclude: tuple = ()):
+  """Image files under `folder`, recursively (local or bucket) -> [(path, path relative to folder)], skipping
+  the `exclude` folders (real paths or URLs)."""
   exts = images_io.IMAGE_EXTENSIONS
   out = []
   if fs.is_local(folder):
     for dirpath, dirnames, filenames in os.walk(folder):
-      dirnames.sort()
+      dirnames[:] = sorted(d for d in dirnames if not _excluded(os.path.join(dirpath, d), exclude))
       rel_dir = os.path.relpath(dirpath, folder)
       for n in filenames:
         if n.lower().endswith(exts):
@@ -172,6 +186,8 @@ def _walk(folder: str):
     from etils import epath  # pylint: disable=import-outside-toplevel
     root = epath.Path(folder)
     for dirpath, _, filenames in root.walk():
+      if _excluded(os.fspath(dirpath), exclude):
+        continue
       for n in filenames:
         if n.lower().endswith(exts):
           p = os.fspath(epath.Path(dirpath) / n)
@@ -180,19 +196,24 @@ def _walk(folder: str):
 
 
 class FileList(_SortedKeys):
-  """Image folders (recursive) and image files; keys relative to the inputs' common folder."""
+  """Image folders (recursive) and image files; keys relative to the inputs' common folder. Folders in
+  `exclude` (the run's output folder: `zipjax label DIR --out DIR/out` must not label its own outputs, e.g.
+  a gallery's JPEGs, when it is run again) are not searched, and files inside them are left out."""
   kind = "files"
 
-  def __init__(self, inputs):
+  def __init__(self, inputs, exclude=()):
     inputs = [os.fspath(x) for x in inputs]
     if not inputs:
       raise InputError("no input images given")
+    exclude = tuple(os.path.realpath(e) if fs.is_local(e) else e.rstrip("/") for e in map(os.fspath, exclude))
     found = []  # (path, base folder, relative path under that base)
     for item in inputs:
       local = fs.is_local(item)
+      if exclude and _excluded(item, exclude):
+        continue
       if (os.path.isdir(item) if local else fs.isdir(item)):
         folder = os.path.abspath(item) if local else item.rstrip("/")
-        found += [(p, folder, rel) for p, rel in _walk(folder)]
+        found += [(p, folder, rel) for p, rel in _walk(folder, exclude)]
       else:  # a file (or something missing / odd: reported per image when loaded)
         path = os.path.abspath(item) if local else item
         folder, name = (os.path.dirname(path), os.path.basename(path)) if local else path.rsplit("/", 1)
@@ -262,6 +283,8 @@ class CocoList(_SortedKeys):
       raise InputError(f"--coco-json {coco_json}: no 'images' list")
     entries = {}
     ids = {}
+    given = {}
+    self._outside = {}
     for j, im in enumerate(images):
       where = f"--coco-json {coco_json}: images[{j}]"
       if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or not im["file_name"]:
@@ -269,14 +292,23 @@ class CocoList(_SortedKeys):
       iid = im.get("id")
       if not isinstance(iid, int) or isinstance(iid, bool):
         raise InputError(f"{where}: needs an integer 'id' (got {iid!r})")
-      name = im["file_name"]
+      if not 1 <= iid < MAX_IMAGE_ID:
+        raise InputError(f"{where}: id {iid} is not a positive integer below 2^53 (COCO ids; JSON readers lose "
+                         "precision above)")
+      raw = im["file_name"]
+      name = posixpath.normpath(raw)  # './a.png' and 'a.png' are one file
       if name in entries:
-        raise InputError(f"{where}: file_name {name!r} is listed twice (ids {entries[name]} and {iid})")
+        raise InputError(f"{where}: file_name {raw!r} is listed twice (as {given[name]!r} with id {entries[name]}, "
+                         f"and with id {iid})")
       if iid in ids:
-        raise InputError(f"{where}: id {iid} is used twice ({ids[iid]!r} and {name!r})")
+        raise InputError(f"{where}: id {iid} is used twice ({ids[iid]!r} and {raw!r})")
+      if posixpath.isabs(name) or name == ".." or name.startswith("../") or "\0" in name:
+        self._outside[name] = (f"file_name {raw!r} is outside --images-root (absolute or ../ names are refused: "
+                               "every image is read from inside the folder the user named)")
       entries[name] = iid
       ids[iid] = name
-    del data, images, ids
+      given[name] = raw
+    del data, images, ids, given
     if not entries:
       raise InputError(f"--coco-json {coco_json}: the 'images' list is empty")
     keys = sorted(entries)
@@ -289,8 +321,19 @@ class CocoList(_SortedKeys):
   def load(self, i, limits):
     key = self._keys[i]
     out = Loaded(i, key, key, image_id=self._ids[i])
+    path = fs.join(self.root, key)
+    if key in self._outside:
+      out.reason = self._outside[key]
+      return out
+    if fs.is_local(path):
+      root = os.path.realpath(self.root)
+      real = os.path.realpath(path)
+      if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        out.reason = (f"file_name {key!r} leads outside --images-root (a symbolic link to {real}); refused: every "
+                      "image is read from inside the folder the user named")
+        return out
     try:
-      out.image = load_path(fs.join(self.root, key), limits)
+      out.image = load_path(path, limits)
     except InputError as e:
       out.reason = str(e)
     return out
@@ -318,8 +361,9 @@ class TfdsList(WorkList):
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                       decoders={image_feature: tfds.decode.SkipDecoding()})
     except Exception as e:  # pylint: disable=broad-except
-      raise InputError(f"{spec} in {data_dir}: cannot open the prepared dataset ({type(e).__name__}: {e}); "
-                       "prepare it first (tfds build, file_format=array_record)") from e
+      first = (str(e).strip().splitlines() or [""])[0][:300]  # tfds appends the list of every known dataset
+      raise InputError(f"{spec} in {data_dir}: cannot open the prepared dataset ({type(e).__name__}: {first}); "
+                       "prepare it first (tfds build, file_format=array_record)") from None
     self.image_feature = image_feature
     self.split = split
     self._n = len(self._source)
@@ -370,9 +414,10 @@ class TfdsList(WorkList):
 
 
 def open_inputs(inputs, coco_json: str | None = None, images_root: str | None = None, data_dir: str | None = None,
-                image_feature: str = "image") -> WorkList:
+                image_feature: str = "image", exclude=()) -> WorkList:
   """The work list of `zipjax label`'s inputs: folders / files, `--coco-json` + `--images-root`, or one
-  `tfds:NAME:SPLIT` with `--data-dir`."""
+  `tfds:NAME:SPLIT` with `--data-dir`. Folders in `exclude` (the run's `--out`) are never part of a folder
+  input's work list."""
   inputs = list(inputs or [])
   tfds_specs = [x for x in inputs if str(x).startswith("tfds:")]
   if coco_json or images_root:
@@ -390,7 +435,7 @@ def open_inputs(inputs, coco_json: str | None = None, images_root: str | None = 
   if not inputs:
     raise InputError("no INPUT given (folders, image files, --coco-json FILE --images-root DIR, or "
                      "tfds:NAME:SPLIT --data-dir DIR)")
-  return FileList(inputs)
+  return FileList(inputs, exclude)
 
 
 __all__ = ["Limits", "Loaded", "WorkList", "FileList", "CocoList", "TfdsList", "open_inputs", "parse_tfds",

@@ -20,15 +20,20 @@ Every file is written atomically (`zipjax.io.atomic`; the files of a chunk of im
 Output layout: `index.html`, `static/{gallery.css,gallery.js}`,
 `pages/<image id>.html`, `thumbs/<key>.jpg`, `images/<key>.jpg`.
 
-Image paths: `file_name` as is when absolute; a relative one is looked up under `images_root` when given
-(only there), else under the root recorded by the run (`images_root` / `image_root` / `images_dir` /
-`image_dir` in annotations.json's `info` or in run.json, top level or its `info`; as given and relative to
-the run folder), then the current directory, the run folder and its parent; the first existing file wins.
-`zipjax label` records its inputs' folder (absolute) as run.json's `images_root`; `zipjax segment` and
-`zipjax detect` record the working directory their relative input paths are relative to. A run whose images
-were records, not files (`zipjax label tfds:NAME:SPLIT`; run.json `inputs.kind` 'tfds') has no files to show:
-without `--images-root` its images are not looked up, each page says why, the index warns once, and the
-instances are drawn on blank canvases.
+Image paths: a gallery is made to be shared, so it copies (as thumbnails and display copies) only images
+strictly inside the roots the run recorded or the user gave, and its pages name them relative to that root.
+With `images_root` (`--images-root`), relative `file_name`s are looked up under it and every image must be
+inside it. Otherwise relative names are looked up under the roots the run recorded (`images_root` /
+`image_root` / `images_dir` / `image_dir` in annotations.json's `info` or in run.json, top level or its
+`info`; a relative one is relative to the run folder), or the run folder itself when none is recorded; and
+every image must be inside run.json's `input_roots` (the INPUT arguments of `zipjax segment` / `detect`,
+absolute) when recorded, else inside those roots. "Inside" is decided on real paths (symlinks resolved): an
+absolute `file_name`, a `../` path or a symlink that leads outside is refused, per image: the page and the
+index list it as missing, with the reason. `zipjax label` records its inputs' folder (absolute) as run.json's
+`images_root`; `zipjax segment` and `zipjax detect` record the working directory their relative input paths
+are relative to, and their inputs as `input_roots`. A run whose images were records, not files (`zipjax label
+tfds:NAME:SPLIT`; run.json `inputs.kind` 'tfds') has no files to show: without `--images-root` its images are
+not looked up, each page says why, the index warns once, and the instances are drawn on blank canvases.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ import os
 import re
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +120,8 @@ def read_json_optional(path: str, what: str):
       return json.load(f), None
   except (OSError, ValueError) as e:
     return None, f"{path}: cannot read {what} ({type(e).__name__}: {e})"
+  except RecursionError:
+    return None, f"{path}: cannot read {what} (JSON nested too deeply)"
 
 
 def read_errors(run_dir: str) -> tuple[list, str | None]:
@@ -131,13 +139,42 @@ def read_errors(run_dir: str) -> tuple[list, str | None]:
   return out, (f"errors.json: {bad} entr{'y' if bad == 1 else 'ies'} without a path left out" if bad else None)
 
 
-def image_roots(run_dir: str, info: dict, run_info, images_root: str | None) -> list:
-  """Folders a relative `file_name` is looked up in, in order (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class ImageRoots:
+  """Where a gallery looks for images, and where they may be.
+
+  Attributes:
+    base: folders a relative `file_name` is joined to, in order (the first existing allowed file wins).
+    allowed: real paths (symlinks resolved) of the folders (or files) every image must be, or be inside.
+  """
+  base: tuple
+  allowed: tuple
+
+  def containing(self, real: str) -> str | None:
+    """The allowed root that the real path `real` is (or is inside), or None."""
+    for a in self.allowed:
+      if real == a or real.startswith(a.rstrip(os.sep) + os.sep):
+        return a
+    return None
+
+  def shown(self, path: str) -> str:
+    """`path` as a page shows it: relative to the root it is inside (its real path), else as given."""
+    if not path or not os.path.isabs(path):
+      return path
+    real = os.path.realpath(path)
+    root = self.containing(real)
+    if root is None:
+      return path
+    return os.path.basename(real) if real == root else os.path.relpath(real, root)
+
+
+def image_roots(run_dir: str, info: dict, run_info, images_root: str | None) -> ImageRoots:
+  """The run's `ImageRoots` (see the module docstring)."""
   if images_root:
     if not os.path.isdir(images_root):
       raise InputError(f"--images-root {images_root}: not a folder")
-    return [images_root]
-  roots = []
+    return ImageRoots((images_root,), (os.path.realpath(images_root),))
+  base, allowed = [], []
   sources = [info]
   if isinstance(run_info, dict):
     sources += [run_info, run_info.get("info")]
@@ -146,15 +183,22 @@ def image_roots(run_dir: str, info: dict, run_info, images_root: str | None) -> 
       continue
     for key in _ROOT_KEYS:
       v = src.get(key)
-      if isinstance(v, str) and v:
-        roots += [v] if os.path.isabs(v) else [v, os.path.join(run_dir, v)]
-  roots += [os.getcwd(), run_dir, os.path.dirname(os.path.abspath(run_dir))]
+      if isinstance(v, str) and v and "://" not in v:
+        base.append(v if os.path.isabs(v) else os.path.join(run_dir, v))
+    inputs = src.get("input_roots")
+    if isinstance(inputs, list):
+      allowed += [v for v in inputs if isinstance(v, str) and os.path.isabs(v)]
+  base = _unique(base or [run_dir], os.path.abspath)
+  return ImageRoots(tuple(base), tuple(_unique(allowed or base, os.path.realpath)))
+
+
+def _unique(paths, norm) -> list:
   seen, out = set(), []
-  for r in roots:
-    a = os.path.abspath(r)
+  for p in paths:
+    a = norm(p)
     if a not in seen:
       seen.add(a)
-      out.append(r)
+      out.append(a if norm is os.path.realpath else p)
   return out
 
 
@@ -170,19 +214,27 @@ def records_source(run_info) -> str | None:
           "cannot show them; --images-root DIR shows images stored as files named by file_name")
 
 
-def resolve_image(file_name: str | None, roots: list) -> tuple[str | None, str | None]:
-  """(path, why missing or None)."""
+def resolve_image(file_name: str | None, roots: ImageRoots) -> tuple[str | None, str | None, str]:
+  """(real path to read or None, why it is not shown or None, the name the pages show)."""
   if not file_name:
-    return None, "the annotations give no file_name"
-  if os.path.isabs(file_name):
-    return file_name, None if os.path.isfile(file_name) else f"image missing: {file_name} not found"
-  for r in roots:
-    p = os.path.join(r, file_name)
-    if os.path.isfile(p):
-      return p, None
-  tried = ", ".join(os.path.abspath(r) for r in roots)
-  return (os.path.join(roots[0], file_name) if roots else file_name,
-          f"image missing: {file_name} not found (looked in {tried}; --images-root DIR sets the folder)")
+    return None, "the annotations give no file_name", ""
+  candidates = [file_name] if os.path.isabs(file_name) else [os.path.join(b, file_name) for b in roots.base]
+  outside = False
+  for c in candidates:
+    if not os.path.lexists(c):
+      continue
+    real = os.path.realpath(c)
+    if roots.containing(real) is None:
+      outside = True
+      continue
+    if os.path.isfile(real):
+      return real, None, roots.shown(real)
+  if outside:
+    return None, (f"image refused: {file_name} is outside the images root (a gallery copies only images inside "
+                  "the folder the run recorded or --images-root names; symlinks and ../ paths that lead out are "
+                  "refused)"), file_name
+  return None, (f"image missing: {file_name} not found under the images root (--images-root DIR sets the "
+                "folder)"), file_name
 
 
 def sample_images(images: list, max_images: int | None) -> list:
@@ -271,16 +323,20 @@ class _Builder:
   def prepare(self, pos: int) -> dict:
     """Main thread: reads the image's records (file access is sequential) and resolves its path."""
     im = self.index.images[pos]
-    records, ann_hash = self.index.records(pos)
+    records, ann_hash = ([], "oversize") if im["oversize"] else self.index.records(pos)
     job = {"pos": pos, "image": im, "records": records, "ann_hash": ann_hash, "gt_pos": None, "gt_records": None}
-    if self.no_files:  # the run's images were dataset records: nothing to look up
-      job["path"], job["missing"] = None, self.no_files
+    if im["oversize"]:  # not decoded at the size it claims; no image file is read either
+      job["path"], job["missing"], job["shown"] = None, im["oversize"], im["name"]
+    elif self.no_files:  # the run's images were dataset records: nothing to look up
+      job["path"], job["missing"], job["shown"] = None, self.no_files, im["name"]
     else:
-      job["path"], job["missing"] = resolve_image(im["file_name"], self.roots)
+      job["path"], job["missing"], job["shown"] = resolve_image(im["file_name"], self.roots)
+      job["shown"] = job["shown"] or im["name"]
     if self.gt is not None:
       job["gt_pos"] = self.gt_map[pos]
       if job["gt_pos"] is not None:
-        job["gt_records"], _ = self.gt.records(job["gt_pos"])
+        oversize = im["oversize"] or self.gt.images[job["gt_pos"]]["oversize"]
+        job["gt_records"] = [] if oversize else self.gt.records(job["gt_pos"])[0]
     return job
 
   def process(self, job: dict) -> dict:
@@ -296,7 +352,7 @@ class _Builder:
     try:
       stamp = render.image_stamp(job["path"], missing)
     except OSError as e:
-      missing = f"image unreadable: {job['path']} ({e})"
+      missing = f"image unreadable: {job['shown']} ({str(e).replace(job['path'], job['shown'])})"
       stamp = render.image_stamp(job["path"], missing)
     drawn = sorted({i.category_id for i in insts})
     classes = [(self.names[c], render.hex_colour(self.colours[c])) for c in drawn]
@@ -311,7 +367,7 @@ class _Builder:
       try:
         arr = images_io.load_image(job["path"], min_side=1, max_side=1 << 20, max_aspect=float("inf"))
       except InputError as e:
-        missing = f"image unreadable: {job['path']} ({e})"
+        missing = f"image unreadable: {job['shown']} ({str(e).replace(job['path'], job['shown'])})"
         dkey = dpath = None
         need_display = False
         stamp = render.image_stamp(job["path"], missing)
@@ -363,9 +419,9 @@ class _Builder:
     elif display and render.fit(w, h, self.image_size) != (display["w"], display["h"]):
       notes.insert(0, f"the image file's shape differs from the annotated {w}x{h}; masks are stretched to it")
     meta = [f"{w} &times; {h} px", f"image id {im['id']}", f"{len(insts)} instance(s)"]
-    if job["path"] and not res["missing"]:
-      meta.append(f'<a href="{site.esc(Path(os.path.abspath(job["path"])).as_uri())}">original file</a> '
-                  f'({site.esc(job["path"])})')
+    if job["path"] and not res["missing"]:  # a relative link: the pages show no absolute local path
+      href = urllib.parse.quote(os.path.relpath(job["path"], os.path.join(self.out, "pages")).replace(os.sep, "/"))
+      meta.append(f'<a href="{site.esc(href)}">original file</a> ({site.esc(job["shown"])})')
     match = res.get("match")
     pred_rows, pred_data = [], []
     for j, inst in enumerate(insts):
@@ -406,7 +462,7 @@ class _Builder:
     data = {"width": w, "height": h, "canvas": list(canvas), "pred": pred_data}
     if gt_rows is not None:
       data["gt"] = gt_data
-    ctx = {"title": im["name"], "position": position, "total": total,
+    ctx = {"title": job["shown"], "position": position, "total": total,
            "prev": f"{prev_id}.html" if prev_id is not None else None,
            "next": f"{next_id}.html" if next_id is not None else None,
            "meta": meta, "notes": notes, "width": w, "height": h, "canvas": canvas,
@@ -419,7 +475,7 @@ class _Builder:
     im = res["job"]["image"]
     tw, th = render.fit(im["width"], im["height"], self.thumb_size)
     m = res.get("match")
-    return {"id": im["id"], "name": im["name"], "page": f"pages/{im['id']}.html",
+    return {"id": im["id"], "name": res["job"]["shown"], "page": f"pages/{im['id']}.html",
             "thumb": f"thumbs/{res['thumb']}.jpg", "tw": tw, "th": th, "missing": bool(res["missing"]),
             "inst": [(self.cat_pos[i.category_id], i.score) for i in res["insts"]],
             "match": {"tp": m.tp, "fp": m.fp, "fn": m.fn, "ignored": m.ignored} if m is not None else None}
@@ -456,6 +512,38 @@ def class_stats(index: CocoIndex) -> tuple[list, tuple]:
   return out, (lo, hi)
 
 
+MARKER = ".zipjax-gallery"  # in every gallery folder: the folder is the gallery's to rewrite and prune
+_FOOTER = '<footer class="muted"><p>zipjax gallery '
+
+
+def is_gallery(out: str) -> bool:
+  """True when `out` holds a gallery (its marker, or the index.html of a gallery made before the marker)."""
+  if os.path.isfile(os.path.join(out, MARKER)):
+    return True
+  try:
+    with open(os.path.join(out, "index.html"), encoding="utf-8", errors="replace") as f:
+      return _FOOTER in f.read(1 << 22)
+  except OSError:
+    return False
+
+
+def check_gallery_out(out: str, overwrite: bool = False) -> str:
+  """The gallery's output folder, checked before anything is read: it must be (or become) a writable folder
+  (`zipjax.io.outdir.check_output_dir`: not a file, not below a file, not /proc); an existing non-empty folder
+  that is not a gallery is refused unless `overwrite` (a build rewrites index.html and removes files that look
+  like its own). The folder gets the gallery's marker file. Returns the absolute path."""
+  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
+  out = os.path.abspath(out)
+  if os.path.isdir(out) and not overwrite and os.listdir(out) and not is_gallery(out):
+    raise InputError(f"--out {out}: an existing folder that zipjax gallery did not create (building into it would "
+                     "replace its index.html and remove files that look like gallery files); choose an empty or "
+                     "new folder, or pass --overwrite")
+  check_output_dir(out, "--out")
+  if not os.path.isfile(os.path.join(out, MARKER)):
+    atomic_write_bytes(os.path.join(out, MARKER), b"zipjax gallery\n")
+  return out
+
+
 def _prune(out: str, keep: dict) -> int:
   removed = 0
   for sub, pattern in _PRUNE.items():
@@ -474,7 +562,8 @@ def _prune(out: str, keep: dict) -> int:
 
 def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES, gt=None, images_root=None,
                   class_agnostic: bool = False, thumb_size: int = DEFAULT_THUMB_SIZE,
-                  image_size: int = DEFAULT_IMAGE_SIZE, workers: int | None = None, progress=None) -> GalleryResult:
+                  image_size: int = DEFAULT_IMAGE_SIZE, workers: int | None = None, progress=None,
+                  overwrite: bool = False) -> GalleryResult:
   """Writes the gallery of the zipjax output folder `run_dir` into `out` (default `run_dir/gallery`).
 
   Args:
@@ -488,6 +577,7 @@ def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES
     image_size: longer side of the display copies on the image pages (px).
     workers: rendering threads (default min(4, CPUs)).
     progress: optional callable(done, total) after each chunk.
+    overwrite: write into an existing folder that is not a gallery (see `check_gallery_out`).
 
   Returns:
     A `GalleryResult`.
@@ -500,7 +590,7 @@ def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES
     if not 16 <= v <= 8192:
       raise InputError(f"{name} must be between 16 and 8192 px, got {v}")
   ann_path = find_annotations(run_dir)
-  out = os.path.abspath(os.fspath(out) if out else os.path.join(run_dir, "gallery"))
+  out = check_gallery_out(os.fspath(out) if out else os.path.join(run_dir, "gallery"), overwrite)
   index = CocoIndex(ann_path)
   gt_index = None
   try:
@@ -595,7 +685,8 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
   if no_files:
     warnings.append(no_files[0].upper() + no_files[1:] + ".")
   elif result.missing:
-    warnings.append(f"{result.missing} of the shown images are missing or unreadable; their pages say which")
+    warnings.append(f"{result.missing} of the shown images are missing, unreadable or outside the images root; "
+                    "their pages say which")
   sampling = None
   if len(shown) < len(images):
     sampling = (f"Showing {len(shown)} of {len(images)} images: a deterministic sample (the file names with the "
@@ -603,19 +694,21 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
                 f"{len(images)} images.")
   gt_ctx = None
   if gt_index is not None:
-    gt_ctx = dict(gt_tot, source=os.fspath(gt_index.path),
+    gt_ctx = dict(gt_tot, source=os.path.basename(os.fspath(gt_index.path)),
                   rule=f"Rule: mask IoU >= {match_lib.IOU_THRESHOLD} (box IoU for outputs without masks), "
                        "predictions taken in decreasing score each match the best unmatched ground truth of "
                        + ("any class" if class_agnostic else "the same class name") + "; crowd regions ignored.")
   ctx = {"title": f"zipjax gallery: {os.path.basename(os.path.abspath(run_dir))}",
-         "source": os.path.abspath(run_dir), "summary": summary, "warnings": warnings, "problems": problems,
+         "source": os.path.basename(os.path.abspath(run_dir)), "summary": summary, "warnings": warnings, "problems": problems,
          "sampling": sampling, "classes": classes, "hist_range": hist_range, "gt": gt_ctx, "figures": figures,
-         "errors": errors, "errors_note": errors_problem, "version": VERSION}
+         "errors": [dict(e, path=roots.shown(e["path"])) for e in errors], "errors_note": errors_problem,
+         "version": VERSION}
   write_if_changed(result.index, site.index_html(ctx).encode("utf-8"))
   _prune(out, keep)
   result.seconds = time.perf_counter() - t0
   return result
 
 
-__all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "build_gallery", "find_annotations", "image_roots",
+__all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "ImageRoots", "build_gallery", "check_gallery_out", "is_gallery",
+           "find_annotations", "image_roots",
            "records_source", "resolve_image", "sample_images", "gt_image_mapping", "class_stats"]

@@ -5,8 +5,8 @@ burnt in, and display copies of the images; both image kinds are cached by conte
   converted; malformed masks left out with a problem message naming the record), box and area (taken from the
   record, else computed from the mask).
 - Thumbnails (`render_thumbnail`): the image scaled to `side` px on its longer side, every mask blended in its
-  class colour (alpha 0.45) after nearest-neighbour sampling of the full-resolution mask at the thumbnail's
-  pixel centres (no full-resolution canvas), boxes and 'class score' labels; JPEG.
+  class colour (alpha 0.45) after nearest-neighbour sampling of the mask's runs at the thumbnail's pixel centres
+  (`zipjax.io.geometry.sample_mask`: no full-resolution mask or canvas), boxes and 'class score' labels; JPEG.
 - Display copies (`render_display`): the image as zipjax reads it (EXIF orientation applied, RGB), scaled to at
   most `side` px; JPEG. Pages draw the masks over it in the browser, from the RLE, so it carries no annotation.
 - Cache keys (`thumb_key`, `display_key`): sha1 of the render version, the resolved image path, its size and
@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from zipjax.io.geometry import sample_mask
 
 RENDER_VERSION = 1
 MISSING_GRAY = (96, 96, 96)
@@ -70,7 +72,7 @@ def normalize_instances(records: list, height: int, width: int, where: str) -> t
   """Annotation dicts of one `height` x `width` image -> (`Instance`s, problem messages)."""
   from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
 
-  from zipjax.io.coco import segmentation_problem, to_compressed_rle  # pylint: disable=import-outside-toplevel
+  from zipjax.io.geometry import clip_bbox, segmentation_problem, to_compressed_rle  # pylint: disable=C0415
   out, problems = [], []
   for k, rec in enumerate(records):
     seg, rle = rec.get("segmentation"), None
@@ -87,6 +89,7 @@ def normalize_instances(records: list, height: int, width: int, where: str) -> t
     if bbox is None:
       problems.append(f"{where}: annotation {k} (id {rec.get('id')}): neither a mask nor a box; not drawn")
       continue
+    bbox = clip_bbox(bbox, height, width)  # drawn inside the image, whatever the numbers in the record
     area = rec.get("area")
     if not _finite(area):
       area = float(mask_utils.area(coco_rle)) if coco_rle else float(bbox[2] * bbox[3])
@@ -129,16 +132,6 @@ def fit(width: int, height: int, side: int) -> tuple[int, int]:
   """(w, h) scaled so that the longer side is at most `side` (never enlarged)."""
   s = min(1.0, side / max(width, height))
   return max(1, round(width * s)), max(1, round(height * s))
-
-
-def sample_mask(rle: dict, tw: int, th: int) -> np.ndarray:
-  """bool [th, tw]: the mask read at the centres of a tw x th grid over the image (nearest neighbour)."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
-  h, w = rle["size"]
-  m = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})  # [H, W] uint8
-  yi = np.minimum(((np.arange(th) + 0.5) * h / th).astype(np.int64), h - 1)  # [th]
-  xi = np.minimum(((np.arange(tw) + 0.5) * w / tw).astype(np.int64), w - 1)  # [tw]
-  return m[yi][:, xi].astype(bool)  # [th, tw]
 
 
 def _jpeg(img: Image.Image, quality: int) -> bytes:
@@ -199,4 +192,4 @@ def render_display(image: np.ndarray, side: int, quality: int = 90) -> tuple[byt
 
 
 __all__ = ["RENDER_VERSION", "Instance", "class_colour", "hex_colour", "normalize_instances", "image_stamp",
-           "thumb_key", "display_key", "fit", "sample_mask", "render_thumbnail", "render_display"]
+           "thumb_key", "display_key", "fit", "render_thumbnail", "render_display"]

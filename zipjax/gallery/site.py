@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 
 import numpy as np
 
@@ -20,14 +21,26 @@ HIST_BINS = 20
 PAGE_SIZES = (24, 60, 120, 240)
 
 
+# bidirectional controls (e.g. U+202E RIGHT-TO-LEFT OVERRIDE, which makes 'gnp.exe' read 'exe.png') and other
+# invisible control characters: shown as visible \\uXXXX text, never passed to the browser raw
+_INVISIBLE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def visible(s: str) -> str:
+  """`s` with bidi controls and other invisible control characters written as visible `\\uXXXX`."""
+  return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", s)
+
+
 def esc(s) -> str:
-  return html.escape(str(s), quote=True)
+  return html.escape(visible(str(s)), quote=True)
 
 
 def script_json(obj) -> str:
-  """JSON safe inside a <script> element (no '</script>', no '<!--')."""
-  return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-          .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+  """JSON safe inside a <script> element (no '</script>', no '<!--'); bidi and control characters in strings
+  arrive in the page as visible `\\uXXXX` text."""
+  text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+  text = _INVISIBLE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text)
+  return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def fmt_score(s) -> str:
@@ -46,17 +59,21 @@ def _head(title: str, css: str) -> str:
           f"<title>{esc(title)}</title>\n<link rel=\"stylesheet\" href=\"{css}\">\n</head>\n")
 
 
+SCORE_LIMIT = 1e12  # the score axis spans at most [-1e12, 1e12]; scores beyond count in the end bins
+
+
 def histogram_range(scores: np.ndarray) -> tuple[float, float]:
-  """[lo, hi] of the score axis: [0, 1] unless scores fall outside."""
-  s = scores[np.isfinite(scores)]
+  """[lo, hi] of the score axis: [0, 1] unless scores fall outside (at most +-SCORE_LIMIT)."""
+  s = np.clip(scores[np.isfinite(scores)], -SCORE_LIMIT, SCORE_LIMIT)
   lo = min(0.0, float(s.min())) if s.size else 0.0
   hi = max(1.0, float(s.max())) if s.size else 1.0
   return lo, hi
 
 
 def histogram_counts(scores: np.ndarray, lo: float, hi: float, bins: int = HIST_BINS) -> np.ndarray:
-  """int64 [bins]: numpy.histogram of the finite scores over [lo, hi] (last bin closed)."""
-  s = scores[np.isfinite(scores)]
+  """int64 [bins]: numpy.histogram of the finite scores over [lo, hi] (last bin closed; scores outside the
+  range are counted in the end bins)."""
+  s = np.clip(scores[np.isfinite(scores)], lo, hi)
   return np.histogram(s, bins=bins, range=(lo, hi))[0].astype(np.int64)
 
 

@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 from zipjax.errors import InputError
+from zipjax.io.geometry import image_size_problem
 
 _CHUNK = 1 << 20
 _WS = re.compile(r"[ \t\n\r]*")
@@ -103,6 +104,8 @@ class _Scanner:
         obj, end = _DECODER.raw_decode(self.buf, self.pos)
         if end < len(self.buf) or self.eof:  # a number at the very end of the buffer may continue
           break
+      except RecursionError:
+        raise self.error("a value nested too deeply") from None
       except json.JSONDecodeError as e:
         # more data can only help when the value ran into the end of the buffer
         unterminated = e.msg.startswith("Unterminated")
@@ -126,6 +129,9 @@ class _Scanner:
       return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
       raise InputError(f"{self.path}: not UTF-8 text near byte {start + e.start}") from None
+    except RecursionError:
+      raise InputError(f"{self.path}: not a valid COCO JSON file: a value nested too deeply (at byte {start})") \
+          from None
 
 
 def _number(v) -> bool:
@@ -171,7 +177,9 @@ class CocoIndex:
   Attributes:
     path: the file.
     info: its `info` object ({} when absent).
-    images: `[{"id", "file_name" (None when absent), "name" (for display), "height", "width"}]` in file order.
+    images: `[{"id", "file_name" (None when absent), "name" (for display), "height", "width", "oversize"}]` in
+      file order; `oversize` says why an image claiming more pixels than `zipjax.io.geometry.MAX_SIDE` /
+      `MAX_PIXELS` is not drawn (None for the others): memory follows real images, not numbers in a file.
     categories: `[{"id", "name"}]` in file order (ids referenced by annotations but not listed are added as
       `category <id>`).
     table: the `AnnotationTable`.
@@ -287,7 +295,12 @@ class CocoIndex:
       if not (_int(h) and _int(w) and h > 0 and w > 0):
         raise InputError(f"{self.path}: image {i} (id {im['id']}) needs positive integer 'height' and 'width'")
       name = im.get("file_name") if isinstance(im.get("file_name"), str) and im.get("file_name") else None
-      out.append({"id": im["id"], "file_name": name, "name": name or f"image {im['id']}", "height": h, "width": w})
+      oversize = image_size_problem(h, w)
+      if oversize:
+        oversize = f"image record {i} (id {im['id']}) {oversize}; its instances are not drawn"
+        self.problems.append(f"{self.path}: {oversize}")
+      out.append({"id": im["id"], "file_name": name, "name": name or f"image {im['id']}", "height": h, "width": w,
+                  "oversize": oversize})
     return out
 
   def _categories(self, raw) -> list:
@@ -366,6 +379,8 @@ class CocoIndex:
     for raw in self.raw_records(i):
       try:
         out.append(json.loads(raw.decode("utf-8")))
+      except RecursionError:
+        raise InputError(f"{self.path}: an annotation record nested too deeply") from None
       except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{self.path}: the file changed while the gallery was reading it ({e})") from None
     canon = json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -16,6 +16,8 @@
   `max_aspect`: refused (no silent rescaling, since outputs are in the original pixel frame). PIL's
   decompression-bomb guard is applied on top (images over ~179 M pixels are refused before decoding).
 
+`probe_image(path)` reads only the header: the display size, or the reason the file cannot be an image.
+
 `scan_inputs(inputs)` expands folders (non-recursive, sorted, by extension), keeps files as given, and returns
 the entries it refuses (missing, broken links, directories named like images, FIFOs, duplicates of a file
 already listed) with their reasons, so nothing is dropped silently. `find_images(inputs)` is the older form
@@ -203,6 +205,38 @@ def decode_image(source, min_side: int = 32, max_side: int = 8192, max_aspect: f
   return np.ascontiguousarray(arr)
 
 
+def probe_image(path) -> tuple[int, int]:
+  """(width, height) of the image file `path` in its display orientation (EXIF applied), read from its header
+  only (nothing is decoded: fast enough to check a whole training set up front).
+
+  Raises:
+    InputError: the file cannot be an image (the reasons of `load_image`, from the header).
+  """
+  path = os.fspath(path)
+  problem = file_problem(path)
+  if problem:
+    raise InputError(problem)
+  try:
+    if os.path.getsize(path) == 0:
+      raise InputError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
+  except InputError:
+    raise
+  except UnidentifiedImageError:
+    raise InputError("not an image (PIL cannot identify the file format)") from None
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise InputError(f"image too large to decode safely ({e})") from None
+  except PermissionError:
+    raise InputError("permission denied (the file cannot be read)") from None
+  except (OSError, SyntaxError, ValueError, EOFError) as e:
+    raise InputError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+  return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def _check_size(w: int, h: int, min_side: int, max_side: int, max_aspect: float) -> None:
   short, long = min(w, h), max(w, h)
   if short < min_side:
@@ -246,4 +280,4 @@ def parse_class_names(text: str | None = None, file_lines: list[str] | None = No
 
 
 __all__ = ["IMAGE_EXTENSIONS", "file_problem", "scan_inputs", "find_images", "load_image", "decode_image",
-           "parse_class_names"]
+           "probe_image", "parse_class_names"]

@@ -99,9 +99,10 @@ def check_output_dir(path, flag: str = "--out", create: bool = True) -> str:
   return abspath
 
 
-def check_output_parent(path, flag: str = "DST") -> str:
+def check_output_parent(path, flag: str = "DST", file_ok: bool = False) -> str:
   """Checks that `path` can be created or replaced as a whole (its parent is a writable directory, or can be
-  created below the nearest existing directory) and is not an existing file; returns its absolute path.
+  created below the nearest existing directory) and is not an existing file (unless `file_ok`: the output is
+  a file, which the caller checks); returns its absolute path.
 
   Raises:
     InputError: as `check_output_dir`, for the parent; or `path` is an existing file.
@@ -111,7 +112,7 @@ def check_output_parent(path, flag: str = "DST") -> str:
   if not path:
     raise InputError(f"{flag}: empty path")
   abspath = os.path.abspath(path)
-  if os.path.lexists(abspath) and not os.path.isdir(abspath):
+  if os.path.lexists(abspath) and not os.path.isdir(abspath) and not file_ok:
     raise InputError(f"{where}: is an existing file, not a directory")
   _probe_dir(_check_ancestor(abspath, where), where)
   return abspath

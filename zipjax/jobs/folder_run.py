@@ -26,7 +26,8 @@ reason}`) and a `timings` dict; instances are the engine's `{category (0-based),
 mask bool [H, W]}`, best first. Image ids are input positions + 1 (refused entries get none).
 
 `file_name`s are the paths as given (relative ones are relative to the working directory, which run.json
-records as `images_root` for `zipjax gallery`). Exit status: 0 when at least one image got outputs, 1 when
+records as `images_root` for `zipjax gallery`; run.json's `input_roots`, the INPUT arguments made absolute, are
+where the gallery may read images from). Exit status: 0 when at least one image got outputs, 1 when
 none could (every input missing or bad).
 """
 from __future__ import annotations
@@ -164,6 +165,7 @@ def run_folder(job: FolderJob, inputs) -> int:
       elapsed = time.perf_counter() - t_start
       return {"info": job.info, "config": job.config, "images": len(paths) + len(refused), job.verb: stats.images,
               "skipped": stats.errors, "instances": stats.annotations, "images_root": os.getcwd(),
+              "input_roots": [os.path.abspath(i) for i in inputs if "://" not in str(i)],
               "seconds": {"total": elapsed, "setup": t_ready - t_start, **timings}}
 
     stats = rd.merge(job.info, names, run_info, results=True,

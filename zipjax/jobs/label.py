@@ -69,7 +69,14 @@ def _plain(x):
 def checkpoint_identity(spec: str, family: str) -> dict:
   """What identifies a checkpoint without loading it: the manifest entry (name, file, sha256) of a known name;
   for a file, its name, size and a sha256 of its size + first and last MiB; for a converted directory, a sha256
-  of its file names, sizes and config.json."""
+  of its file names, sizes and config.json; for a Hub name (hf:...), the name and the commit its weights in
+  the Hugging Face cache come from (when cached)."""
+  from zipjax import weights  # pylint: disable=import-outside-toplevel
+  if weights.is_hub_name(str(spec)):
+    try:
+      return {"name": str(spec), "commit": weights.hub_commit(str(spec), family)}
+    except Exception:  # pylint: disable=broad-except
+      return {"name": str(spec)}  # not cached (or not a valid name): loading the model reports it
   path = os.path.expanduser(str(spec))
   if os.path.isfile(path):
     size = os.path.getsize(path)
@@ -91,7 +98,6 @@ def checkpoint_identity(spec: str, family: str) -> dict:
           with open(p, "rb") as f:
             h.update(f.read())
     return {"dir": os.path.basename(os.path.normpath(path)), "sha256": h.hexdigest()}
-  from zipjax import weights  # pylint: disable=import-outside-toplevel
   try:
     entry = weights.lookup(str(spec), family)
   except Exception:  # pylint: disable=broad-except
@@ -100,7 +106,9 @@ def checkpoint_identity(spec: str, family: str) -> dict:
 
 
 def model_identity(config, random_init: bool) -> dict:
-  """Per model: the random-init seed and architecture, or the checkpoint identity."""
+  """Per model: the random-init seed and architecture, or the checkpoint identity; and the compute dtype it
+  runs in here ('auto' resolved for this platform: outputs differ between dtypes)."""
+  from zipjax.models.storage import resolve_dtype  # pylint: disable=import-outside-toplevel
   m = config.models
   out = {}
   for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", "sam"))):
@@ -110,6 +118,7 @@ def model_identity(config, random_init: bool) -> dict:
       out[field] = {"random_init": True, "seed": int(m.seed) + i, "arch": _plain(m[field].arch)}
     else:
       out[field] = checkpoint_identity(m[field].checkpoint, family)
+    out[field]["compute_dtype"] = resolve_dtype(m[field].get("dtype", "float32"))
   return out
 
 
@@ -314,7 +323,7 @@ def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
   lc = config.label
   rd = RunDir(req.out)
   worklist = open_inputs(req.inputs, req.coco_json, req.images_root, req.data_dir,
-                         image_feature=str(lc.tfds_image_feature))
+                         image_feature=str(lc.tfds_image_feature), exclude=(req.out,))
   job = job_identity(req.command, config, req.names, req.random_init, worklist.spec)
   lock = rd.lock(f"zipjax {req.command}")
 

@@ -246,10 +246,31 @@ def round_config(config, settings: Settings, workdir: str, r: int):
   return cfg
 
 
+def run_identity(state: dict) -> str:
+  """sha256 of what a self-training run may not change between restarts: the pseudo-labels' bytes, the images
+  root and the config's fixed keys. Round 0's labels carry it (`info.run_identity`), so that the identity survives
+  the loss of selftrain.json."""
+  ident = {"pseudo_json_sha256": state["pseudo_json_sha256"], "images_root": state["images_root"],
+           "config": {k: state["config"].get(k) for k in FIXED_KEYS}}
+  return hashlib.sha256(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _check_state(workdir: str, state: dict, write: bool = True) -> None:
-  """Refuses a workdir started with other inputs or config; records `state` (when `write`)."""
+  """Refuses a workdir started with other inputs or config; records `state` (when `write`). Without
+  selftrain.json, a workdir whose round 0 exists is checked against the identity its labels carry (refused when
+  they carry none or another one: its rounds are not adopted by other inputs)."""
   path = os.path.join(workdir, STATE_FILE)
   if not os.path.exists(path):
+    labels = os.path.join(round_dir(workdir, 0), LABELS_FILE)
+    if os.path.exists(labels):
+      try:
+        recorded = (_read_json(labels).get("info") or {}).get("run_identity")
+      except (OSError, ValueError, AttributeError):
+        recorded = None
+      if recorded != run_identity(state):
+        why = "other inputs or config" if recorded else "inputs that cannot be checked"
+        raise InputError(f"{workdir} has self-training rounds but no {STATE_FILE} (deleted?), and its round 0 was "
+                         f"made from {why}; rerun with the same inputs and config, or use a new --workdir")
     if write:
       atomic_write_json(path, state)
     return
@@ -264,11 +285,12 @@ def _check_state(workdir: str, state: dict, write: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------------------------- labels
-def _initial_labels(pseudo_json: str, images_root: str) -> dict:
-  """Round 0's labels: the pseudo-labels as given (validated), the images root recorded in `info`."""
+def _initial_labels(pseudo_json: str, images_root: str, identity: str) -> dict:
+  """Round 0's labels: the pseudo-labels as given (validated), the images root and the run's identity
+  (`run_identity`) recorded in `info`."""
   from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
   data, source = coco_io.load_json(pseudo_json, "pseudo-label")
-  coco_io.load_ground_truth(data)  # validation: ids, categories, segmentations
+  coco_io.load_ground_truth(data, source)  # validation: ids, categories, segmentations
   for i, img in enumerate(data["images"]):
     if not isinstance(img.get("file_name"), str):
       raise InputError(f"{source}: image {i} (id {img['id']}): needs a file_name (relative to --images-root)")
@@ -278,7 +300,7 @@ def _initial_labels(pseudo_json: str, images_root: str) -> dict:
                        "trains masks)")
   info = dict(data.get("info") or {})
   info.update(description="zipjax self-train labels, round 0 (the pseudo-labels)", round=0,
-              source=os.path.abspath(pseudo_json), images_root=os.path.abspath(images_root))
+              source=os.path.abspath(pseudo_json), images_root=os.path.abspath(images_root), run_identity=identity)
   return {"info": info, "images": data["images"], "annotations": data["annotations"],
           "categories": data["categories"]}
 
@@ -520,8 +542,9 @@ class SelfTrainResult:
 
 def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json: str | None = None,
                val_json: str | None = None, val_images_root: str | None = None, progress: bool = True,
-               log: Callable = print) -> SelfTrainResult:
-  """Runs (or resumes) the self-training rounds of `workdir`; see the module docstring."""
+               log: Callable = print, skip_bad_images: bool = False) -> SelfTrainResult:
+  """Runs (or resumes) the self-training rounds of `workdir`; see the module docstring. `skip_bad_images`: each
+  round's training leaves out the images that fail the up-front check (`zipjax.train.trainer.train`)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
@@ -553,7 +576,7 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
     if not os.path.exists(labels_path):
       if pindex == 0:
         if r == 0:
-          data = _initial_labels(pseudo_json, images_root)
+          data = _initial_labels(pseudo_json, images_root, run_identity(state))
         else:
           data, stats = _merged_labels(settings, workdir, r, images_root)
           log(f"round {r}: {stats['predicted']} predictions >= {data['info']['threshold']:g}, {stats['added']} new "
@@ -574,7 +597,7 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
       log(f"round {r}: training {settings.steps[r]} steps on {labels_path}")
       _kill_after_checkpoint(os.path.join(rd, "checkpoints"), r)
       res = tr.train(cfg, labels_path, images_root, rd, val_json=val_json, val_images_root=val_images_root,
-                     progress=progress, log=log)
+                     progress=progress, log=log, skip_bad_images=skip_bad_images)
       if res.status == "preempted":
         log("stopped by SIGTERM; rerun the same command to resume")
         return SelfTrainResult("preempted", EXIT_PREEMPTED, rounds, None)

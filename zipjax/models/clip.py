@@ -105,12 +105,7 @@ class CLIP(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    if c.is_vit:
-      self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                      c.vision_heads, c.embed_dim, dtype=dtype)
-    else:
-      self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.vision_heads, c.image_resolution,
-                                   c.vision_width, dtype=dtype)
+    self.visual = image_tower(c, name="visual")
     self.token_embedding = nn.Embed(c.vocab_size, c.transformer_width,
                                     embedding_init=nn.initializers.normal(0.02))
     self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
@@ -155,6 +150,17 @@ class CLIP(nn.Module):
     txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
     logits = jnp.exp(self.logit_scale) * img @ txt.T
     return logits, logits.T
+
+
+def image_tower(config: CLIPConfig, **kw):
+  """The image tower of `CLIP(config)` as a standalone module (its variables: `variables[col]['visual']`);
+  `kw` go to the module (e.g. `name`)."""
+  dtype = jnp.dtype(config.dtype)
+  if config.is_vit:
+    return VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
+                             config.vision_layers, config.vision_heads, config.embed_dim, dtype=dtype, **kw)
+  return ModifiedResNet(config.vision_layers, config.embed_dim, config.vision_heads, config.image_resolution,
+                        config.vision_width, dtype=dtype, **kw)
 
 
 def variable_shapes(config: CLIPConfig) -> dict[str, tuple]:

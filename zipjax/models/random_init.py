@@ -14,11 +14,12 @@ from zipjax.convert.core import unflatten
 
 
 def random_variables(shapes: Mapping[str, tuple], seed: int = 0, std: Mapping[str, float] | None = None,
-                     zeros: tuple[str, ...] = ()) -> dict:
+                     zeros: tuple[str, ...] = (), leaf_filter=None) -> dict:
   """'collection/path' -> shape  ==>  nested float32 numpy variables.
 
   `std` maps leaf names to the standard deviation of their normal draw (overriding the defaults above);
-  leaves named in `zeros` are zero.
+  leaves named in `zeros` are zero. `leaf_filter` (`zipjax.models.storage.LeafFilter`) drops or casts each leaf
+  as it is drawn; every leaf is still drawn in order, so the kept ones have the values they have without it.
   """
   std = dict(std or {})
   rng = np.random.default_rng(seed)
@@ -38,5 +39,9 @@ def random_variables(shapes: Mapping[str, tuple], seed: int = 0, std: Mapping[st
       arr = rng.standard_normal(shape, np.float32) / np.float32(np.sqrt(fan_in))
     else:
       arr = rng.standard_normal(shape, np.float32) * np.float32(0.02)
+    if leaf_filter is not None:
+      arr = leaf_filter(path, arr)
+      if arr is None:
+        continue
     flat[path] = arr
   return unflatten(flat)

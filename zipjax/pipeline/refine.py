@@ -72,19 +72,19 @@ def select(categories: np.ndarray, scores: np.ndarray, masks: list[np.ndarray], 
 
 
 # ------------------------------------------------------------------------------------------------- SAM
-def build_sam(models_sam, random_init: bool, seed: int):
+def build_sam(models_sam, random_init: bool, seed: int, leaf_filter=None):
   """SAM for `config.models.sam`: random weights of `arch` (a size name or a dict of SamConfig fields), or
-  the checkpoint resolved through `zipjax.weights`."""
+  the checkpoint resolved through `zipjax.weights`; `leaf_filter` holds kernels in a compute dtype."""
   from zipjax.sam import SamModel, load_sam  # pylint: disable=import-outside-toplevel
   from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
   arch = models_sam.arch
   if random_init:
     if isinstance(arch, str):
-      return SamModel.random(arch, seed)
+      return SamModel.random(arch, seed, leaf_filter=leaf_filter)
     d = dict(arch.to_dict() if hasattr(arch, "to_dict") else arch)
-    return SamModel.random(SamConfig.from_dict(d), seed)
+    return SamModel.random(SamConfig.from_dict(d), seed, leaf_filter=leaf_filter)
   from zipjax import weights  # pylint: disable=import-outside-toplevel
-  return load_sam(weights.resolve(models_sam.checkpoint, "sam"))
+  return load_sam(weights.resolve(models_sam.checkpoint, "sam"), leaf_filter=leaf_filter)
 
 
 def sam_masks(sam, image: np.ndarray, boxes: np.ndarray, sam_cfg):

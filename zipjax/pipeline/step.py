@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.errors import InputError
-from zipjax.models.clip import CLIPConfig
+from zipjax.models.clip import CLIPConfig, image_tower
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
 from zipjax.models.sam.sam import Sam
@@ -81,6 +81,9 @@ class StepSpec:
     nms_threshold: suppress IoU above this.
     min_score: drop candidates below this.
     max_per_image: top-k.
+    micro_batch: images computed together (vmapped) inside a device batch; the device batch runs as a loop
+      over micro-batches (`lax.map`), so the step's temporaries are those of one micro-batch whatever the
+      batch, and an all-padding micro-batch skips the work (`lax.cond`). 0: the whole device batch at once.
   """
   token_grid: tuple[int, int]
   feature_norm: str
@@ -99,6 +102,7 @@ class StepSpec:
   nms_threshold: float
   min_score: float
   max_per_image: int
+  micro_batch: int = 1
 
   @classmethod
   def from_config(cls, config, token_grid: tuple[int, int], num_classes: int) -> "StepSpec":
@@ -112,7 +116,8 @@ class StepSpec:
         activation_factor=float(config.discover.activation_factor), sam=bool(config.sam.enabled),
         multimask=bool(config.sam.multimask), mask_threshold=float(config.sam.mask_threshold),
         max_boxes=int(config.sam.max_boxes), nms=bool(sc.nms), nms_threshold=float(sc.nms_threshold),
-        min_score=float(sc.min_score), max_per_image=int(sc.max_per_image))
+        min_score=float(sc.min_score), max_per_image=int(sc.max_per_image),
+        micro_batch=int(config.get("micro_batch", 1)))
 
   def num_candidates(self) -> int:
     every = self.max_present * self.discover.max_instances
@@ -151,12 +156,7 @@ def visual_variables(variables: dict, is_vit: bool, stage: int = 4) -> dict:
 
 def vision_module(cfg: CLIPConfig):
   """The image tower of `CLIP(cfg)` as a standalone module (same parameter tree as `variables[..]['visual']`)."""
-  dtype = jnp.dtype(cfg.dtype)
-  if cfg.is_vit:
-    return VisionTransformer(cfg.image_resolution, cfg.vision_patch_size, cfg.vision_width, cfg.vision_layers,
-                             cfg.vision_heads, cfg.embed_dim, dtype=dtype)
-  return ModifiedResNet(cfg.vision_layers, cfg.embed_dim, cfg.vision_heads, cfg.image_resolution,
-                        cfg.vision_width, dtype=dtype)
+  return image_tower(cfg)
 
 
 def _normalise(pixels, table):
@@ -280,7 +280,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
     inside = (r[:, None] < arrays["sam_size"][0]) & (r[None, :] < arrays["sam_size"][1])  # [T, T]
     return (x > spec.mask_threshold) & inside[None]
 
-  def step(params, text, batch):
+  def batch_step(params, text, batch):
     tables = {"clip": text["clip_table"], "sam": text["sam_table"]}
     pix = _normalise(batch["semantic"], tables["clip"])  # [B, S, S, 3]
     tokens = vit.apply(params["semantic"], pix, semantic_cfg.surgery_depth,
@@ -343,6 +343,24 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
                keep_slot=take(cand["slot"]), keep_label=take(cand["label"]), keep_score=take(score),
                keep_box=take(cand["box"]), finite=finite)
     return out
+
+  def step(params, text, batch):
+    b = batch["valid"].shape[0]
+    m = spec.micro_batch or b
+    if m >= b:
+      return batch_step(params, text, batch)
+    if b % m:
+      raise InputError(f"micro_batch {m} does not divide the per-device batch {b}")
+    chunks = jax.tree_util.tree_map(lambda x: x.reshape((b // m, m) + x.shape[1:]), batch)  # [b/m, m, ...]
+    first = jax.tree_util.tree_map(lambda x: x[0], chunks)
+    out_struct = jax.eval_shape(batch_step, params, text, first)
+
+    def one(chunk):  # a micro-batch; all-padding ones are skipped
+      skip = lambda p, t, c: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_struct)  # noqa
+      return jax.lax.cond(jnp.any(chunk["valid"]), batch_step, skip, params, text, chunk)
+
+    out = jax.lax.map(one, chunks)  # [b/m, m, ...]
+    return jax.tree_util.tree_map(lambda x: x.reshape((b,) + x.shape[2:]), out)
 
   return step
 

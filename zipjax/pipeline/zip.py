@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax import preprocess
+from zipjax.convert.clip import NO_HF_RESNET
 from zipjax.errors import InputError
 from zipjax.ops import components
 from zipjax.ops import resize
@@ -39,6 +40,7 @@ from zipjax.pipeline import discover as discover_lib
 from zipjax.pipeline import refine
 from zipjax.pipeline import semantic
 
+BOUNDARY_NOT_RESNET = f"models.boundary must be a CLIP ModifiedResNet, got a ViT; {NO_HF_RESNET}"
 STAGES = ("preprocess", "clip_surgery", "similarity", "boundary", "discover", "sam", "select")
 
 
@@ -81,7 +83,7 @@ class Segmenter:
     if not semantic_clip.config.is_vit:
       raise InputError("models.semantic must be a CLIP ViT (CLIP Surgery)")
     if boundary_clip.config.is_vit:
-      raise InputError("models.boundary must be a CLIP ModifiedResNet")
+      raise InputError(BOUNDARY_NOT_RESNET)
     if config.sam.enabled and sam is None:
       raise InputError("config.sam.enabled is set but no SAM model was given")
     patch = semantic_clip.config.vision_patch_size
@@ -261,20 +263,30 @@ def _clip_arch(spec):
 
 
 def build_models(config, random_init: bool = False):
-  """(semantic CLIP, boundary CLIP, SAM or None) for `config.models` (`zipjax.weights` resolves names)."""
+  """(semantic CLIP, boundary CLIP, SAM or None) for `config.models` (`zipjax.weights` resolves names), held as
+  the engine uses them (`zipjax.models.storage`): the boundary model is its image trunk up to
+  `boundary.stage` only, and the image towers' kernels are held in their compute dtype (`models.*.dtype`,
+  'auto' resolved for this platform); the semantic model's text tower stays float32."""
   from zipjax import weights  # pylint: disable=import-outside-toplevel
   from zipjax.clip import ClipModel, load_clip  # pylint: disable=import-outside-toplevel
+  from zipjax.models import storage  # pylint: disable=import-outside-toplevel
   m = config.models
   seed = int(m.seed)
+  sem_filter = storage.LeafFilter(dtype=storage.resolve_dtype(m.semantic.get("dtype", "float32")),
+                                  cast_prefixes=("params/visual/",), device=True)
+  bnd_filter = storage.trunk_filter(int(config.boundary.stage), storage.resolve_dtype(m.boundary.get("dtype",
+                                                                                                     "float32")),
+                                    device=True)
   if random_init:
-    sem = ClipModel.random(_clip_arch(m.semantic.arch), seed)
-    bnd = ClipModel.random(_clip_arch(m.boundary.arch), seed + 1)
+    sem = ClipModel.random(_clip_arch(m.semantic.arch), seed, leaf_filter=sem_filter)
+    bnd = ClipModel.random(_clip_arch(m.boundary.arch), seed + 1, leaf_filter=bnd_filter)
   else:
-    sem = load_clip(weights.resolve(m.semantic.checkpoint, "clip"))
-    bnd = load_clip(weights.resolve(m.boundary.checkpoint, "clip"))
+    sem = load_clip(weights.resolve(m.semantic.checkpoint, "clip"), leaf_filter=sem_filter)
+    bnd = load_clip(weights.resolve(m.boundary.checkpoint, "clip"), leaf_filter=bnd_filter)
   sam = None
   if config.sam.enabled:
-    sam = refine.build_sam(m.sam, random_init, seed + 2)
+    sam = refine.build_sam(m.sam, random_init, seed + 2,
+                           storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32")), device=True))
   return sem, bnd, sam
 
 

@@ -53,14 +53,14 @@ import os
 import signal
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zipjax.errors import CheckpointError, InputError
+from zipjax.errors import CheckpointError, CorruptCheckpointError, InputError
 from zipjax.io.atomic import atomic_write_json
 from zipjax import parallel
 from zipjax.train.metrics import MetricsWriter
@@ -179,12 +179,13 @@ def load_run_config(workdir: str):
     raise InputError(f"{path}: cannot read ({e})") from e
 
 
-def _check_same_run(workdir: str, config) -> None:
+def _check_same_run(workdir: str, config, write: bool = True) -> None:
+  """Refuses a workdir started with another config (FIXED_KEYS); with `write`, records the config."""
   path = os.path.join(workdir, "config.json")
   new = config_to_dict(config)
   writer = jax.process_index() == 0  # every process checks, process 0 writes
   if not os.path.exists(path):
-    if writer:
+    if write and writer:
       atomic_write_json(path, new)
     return
   old = config_to_dict(load_run_config(workdir))
@@ -192,7 +193,7 @@ def _check_same_run(workdir: str, config) -> None:
   if diff:
     raise InputError(f"{workdir} was started with a different config ({', '.join(diff)} differ); rerun with the "
                      "same config to resume, or use a new --workdir")
-  if old != new and writer:  # eval, checkpoint, logging or mesh settings may change between restarts
+  if old != new and write and writer:  # eval, checkpoint, logging or mesh settings may change between restarts
     atomic_write_json(path, new)
 
 
@@ -357,15 +358,38 @@ class Checkpoints:
     return self.manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
 
   def restore_state(self, step: int, abstract, partial: bool = False):
-    """The state (or, with `partial`, the subtree given by `abstract`) restored into `abstract`'s shardings."""
+    """The state (or, with `partial`, the subtree given by `abstract`) restored into `abstract`'s shardings.
+
+    Raises:
+      CheckpointError: the checkpoint's stored arrays (names and shapes, from its metadata) are not those of
+        `abstract`: another model or optimizer.
+      CorruptCheckpointError: its metadata or its arrays cannot be read (truncated, missing or garbled files).
+    """
     ocp = self._ocp
+    where = f"{self.directory}: checkpoint {step}"
+    try:
+      have = _leaf_shapes(self.manager.item_metadata(step)["state"])
+    except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore raise many kinds)
+      raise CorruptCheckpointError(f"{where} is corrupt: its metadata cannot be read ({_first_line(e)})") from None
+    want = _leaf_shapes(abstract)
+    diffs = [f"{k}: missing" for k in want if k not in have]
+    diffs += [f"{k}: shape {have[k]} (the model has {want[k]})" for k in want if k in have and have[k] != want[k]]
+    if not partial:
+      diffs += [f"{k}: not in the model" for k in have if k not in want]
+    if diffs:
+      raise CheckpointError(f"{where} does not match the model/optimizer of this config ({len(diffs)} difference(s): "
+                            + "; ".join(diffs[:5]) + ")")
     args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
                                   partial_restore=partial)
     try:
       return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(f"{self.directory}: checkpoint {step} does not match the model/optimizer of this "
-                            f"config ({type(e).__name__}: {str(e)[:300]})") from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"{where} is corrupt: the arrays its metadata lists cannot be read "
+                                   f"({_first_line(e)})") from None
+
+  def steps(self) -> list:
+    """The finished checkpoint steps, oldest first."""
+    return sorted(int(s) for s in self.manager.all_steps())
 
   def restore_data(self, step: int, iterator) -> None:
     self.manager.restore(step, args=self._ocp.args.Composite(data=self._grain.PyGrainCheckpointRestore(iterator)))
@@ -375,6 +399,24 @@ class Checkpoints:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_shapes(tree) -> dict:
+  """'a.b.0.c' -> shape of every array leaf (dict keys, sequence indices and attribute names alike)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {".".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _read_checkpoints(workdir: str) -> Checkpoints:
@@ -396,15 +438,25 @@ def latest_checkpoint_step(workdir: str) -> int:
   return int(step)
 
 
-def _restore_latest_params(workdir: str, abstract_params, step: int | None = None) -> tuple:
+def _restore_latest_params(workdir: str, abstract_params, step: int | None = None, fallback: bool = False,
+                           log: Callable = print) -> tuple:
   """(params restored into `abstract_params`' shardings, step) from the checkpoint `step` (default: the latest)
-  of `workdir`."""
+  of `workdir`. With `fallback`, a corrupt checkpoint is skipped for the previous one (saying so)."""
   ck = _read_checkpoints(workdir)
   try:
     step = ck.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"{workdir}: no finished checkpoint")
-    return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
+    earlier = [s for s in ck.steps() if s < int(step)][::-1] if fallback else []
+    while True:
+      try:
+        return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
+      except CorruptCheckpointError as e:
+        if not earlier:
+          raise CorruptCheckpointError(f"{e}; no earlier checkpoint to fall back to" if fallback else str(e)) \
+              from None
+        log(f"warning: {e}; using the previous checkpoint, {earlier[0]}")
+        step = earlier.pop(0)
   finally:
     ck.close()
 
@@ -414,14 +466,15 @@ def restore_params(workdir: str, trainer: Trainer):
   return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
 
 
-def load_params(workdir: str, config, mesh, step: int | None = None) -> tuple:
+def load_params(workdir: str, config, mesh, step: int | None = None, fallback: bool = False,
+                log: Callable = print) -> tuple:
   """(detector parameters replicated over `mesh`, checkpoint step) of a run's checkpoint `step` (default: the
-  latest)."""
+  latest); with `fallback`, the previous checkpoint when that one is corrupt (logged)."""
   task = detector_task(config)
   shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
   rep = parallel.replicated(mesh)
   abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-  return _restore_latest_params(workdir, abstract, step)
+  return _restore_latest_params(workdir, abstract, step, fallback, log)
 
 
 def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
@@ -443,6 +496,46 @@ def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
 
 
 # ----------------------------------------------------------------------------------------------- eval
+@dataclasses.dataclass
+class ValSet:
+  """A validation set whose image files were checked up front.
+
+  Attributes:
+    gt: the validated ground truth (`zipjax.io.coco.GroundTruth`), without the skipped images.
+    paths: image id -> image file, in the ground truth's order.
+    skipped: `[(path, reason)]` of the images left out (`skip_bad`).
+  """
+  gt: Any
+  paths: dict
+  skipped: list
+
+
+def load_val_set(val_json: str, images_root: str, skip_bad: bool = False, progress: bool = False) -> ValSet:
+  """The ground truth of `val_json` and its image files, every one checked (exists, is an image of the annotated
+  size: `zipjax.data.coco_train.check_images`) before training starts; bad ones are refused in one message, or
+  left out (with their annotations) under `skip_bad`."""
+  from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
+  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+  gt = coco_io.load_ground_truth(val_json)
+  records = []
+  for image_id, img in gt.images.items():
+    if "file_name" not in img:
+      raise InputError(f"{val_json}: image {image_id} has no file_name")
+    records.append({"path": os.path.join(images_root, img["file_name"]), "image_id": image_id,
+                    "height": img["height"], "width": img["width"]})
+  bad = coco_train.check_images(records, progress=progress)
+  if bad and not skip_bad:
+    raise InputError(coco_train.bad_images_message(val_json, "validation", bad, len(records)))
+  gone = {p for p, _ in bad}
+  keep = {r["image_id"]: r["path"] for r in records if r["path"] not in gone}
+  if not keep:
+    raise InputError(f"{val_json}: no validation image left")
+  if bad:
+    gt = dataclasses.replace(gt, images={i: im for i, im in gt.images.items() if i in keep},
+                             annotations=[a for a in gt.annotations if a["image_id"] in keep])
+  return ValSet(gt=gt, paths=keep, skipped=bad)
+
+
 class Evaluator:
   """Periodic COCO evaluation of the detector on a validation set (images decoded once).
 
@@ -453,18 +546,14 @@ class Evaluator:
     class_agnostic: the model was trained class-agnostic (class-aware metrics are then skipped).
   """
 
-  def __init__(self, config, val_json: str, images_root: str, predictor, queries_fn: Callable):
-    from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
+  def __init__(self, config, val_set: "ValSet", predictor, queries_fn: Callable):
     from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-    self.gt = coco_io.load_ground_truth(val_json)
+    self.gt = val_set.gt
     self.names = [c["name"] for c in self.gt.categories]
     self.class_agnostic = bool(config.data.class_agnostic)
     self.predictor = predictor
     self.images = []
-    for image_id, img in self.gt.images.items():
-      if "file_name" not in img:
-        raise InputError(f"{val_json}: image {image_id} has no file_name")
-      path = os.path.join(images_root, img["file_name"])
+    for image_id, path in val_set.paths.items():
       try:
         arr = images_io.load_image(path, min_side=1, max_side=1 << 16, max_aspect=1e9)
       except InputError as e:
@@ -575,52 +664,76 @@ def _to_float(metrics) -> dict:
 
 def train(config, train_json: str, images_root: str, workdir: str, val_json: str | None = None,
           val_images_root: str | None = None, task: Task | None = None, progress: bool = True,
-          log: Callable = print) -> RunResult:
-  """Trains (or resumes) the run of `workdir` to `config.total_steps`; see the module docstring."""
+          log: Callable = print, skip_bad_images: bool = False) -> RunResult:
+  """Trains (or resumes) the run of `workdir` to `config.total_steps`; see the module docstring.
+
+  Every training (and validation) image file is checked before step 0 (exists, is an image of the annotated
+  size); bad ones are refused in one message, or left out with a warning under `skip_bad_images`."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   total = int(config.total_steps)
   if total < 1:
     raise InputError(f"config.total_steps must be >= 1, got {total}")
   if bool(config.get("distributed", False)):
     parallel.initialize(auto=True)
-  _check_same_run(workdir, config)
+  # Everything that can refuse the run is checked before anything is written to the workdir (config.json claims
+  # it) and before orbax starts its threads: the config against the workdir's, the data, the images, the model
+  # and text tower, the batch layout.
+  _check_same_run(workdir, config, write=False)
+  t0 = time.perf_counter()
+  d = config.data
+  train_set = coco_train.load_train_set(train_json, images_root, class_agnostic=bool(d.class_agnostic),
+                                        fraction=float(d.fraction), fraction_seed=int(d.fraction_seed),
+                                        min_score=float(d.min_score), keep_empty=bool(d.keep_empty), check=True,
+                                        skip_bad=skip_bad_images, progress=progress)
+  val_set = load_val_set(val_json, val_images_root or images_root, skip_bad_images, progress) if val_json else None
+  for what, skipped in (("training", train_set.skipped), ("validation", val_set.skipped if val_set else [])):
+    if skipped:
+      shown = "; ".join(f"{p}: {why}" for p, why in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+      log(f"warning: --skip-bad-images: {len(skipped)} {what} image(s) left out ({shown})")
+  trainer = Trainer(config, task or detector_task(config))
+  clip = text_encoder(config)
+  pcount, pindex = jax.process_count(), jax.process_index()
+  meta = {"dataset": train_set.digest, "num_images": len(train_set.records), "names": train_set.names,
+          "batch_size": int(config.batch_size), "data_seed": int(d.seed)}
+  dataset = coco_train.make_dataset(train_set, coco_train.augment_params(config, train=True), int(config.batch_size),
+                                    int(d.seed), pindex, pcount)
+  os.makedirs(workdir, exist_ok=True)
   ck = Checkpoints(os.path.join(workdir, "checkpoints"), every=int(config.checkpoint.every),
                    keep=int(config.checkpoint.keep), asynchronous=bool(config.checkpoint.asynchronous))
   try:
     latest = ck.latest_step()
+    if latest is not None:  # the data is part of the run's identity, finished or not
+      _check_same_data(workdir, ck.restore_meta(int(latest)), meta)
     if latest is not None and latest >= total:
       log(f"{workdir}: already trained to step {latest} (total_steps {total}); nothing to do")
       return RunResult("already_done", int(latest), int(latest), 0, {})
-    return _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck,
-                  latest, coco_train, tqdm)
+    _check_same_run(workdir, config)  # everything checked: config.json claims the workdir
+    return _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm, t0, train_set, trainer,
+                  clip, meta, dataset)
   finally:
     ck.wait()
     ck.close()
 
 
-def _train(config, train_json, images_root, workdir, val_json, val_images_root, task, progress, log, ck, latest,
-           coco_train, tqdm):
-  t0 = time.perf_counter()
+def _check_same_data(workdir: str, old: dict, meta: dict) -> None:
+  for k in ("dataset", "batch_size", "data_seed"):
+    if old.get(k) != meta[k]:
+      raise InputError(f"{workdir}: the checkpoint was made with another {k} ({old.get(k)!r}, now {meta[k]!r}); "
+                       "resume with the same training data and config, or use a new --workdir")
+
+
+def _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm, t0, train_set, trainer, clip,
+           meta, dataset):
   total = int(config.total_steps)
   d = config.data
-  train_set = coco_train.load_train_set(train_json, images_root, class_agnostic=bool(d.class_agnostic),
-                                        fraction=float(d.fraction), fraction_seed=int(d.fraction_seed),
-                                        min_score=float(d.min_score), keep_empty=bool(d.keep_empty))
-  trainer = Trainer(config, task or detector_task(config))
-  clip = text_encoder(config)
   queries_fn = lambda names: class_queries(config, clip, names)  # noqa: E731
   queries = queries_fn(train_set.names)  # [Q, D]
   pcount, pindex = jax.process_count(), jax.process_index()
   global_bs = int(config.batch_size)
   local_bs = global_bs // pcount
-  meta = {"dataset": train_set.digest, "num_images": len(train_set.records), "names": train_set.names,
-          "batch_size": global_bs, "data_seed": int(d.seed)}
-  dataset = coco_train.make_dataset(train_set, coco_train.augment_params(config, train=True), global_bs,
-                                    int(d.seed), pindex, pcount)
 
   if latest is None:
     start = 0
@@ -628,11 +741,6 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
     iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
   else:
     start = int(latest)
-    old = ck.restore_meta(start)
-    for k in ("dataset", "batch_size", "data_seed"):
-      if old.get(k) != meta[k]:
-        raise InputError(f"{workdir}: the checkpoint was made with another {k} ({old.get(k)!r}, now {meta[k]!r}); "
-                         "resume with the same training data and config, or use a new --workdir")
     state = ck.restore_state(start, trainer.abstract_state())
     iterator = coco_train.make_iterator(dataset, int(d.workers), int(d.threads))
     try:
@@ -646,12 +754,12 @@ def _train(config, train_json, images_root, workdir, val_json, val_images_root, 
     raise CheckpointError(f"{workdir}: checkpoint {start} holds step {int(state['step'])}")
 
   evaluator = None
-  if val_json:
+  if val_set is not None:
     from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
     predictor = DetectorPredictor(detector_config(config), trainer.mesh, int(config.eval.batch_size),
                                   score_threshold=float(config.eval.score_threshold),
                                   compiler_options=trainer.compiler_options)
-    evaluator = Evaluator(config, val_json, val_images_root or images_root, predictor, queries_fn)
+    evaluator = Evaluator(config, val_set, predictor, queries_fn)
 
   writer = MetricsWriter(workdir, resume_step=start, enabled=pindex == 0)
   q_local = np.ascontiguousarray(np.broadcast_to(queries[None], (local_bs,) + queries.shape))
