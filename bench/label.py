@@ -110,7 +110,7 @@ def worker_label(images: str, batch: int, passes: int) -> dict:
 
 def worker_segment(images: str, batch: int, passes: int) -> dict:
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from zipjax.io.results import ResultWriter  # pylint: disable=import-outside-toplevel
+  from bench.writer import ResultWriter  # pylint: disable=import-outside-toplevel  (the old writer)
   from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
   counter = CompileCounter()
   config = _config(batch)

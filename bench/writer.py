@@ -23,6 +23,57 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path = [p for p in sys.path if os.path.abspath(p) != os.path.dirname(os.path.abspath(__file__))]
 
+from zipjax.io.atomic import atomic_write_json  # noqa: E402  (after the path is set)
+from zipjax.io.geometry import encode_rle, rle_area  # noqa: E402
+from zipjax.io.paths import json_path  # noqa: E402
+
+
+class ResultWriter:
+  """The old writer (removed from zipjax): collects per-image instances and rewrites the whole output files on
+  every flush.
+
+  Attributes:
+    out_dir: the output folder.
+    names: class names (category ids are 1 + their index).
+    info: the `info` block of annotations.json.
+  """
+
+  def __init__(self, out_dir: str, names: list[str], info: dict):
+    self.out_dir = out_dir
+    self.names = list(names)
+    self.info = dict(info)
+    self.images: list[dict] = []
+    self.annotations: list[dict] = []
+    self.results: list[dict] = []
+    self.errors: list[dict] = []
+    os.makedirs(out_dir, exist_ok=True)
+
+  def add_image(self, image_id: int, path: str, image: np.ndarray, instances: list[dict]) -> None:
+    h, w = image.shape[:2]
+    text, escaped = json_path(path)
+    self.images.append({"id": image_id, "file_name": text, "height": int(h), "width": int(w),
+                        **({"file_name_escaped": True} if escaped else {})})
+    for inst in instances:
+      rle = encode_rle(inst["mask"])
+      x0, y0, x1, y1 = inst["box"]
+      bbox = [float(x0), float(y0), float(max(x1 - x0, 0.0)), float(max(y1 - y0, 0.0))]
+      cat = inst["category"] + 1
+      score = round(float(inst["score"]), 6)
+      self.results.append({"image_id": image_id, "category_id": cat, "category_name": self.names[cat - 1],
+                           "segmentation": rle, "bbox": bbox, "score": score})
+      self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": cat,
+                               "segmentation": rle, "bbox": bbox, "area": rle_area(rle),
+                               "iscrowd": 0, "score": score})
+
+  def flush(self) -> None:
+    """Writes results.json, annotations.json and errors.json (each atomically)."""
+    cats = [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(self.names)]
+    atomic_write_json(os.path.join(self.out_dir, "results.json"), self.results, indent=None)
+    atomic_write_json(os.path.join(self.out_dir, "annotations.json"),
+                      {"info": self.info, "images": self.images, "annotations": self.annotations,
+                       "categories": cats}, indent=None)
+    atomic_write_json(os.path.join(self.out_dir, "errors.json"), self.errors)
+
 
 def synthetic(n: int, masks: int, seed: int = 0):
   """n ((H, W), instances) with `masks` bool-mask instances each (textured rectangles, 320x240); both writers
@@ -45,7 +96,6 @@ def synthetic(n: int, masks: int, seed: int = 0):
 
 
 def run(n_images: int, batch: int, masks: int) -> None:
-  from zipjax.io.results import ResultWriter  # pylint: disable=import-outside-toplevel
   from zipjax.io.shards import RunDir, image_record  # pylint: disable=import-outside-toplevel
   data = synthetic(n_images, masks)
   names = ["a", "b", "c"]

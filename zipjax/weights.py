@@ -32,13 +32,10 @@ import tempfile
 import urllib.request
 
 from zipjax.errors import CheckpointError
+from zipjax.io.fs import cache_dir
 
 # zipjax/assets/manifest.json links to checkpoints/manifest.json; a built wheel carries a copy of it.
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "manifest.json")
-
-
-def cache_dir() -> str:
-  return os.environ.get("ZIPJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zipjax")
 
 
 def manifest(path: str | None = None) -> list[dict]:

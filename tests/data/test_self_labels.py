@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 
 from zipjax.data.self_labels import calibrate, mask_iou, merge_labels
 from zipjax.errors import InputError
-from zipjax.io.results import encode_rle
+from zipjax.io.geometry import encode_rle
 
 
 def _decode(seg, h, w):

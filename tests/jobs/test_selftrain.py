@@ -168,18 +168,18 @@ def test_kill_at_three_points_and_rerun_equals_uninterrupted(data, reference, tm
   args = _self_train_args(data, w)
   cache = data / "cache"
 
-  r = _zipjax(args, cache, **{selftrain.KILL_ENV: "train:1"})
+  r = _zipjax(args, cache, **{selftrain.KILL_ENV: "selftrain.train.1"})
   assert r.returncode == -9, r.stderr[-3000:]
   assert any(n.isdigit() for n in os.listdir(w / "round_1" / "checkpoints"))
   assert not (w / "round_1" / "train_done.json").exists()
 
-  r = _zipjax(args, cache, **{selftrain.KILL_ENV: "predict:1"})
+  r = _zipjax(args, cache, **{selftrain.KILL_ENV: "selftrain.predict.1"})
   assert r.returncode == -9, r.stderr[-3000:]
   assert "resumed" in r.stderr
   assert (w / "round_1" / "train_done.json").exists()
   assert os.listdir(w / "round_1" / "predictions") == ["part_000000.json"]
 
-  r = _zipjax(args, cache, **{selftrain.KILL_ENV: "merge:2"})
+  r = _zipjax(args, cache, **{selftrain.KILL_ENV: "selftrain.merge.2"})
   assert r.returncode == -9, r.stderr[-3000:]
   assert (w / "round_1" / "predictions" / "annotations.json").exists()
   assert not (w / "round_2" / "annotations.json").exists()

@@ -133,7 +133,7 @@ def enable_compilation_cache() -> str | None:
   models and image sizes skips compilation (most of a cold start on CPU)."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from zipjax.weights import cache_dir  # pylint: disable=import-outside-toplevel
+  from zipjax.io.fs import cache_dir  # pylint: disable=import-outside-toplevel
   if os.environ.get("ZIPJAX_XLA_CACHE", "1") == "0":
     return None
   path = os.path.join(cache_dir(), "xla")

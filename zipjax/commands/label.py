@@ -70,7 +70,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-  from zipjax.jobs import comm as comm_lib  # pylint: disable=import-outside-toplevel
+  from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.jobs import label as label_job  # pylint: disable=import-outside-toplevel
   if args.inputs[:1] == ["merge"] and args.out is None:
     if len(args.inputs) != 2:
@@ -85,7 +85,7 @@ def run(args) -> int:
     # load); it is created only once the inputs are open, so a bad input leaves no empty folder behind
     from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
     check_output_dir(args.out, "--out", create=False)
-  comm_lib.initialize(args.coordinator, args.num_processes, args.process_id)
+  parallel.initialize(args.coordinator, args.num_processes, args.process_id)
   from zipjax.commands.common import enable_compilation_cache  # pylint: disable=import-outside-toplevel
   enable_compilation_cache()
   req = label_job.LabelRequest(out=args.out, inputs=list(args.inputs), names=names, config=config,

@@ -40,9 +40,9 @@ import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 from zipjax.errors import InputError
+from zipjax.io.geometry import encode_rle, rle_area, rle_bbox
 from zipjax.io.atomic import atomic_write_bytes, atomic_write_json
 
 CATEGORIES = ("circle", "rectangle", "triangle", "ellipse", "star")
@@ -221,12 +221,11 @@ def annotate(seed: int, index: int, objects, config: SyntheticConfig = Synthetic
     m = _shift(mask, dy, dx) if (dx or dy) else mask
     if not m.any():
       continue
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    rle = encode_rle(m)
     rec = {"category_id": cat + 1,
-           "segmentation": {"size": [int(rle["size"][0]), int(rle["size"][1])],
-                            "counts": rle["counts"].decode("ascii")},
-           "area": float(mask_utils.area(rle)),
-           "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+           "segmentation": rle,
+           "area": rle_area(rle),
+           "bbox": rle_bbox(rle),
            "iscrowd": 0}
     if config.score:
       offset = (abs(dx) / max(bw, 1) + abs(dy) / max(bh, 1)) / 2

@@ -19,6 +19,12 @@ from zipjax.io.atomic import _fsync_dir, atomic_write_bytes
 TMP_MARK = ".tmp-"  # temporary files are named `.<name>.tmp-<random>` (zipjax/io/atomic.py does the same)
 
 
+def cache_dir() -> str:
+  """zipjax's cache root (weights, converted checkpoints, text features, XLA executables): `$ZIPJAX_CACHE` or
+  ~/.cache/zipjax."""
+  return os.environ.get("ZIPJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zipjax")
+
+
 def is_local(path) -> bool:
   """False for URLs such as `gs://b/x`; True for plain paths."""
   return "://" not in os.fspath(path)
@@ -175,5 +181,5 @@ def clean_tmp(directory) -> list[str]:
   return gone
 
 
-__all__ = ["is_local", "join", "basename", "exists", "isdir", "isfile", "makedirs", "listdir", "remove", "rmtree",
+__all__ = ["cache_dir", "is_local", "join", "basename", "exists", "isdir", "isfile", "makedirs", "listdir", "remove", "rmtree",
            "move", "read_bytes", "open_read", "write_bytes", "atomic_stream", "is_tmp_name", "clean_tmp"]

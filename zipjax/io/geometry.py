@@ -13,7 +13,8 @@ pixels, and crashes on coordinates past 2^31 / 5):
   clip border, outside the image); a polygon with nothing left is dropped, and a segmentation with no polygon
   left is an empty mask. Coordinates beyond +-1e12 are refused, as are non-finite ones.
 - Boxes `[x, y, w, h]` are clipped to the image `[0, W] x [0, H]` (`clip_bbox`).
-- `to_compressed_rle`, `decode_mask` (dense uint8) and `sample_mask` (a grid of the mask read from its runs, no
+- `encode_rle` (a bool mask, or an RLE of either kind, -> compressed RLE with str counts: what every writer
+  stores), `to_compressed_rle`, `decode_mask` (dense uint8) and `sample_mask` (a grid of the mask read from its runs, no
   full-resolution array) rasterise only bounded geometry.
 - `image_size_problem(h, w)`: an image record claiming more than `MAX_SIDE` px per side or `MAX_PIXELS` pixels is
   refused by the readers that decode masks at the claimed size (the gallery).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 _MAX_RLE_DIGITS = 7  # 35 bits: COCO RLE counts are 32-bit unsigned
 MAX_COORDINATE = 1e12  # polygon coordinates beyond this (in pixels) are refused
@@ -125,10 +127,24 @@ def segmentation_problem(seg, height: int, width: int) -> str | None:
   return f"segmentation must be an RLE dict or a polygon list, got {type(seg).__name__}"
 
 
+def encode_rle(mask) -> dict:
+  """bool [H, W] mask (C- or Fortran-ordered; the latter is not copied), or an RLE dict (counts bytes, str or an
+  uncompressed list) -> COCO compressed RLE {'size': [H, W], 'counts': str}."""
+  if isinstance(mask, dict):
+    h, w = (int(v) for v in mask["size"])
+    counts = mask["counts"]
+    if isinstance(counts, list):  # uncompressed RLE
+      counts = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"]
+    return {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts)}
+  m = np.asarray(mask)
+  m = m.view(np.uint8) if m.dtype == bool else m.astype(np.uint8)
+  rle = mask_utils.encode(np.asfortranarray(m))
+  return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
 def to_compressed_rle(seg, height: int, width: int) -> dict:
   """A validated segmentation (RLE of either kind, polygons) as a compressed RLE with str counts. Polygons are
   bounded by the image first (`bounded_segmentation`), so the work follows the image, not the coordinates."""
-  from pycocotools import mask as mask_utils
 
   seg = bounded_segmentation(seg, height, width)
   if isinstance(seg, dict) and isinstance(seg["counts"], (str, bytes)):
@@ -143,7 +159,6 @@ def to_compressed_rle(seg, height: int, width: int) -> dict:
 
 def decode_mask(seg, height: int, width: int) -> np.ndarray:
   """A validated segmentation -> uint8 [height, width] in {0, 1} (polygons bounded by the image first)."""
-  from pycocotools import mask as mask_utils
   rle = to_compressed_rle(seg, height, width)
   return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
 
@@ -170,12 +185,10 @@ def image_size_problem(height: int, width: int, max_side: int = MAX_SIDE,
 
 
 def rle_area(rle: dict) -> float:
-  from pycocotools import mask as mask_utils
   return float(mask_utils.area(rle))
 
 
 def rle_bbox(rle: dict) -> list:
-  from pycocotools import mask as mask_utils
   return [float(v) for v in mask_utils.toBbox(rle)]
 
 
@@ -233,7 +246,6 @@ def bounded_segmentation(seg, height: int, width: int):
   seg = clip_polygons(seg, height, width)
   if seg:
     return seg
-  from pycocotools import mask as mask_utils
   empty = mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)  # one run
   return {"size": [height, width], "counts": empty["counts"].decode("ascii")}
 

@@ -42,9 +42,7 @@ old outputs untouched (the staging directory is discarded by the next run); a ki
 by the next run (`RunDir.recover`). At every moment the output files present all describe one set of images:
 old files are all deleted before the first new one appears, and `annotations.json` only ever appears complete.
 
-Fault injection for the kill tests: `ZIPJAX_FAULT=<point>@<n>` SIGKILLs the process the n-th time `fault(point)`
-is reached (points: `label.step`, `shard.written`, `merge.record`, `commit.file`, `segment.batch`,
-`detect.batch`).
+Kill points for the tests: `zipjax.io.faults` (`shard.written`, `merge.record`, `commit.file`).
 """
 from __future__ import annotations
 
@@ -54,14 +52,13 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
 
-import numpy as np
-
 from zipjax.io import fs
+from zipjax.io.faults import fault
+from zipjax.io.geometry import encode_rle, rle_area
 from zipjax.io.paths import display, json_path
 
 SHARD_FORMAT = "zipjax-shard-1"
@@ -70,22 +67,6 @@ FAN_IN = 128  # shard files open at once in a merge
 SCORE_DECIMALS = 6
 BOX_DECIMALS = 3
 COMMIT_MARKER = "COMMIT"
-
-_FAULT_COUNTS: dict[str, int] = {}
-
-
-def fault(point: str) -> None:
-  """SIGKILLs this process when `ZIPJAX_FAULT` names `point` (`point@n`: the n-th time; default 1)."""
-  spec = os.environ.get("ZIPJAX_FAULT")
-  if not spec:
-    return
-  name, _, nth = spec.partition("@")
-  if name != point:
-    return
-  _FAULT_COUNTS[point] = _FAULT_COUNTS.get(point, 0) + 1
-  if _FAULT_COUNTS[point] == int(nth or 1):
-    os.kill(os.getpid(), signal.SIGKILL)
-
 
 def _dumps(obj) -> str:
   return json.dumps(obj, ensure_ascii=True, allow_nan=False)
@@ -99,27 +80,11 @@ def _num(v, decimals: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- records
-def encode_mask(mask) -> dict:
-  """bool [H, W] mask, or an RLE dict (counts bytes or str) -> compressed RLE {'size': [H, W], 'counts': str}."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
-  if isinstance(mask, dict):
-    counts = mask["counts"]
-    if isinstance(counts, list):  # uncompressed RLE
-      h, w = mask["size"]
-      rle = mask_utils.frPyObjects({"size": [int(h), int(w)], "counts": counts}, int(h), int(w))
-      counts = rle["counts"]
-    counts = counts.decode("ascii") if isinstance(counts, bytes) else str(counts)
-    return {"size": [int(mask["size"][0]), int(mask["size"][1])], "counts": counts}
-  rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-  return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
 def instance_annotation(inst: dict) -> dict:
   """An engine instance {category (0-based), score, box [x0, y0, x1, y1], mask} -> the canonical annotation body
   {category_id (1-based), segmentation (RLE), area, bbox [x, y, w, h], iscrowd, score}."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
-  rle = encode_mask(inst["mask"])
-  area = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+  rle = encode_rle(inst["mask"])
+  area = rle_area(rle)
   x0, y0, x1, y1 = (_num(v, BOX_DECIMALS) for v in inst["box"])
   bbox = [x0, y0, _num(max(x1 - x0, 0.0), BOX_DECIMALS), _num(max(y1 - y0, 0.0), BOX_DECIMALS)]
   return {"category_id": int(inst["category"]) + 1, "segmentation": rle, "area": area, "bbox": bbox,
@@ -519,5 +484,5 @@ class RunDir:
     fs.rmtree(self.overlay_stage)
 
 
-__all__ = ["SHARD_FORMAT", "STATE", "FAN_IN", "fault", "encode_mask", "instance_annotation", "image_record",
+__all__ = ["SHARD_FORMAT", "STATE", "FAN_IN", "fault", "instance_annotation", "image_record",
            "error_record", "new_nonce", "ShardWriter", "MergeStats", "RunDir"]

@@ -25,6 +25,8 @@ from importlib import resources
 
 import numpy as np
 
+from zipjax.io.fs import cache_dir
+
 MAGIC = b"ZJTXTv1\n"
 _HEAD = struct.Struct("<III")  # name length, dim, crc32
 
@@ -33,11 +35,6 @@ def prompt_templates() -> list[str]:
   """The 85 prompt templates (80 CLIP ImageNet + 5 scene) shipped in zipjax/assets/prompt_templates.json."""
   text = resources.files("zipjax").joinpath("assets/prompt_templates.json").read_text(encoding="utf-8")
   return list(json.loads(text)["templates"])
-
-
-def cache_dir() -> str:
-  """`$ZIPJAX_CACHE` or ~/.cache/zipjax."""
-  return os.environ.get("ZIPJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zipjax")
 
 
 def model_key(name: str, config: dict) -> str:
@@ -138,4 +135,4 @@ class TextFeatureCache:
       os.close(fd)  # releases the lock
 
 
-__all__ = ["prompt_templates", "cache_dir", "model_key", "encode_record", "parse_records", "TextFeatureCache"]
+__all__ = ["prompt_templates", "model_key", "encode_record", "parse_records", "TextFeatureCache"]

@@ -2,30 +2,13 @@
 
 `Comm()` wraps `jax.experimental.multihost_utils`: `allgather` (small host arrays; every process gets the
 `[processes, ...]` stack), `barrier`, and `agree` (process 0 runs a check and every process raises if it
-failed). With one process everything is local and free. `initialize(coordinator, num_processes, process_id)`
-starts `jax.distributed` when a multi-process run is asked for (`zipjax.parallel.initialize`) and is a no-op
-otherwise.
+failed). With one process everything is local and free. `zipjax.parallel.initialize` starts the runtime.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from zipjax.errors import InputError
-
-
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
-  """Starts jax.distributed for a multi-process run (`zipjax.parallel.initialize`: the flags, else
-  ZIPJAX_COORDINATOR / ZIPJAX_NUM_PROCESSES / ZIPJAX_PROCESS_ID, else automatic on a multi-worker TPU VM; gloo
-  collectives on CPU); a plain single-host run is left alone. Returns whether a distributed runtime is up."""
-  from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  try:
-    return parallel.initialize(coordinator=coordinator, num_processes=num_processes, process_id=process_id)
-  except InputError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise InputError(f"cannot start jax.distributed (coordinator {coordinator}, {num_processes} processes, "
-                     f"process id {process_id}): {type(e).__name__}: {e}") from e
 
 
 class Comm:
@@ -77,4 +60,4 @@ class Comm:
     return result
 
 
-__all__ = ["Comm", "initialize"]
+__all__ = ["Comm"]

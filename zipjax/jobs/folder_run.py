@@ -40,6 +40,7 @@ import time
 from typing import Any, Callable
 
 from zipjax.errors import InputError
+from zipjax.io.faults import fault
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ def run_folder(job: FolderJob, inputs) -> int:
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
   from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
   from zipjax.io.results import draw_overlay  # pylint: disable=import-outside-toplevel
-  from zipjax.io.shards import RunDir, error_record, fault, image_record  # pylint: disable=import-outside-toplevel
+  from zipjax.io.shards import RunDir, error_record, image_record  # pylint: disable=import-outside-toplevel
 
   t_start = time.perf_counter()
   names = list(job.names)

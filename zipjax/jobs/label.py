@@ -42,8 +42,9 @@ import numpy as np
 
 from zipjax.errors import InputError
 from zipjax.io import fs
+from zipjax.io.faults import fault
 from zipjax.io.results import RANDOM_NOTE
-from zipjax.io.shards import RunDir, error_record, fault, image_record, new_nonce
+from zipjax.io.shards import RunDir, error_record, image_record, new_nonce
 
 # config groups that change how fast a run goes, never what it outputs (excluded from the run identity)
 RUNTIME_FIELDS = ("batch_size", "label", "output", "mesh", "sharding_rules")

@@ -46,9 +46,9 @@ writes the same labels (byte for byte) and the same metrics as an uninterrupted 
 records the inputs (the pseudo-labels' SHA-256, the images root) and the config; a rerun with other inputs or
 another model / loss / data / optimizer / self-training config is refused.
 
-Tests: `ZIPJAX_TEST_KILL_AT=<phase>:<round>` SIGKILLs the process at a fixed point: `train` once the round's
-first checkpoint exists (training goes on until then), `predict` after the round's first part file, `merge`
-after round r's labels are computed and before they are written.
+Tests (`zipjax.io.faults`): `ZIPJAX_FAULT=selftrain.<phase>.<round>` SIGKILLs the process at a fixed point:
+`train` once the round's first checkpoint exists (training goes on until then), `predict` after the round's
+first part file, `merge` after round r's labels are computed and before they are written.
 
 Multi-host (`config.distributed=True`, one process per host, W on a filesystem all hosts share): every process
 trains; prediction chunks are split round-robin over the processes (each uses its local devices); process 0
@@ -60,18 +60,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
-import time
 from typing import Callable
 
 import numpy as np
 
 from zipjax.errors import InputError
+from zipjax.io import faults
+from zipjax.jobs.comm import Comm
 from zipjax.io.atomic import atomic_write_json
 
-KILL_ENV = "ZIPJAX_TEST_KILL_AT"
+KILL_ENV = faults.ENV
 EXIT_PREEMPTED = 143
 LABELS_FILE = "annotations.json"
 PREDICTIONS_DIR = "predictions"
@@ -193,32 +192,6 @@ def _write_compact(path: str, obj) -> str:
   return atomic_write_json(path, obj, indent=None)
 
 
-def _kill_point(phase: str, r: int) -> None:
-  """SIGKILLs this process when ZIPJAX_TEST_KILL_AT names this point (tests of the resume protocol)."""
-  if os.environ.get(KILL_ENV) == f"{phase}:{r}":
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _kill_after_checkpoint(directory: str, r: int):
-  """With ZIPJAX_TEST_KILL_AT=train:<r>: a daemon thread that SIGKILLs the process once `directory` (the round's
-  checkpoints) holds a finished checkpoint, i.e. mid-training when checkpoint.every < steps."""
-  if os.environ.get(KILL_ENV) != f"train:{r}":
-    return None
-
-  def watch():
-    while True:
-      try:
-        if any(n.isdigit() for n in os.listdir(directory)):
-          os.kill(os.getpid(), signal.SIGKILL)
-      except FileNotFoundError:
-        pass
-      time.sleep(0.01)
-
-  t = threading.Thread(target=watch, daemon=True)
-  t.start()
-  return t
-
-
 # ----------------------------------------------------------------------------------------- multi-host
 def _process() -> tuple:
   import jax  # pylint: disable=import-outside-toplevel
@@ -226,10 +199,7 @@ def _process() -> tuple:
 
 
 def _barrier(name: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
+  Comm().barrier(name)
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -371,7 +341,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from zipjax.io.results import encode_rle  # pylint: disable=import-outside-toplevel
+  from zipjax.io.geometry import encode_rle  # pylint: disable=import-outside-toplevel
   from zipjax import parallel  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
@@ -443,7 +413,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
         bar.update(len(chunk_images[s:s + bs]))
       _write_compact(part(k), {"chunk": k, "image_ids": [img["id"] for img in chunk_images],
                                "annotations": anns, "errors": errors})
-      _kill_point("predict", r)
+      faults.fault(f"selftrain.predict.{r}")
     bar.close()
   _barrier(f"selftrain_predict_{r}")
   if pindex == 0:
@@ -582,7 +552,7 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
           log(f"round {r}: {stats['predicted']} predictions >= {data['info']['threshold']:g}, {stats['added']} new "
               f"labels, {stats['kept']} kept, {stats['replaced']} replaced, {stats['dropped']} dropped, "
               f"{stats['unsupported']} without support -> {stats['labels']} labels")
-          _kill_point("merge", r)
+          faults.fault(f"selftrain.merge.{r}")
         _write_compact(labels_path, data)
       _barrier(f"selftrain_labels_{r}")
     if r == 0 and pindex == 0:
@@ -595,7 +565,8 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
       info["train"] = _read_json(done_path)
     else:
       log(f"round {r}: training {settings.steps[r]} steps on {labels_path}")
-      _kill_after_checkpoint(os.path.join(rd, "checkpoints"), r)
+      ckdir = os.path.join(rd, "checkpoints")
+      faults.fault_when(f"selftrain.train.{r}", lambda: any(n.isdigit() for n in os.listdir(ckdir)))
       res = tr.train(cfg, labels_path, images_root, rd, val_json=val_json, val_images_root=val_images_root,
                      progress=progress, log=log, skip_bad_images=skip_bad_images)
       if res.status == "preempted":

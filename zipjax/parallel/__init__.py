@@ -260,7 +260,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   initialised automatically; anything else is a single-host run and nothing happens, unless `auto` (the
   trainer's `config.distributed=True`): then `jax.distributed.initialize()` detects the cluster itself (SLURM,
   Kubernetes, ...). Must run before any other JAX call that touches devices. On the CPU platform gloo
-  collectives are enabled first.
+  collectives are enabled first. A start that fails is an InputError naming the coordinator and process.
+  The one way every command starts multi-process runs (label, train, self-train).
   """
   if jax.distributed.is_initialized():
     return True
@@ -280,11 +281,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   platforms = (env.get("JAX_PLATFORMS") or str(jax.config.jax_platforms or "")).lower()
   if platforms.startswith("cpu"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if explicit:
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num_processes),
-                               process_id=int(process_id))
-  else:
-    jax.distributed.initialize()
+  try:
+    if explicit:
+      jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num_processes),
+                                 process_id=int(process_id))
+    else:
+      jax.distributed.initialize()
+  except Exception as e:  # pylint: disable=broad-except
+    raise InputError(f"cannot start jax.distributed (coordinator {coordinator}, {num_processes} processes, "
+                     f"process id {process_id}): {type(e).__name__}: {e}") from e
   return True
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from zipjax.io.geometry import encode_rle
 from zipjax.ops.resize import bilinear_taps, nearest_indices
 
 CHUNK_ELEMENTS = 1 << 22  # float32 elements of one upsampling chunk (16 MiB)
@@ -93,12 +94,6 @@ def box_of(mask_t: np.ndarray):
   return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
 
 
-def _rle(mask_t: np.ndarray) -> dict:
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
-  rle = mask_utils.encode(mask_t.view(np.uint8).T)  # [H, W] Fortran-ordered uint8 view
-  return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
 def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_size=None,
                 mask_threshold: float = 0.0, masks: str = "bool") -> dict:
   """One image's step outputs (numpy, batch axis removed) -> the engine's result dict.
@@ -138,7 +133,7 @@ def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_siz
       mask_t = nearest_mask_t(labels[slot] == lab, size)
     inst = {"category": int(out["keep_category"][j]), "score": float(out["keep_score"][j]), "box": box}
     if masks == "rle":
-      inst["mask"] = _rle(mask_t)
+      inst["mask"] = encode_rle(mask_t.T)  # [H, W], Fortran-ordered: not copied
       inst["area"] = int(np.count_nonzero(mask_t))
     else:
       inst["mask"] = mask_t.T

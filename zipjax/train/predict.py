@@ -21,7 +21,7 @@ outputs are dropped):
           mask IoU with a better one of its category reaches it. Candidates scoring at least `score_threshold`
           are returned.
 Instances are dicts `{"box": [x0, y0, x1, y1], "mask": bool [H, W], "score", "category"}` (what
-`zipjax.io.results.ResultWriter.add_image` takes), best first.
+`zipjax.io.shards.instance_annotation` takes), best first.
 """
 from __future__ import annotations
 

@@ -563,7 +563,7 @@ class Evaluator:
 
   def predictions(self, params, class_agnostic: bool) -> list:
     """COCO results of every validation image."""
-    from zipjax.io.results import encode_rle  # pylint: disable=import-outside-toplevel
+    from zipjax.io.geometry import encode_rle  # pylint: disable=import-outside-toplevel
     out = []
     bs = self.predictor.batch_size
     for s in range(0, len(self.images), bs):
