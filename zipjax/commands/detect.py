@@ -52,21 +52,22 @@ class _Detector:
   """The trained detector as a folder-run model (`zipjax.jobs.folder_run`): `segment(images)` -> instances.
 
   Attributes:
-    predictor: the `DetectorPredictor` (jitted, static shapes, batch split over the local devices).
+    inference: the `zipjax.train.predict.Inference` (jitted, static shapes, batch split over the local devices;
+      the class names' text queries).
     params: the detector parameters (replicated over the local devices).
-    queries: float32 [Q, D] text embeddings of the class names.
     batch_size: images per step (a multiple of the local device count).
+    step: the checkpoint step whose parameters run.
     timings: seconds spent in `predict`.
   """
 
-  def __init__(self, predictor, params, queries):
-    self.predictor, self.params, self.queries = predictor, params, queries
-    self.batch_size = predictor.batch_size
+  def __init__(self, inference, params, step: int):
+    self.inference, self.params, self.step = inference, params, int(step)
+    self.batch_size = inference.batch_size
     self.timings = {"detect": 0.0}
 
   def segment(self, images):
     t = time.perf_counter()
-    outs = self.predictor.predict(self.params, images, self.queries)
+    outs = self.inference(self.params, images)
     self.timings["detect"] += time.perf_counter() - t
     return [{"instances": insts} for insts in outs]
 
@@ -77,18 +78,12 @@ def build_detector(config, workdir: str, step: int, names) -> _Detector:
   import jax  # pylint: disable=import-outside-toplevel
 
   from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
-  from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
+  from zipjax.train.checkpoints import load_params  # pylint: disable=import-outside-toplevel
+  from zipjax.train.predict import Inference  # pylint: disable=import-outside-toplevel
   mesh = parallel.create_mesh([("data", -1)], jax.local_devices())
-  params, used = trainer.load_params(workdir, config, mesh, step, fallback=True,
-                                     log=lambda m: print(m, file=sys.stderr))
-  queries = trainer.class_queries(config, trainer.text_encoder(config), names)  # [Q, D]
-  predictor = DetectorPredictor(trainer.detector_config(config), mesh, int(config.detect.batch_size),
-                                score_threshold=float(config.detect.score_threshold),
-                                compiler_options=trainer.compiler_options(config))
-  det = _Detector(predictor, params, queries)
-  det.step = int(used)
-  return det
+  params, used = load_params(workdir, config, mesh, step, fallback=True, log=lambda m: print(m, file=sys.stderr))
+  inference = Inference(config, mesh, names, int(config.detect.batch_size), float(config.detect.score_threshold))
+  return _Detector(inference, params, used)
 
 
 def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dict:

@@ -343,8 +343,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
   from zipjax.io.geometry import encode_rle  # pylint: disable=import-outside-toplevel
   from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
-  from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
+  from zipjax.train.predict import Inference  # pylint: disable=import-outside-toplevel
   out_dir = os.path.join(rd, PREDICTIONS_DIR)
   final = os.path.join(out_dir, LABELS_FILE)
   pindex, pcount = _process()
@@ -368,10 +367,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
   if todo:
     mesh = parallel.create_mesh([("data", -1)], jax.local_devices())
     params = _local_params(rd, cfg, mesh)
-    queries = tr.class_queries(cfg, tr.text_encoder(cfg), names)  # [Q, D]
-    predictor = DetectorPredictor(tr.detector_config(cfg), mesh, int(cfg.eval.batch_size),
-                                  score_threshold=settings.predict_min_score,
-                                  compiler_options=tr.compiler_options(cfg))
+    predictor = Inference(cfg, mesh, names, int(cfg.eval.batch_size), settings.predict_min_score)
     lim = cfg.input
     bs = predictor.batch_size
     bar = tqdm(total=sum(len(images[k * chunk:(k + 1) * chunk]) for k in todo), unit="img",
@@ -394,7 +390,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
                                      f"{img['width']}x{img['height']}"})
             continue
           batch.append((img, arr))
-        outs = predictor.predict(params, [a for _, a in batch], queries, class_agnostic=agnostic) if batch else []
+        outs = predictor(params, [a for _, a in batch], class_agnostic=agnostic) if batch else []
         for (img, _), insts in zip(batch, outs):
           kept = 0
           for inst in insts:

@@ -1,4 +1,6 @@
-"""Training of the open-vocabulary detector: the exact matcher (`matcher`), box operations (`box_ops`), the set
-loss (`losses`), the config groups of the model and the loss (`config_parts`), and the trainer behind
-`zipjax train` (`trainer`; its mesh and FSDP rules come from `zipjax.parallel`, as the labeller's), optimizer
-(`optim`), logs (`metrics`) and the inference used by evaluation and `zipjax detect` (`predict`)."""
+"""Training of the open-vocabulary detector, one file per concern: the exact matcher (`matcher`), box operations
+(`box_ops`), the set loss (`losses`), the config groups of the model and the loss (`config_parts`), what is
+trained and with which text (`task`), the loop behind `zipjax train` (`trainer`; its mesh and FSDP rules come
+from `zipjax.parallel`, as the labeller's), its checkpoints (`checkpoints`: orbax's CheckpointManager), the
+evaluation during training (`evaluator`), the optimizer (`optim`), logs (`metrics`) and detector inference
+(`predict`: `Inference`, shared by evaluation, `zipjax detect` and self-training)."""

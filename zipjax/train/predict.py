@@ -30,8 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from zipjax.data import coco_train
 from zipjax import parallel
+from zipjax.data import coco_train
+from zipjax.models.detector import Detector, postprocess
+from zipjax.train.task import class_queries, compiler_options, detector_config, text_encoder
 
 BOX_CONTOUR_LOGIT = -2.0  # box_source='mask': the box is the extent of the logits above this (p 0.12)
 BOX_WINDOW = 0.5          # box_source='mask': the head's box widened by this times its size on each side
@@ -103,7 +105,6 @@ class DetectorPredictor:
 
   def __init__(self, cfg, mesh, batch_size: int, score_threshold: float = 0.0, mask_threshold: float = 0.0,
                compiler_options: dict | None = None):
-    from zipjax.models.detector import Detector, postprocess  # pylint: disable=import-outside-toplevel
     self.cfg = cfg
     self.mesh = mesh
     n = mesh.devices.size
@@ -185,4 +186,28 @@ class DetectorPredictor:
     return [r for r in res if r["score"] >= self.score_threshold]
 
 
-__all__ = ["DetectorPredictor", "refine", "mask_nms", "BOX_CONTOUR_LOGIT", "BOX_WINDOW"]
+class Inference:
+  """The one detector-inference set-up, shared by `zipjax detect`, self-training's prediction and the trainer's
+  evaluation: the jitted predictor of a run's config on `mesh` and the text queries of `names`.
+
+  Attributes:
+    predictor: the `DetectorPredictor`.
+    names: the class names the queries embed.
+    queries: float32 [Q, D] unit-norm text embeddings of `names`.
+    batch_size: images per call (a multiple of the mesh size).
+  """
+
+  def __init__(self, config, mesh, names, batch_size: int, score_threshold: float = 0.0, clip=None):
+    self.predictor = DetectorPredictor(detector_config(config), mesh, int(batch_size),
+                                       score_threshold=float(score_threshold),
+                                       compiler_options=compiler_options(config))
+    self.names = list(names)
+    self.queries = class_queries(config, clip if clip is not None else text_encoder(config), self.names)  # [Q, D]
+    self.batch_size = self.predictor.batch_size
+
+  def __call__(self, params, images: list, class_agnostic: bool = False) -> list:
+    """Instances of each image (at most `batch_size`), best first."""
+    return self.predictor.predict(params, images, self.queries, class_agnostic=class_agnostic)
+
+
+__all__ = ["Inference", "DetectorPredictor", "refine", "mask_nms", "BOX_CONTOUR_LOGIT", "BOX_WINDOW"]

@@ -45,138 +45,36 @@ part). Two processes x 4 CPU devices give one process x 8 devices' metrics and p
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import logging
 import os
 import signal
 import sys
+import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
-from zipjax.errors import CheckpointError, CorruptCheckpointError, InputError
-from zipjax.io.atomic import atomic_write_json
 from zipjax import parallel
+from zipjax.data import coco_train
+from zipjax.errors import CheckpointError, InputError
+from zipjax.io.atomic import atomic_write_json
+from zipjax.models.detector import load_backbone
+from zipjax.train.checkpoints import Checkpoints, latest_checkpoint_step, load_params, restore_latest_params
+from zipjax.train.evaluator import Evaluator, ValSet, load_val_set
 from zipjax.train.metrics import MetricsWriter
 from zipjax.train.optim import make_optimizer
+from zipjax.train.task import (Task, class_queries, compiler_options, config_to_dict, detector_config,
+                               detector_task, load_run_config, text_encoder)
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM
 # config groups that a resumed run must share with the run that started the workdir
 FIXED_KEYS = ("model", "loss", "text", "data", "optim", "batch_size", "seed", "total_steps", "init_checkpoint",
               "init_workdir")
-
-
-# -------------------------------------------------------------------------------------------------- task
-@dataclasses.dataclass
-class Task:
-  """What the trainer trains: pure functions, jittable.
-
-  Attributes:
-    init: rng -> params (random initialisation).
-    forward: (params, batch, train, rng) -> model outputs.
-    loss: (outputs, batch, rng) -> (scalar loss, dict of scalar metrics).
-  """
-  init: Callable
-  forward: Callable
-  loss: Callable
-
-
-def detector_config(config):
-  from zipjax.models.detector import DetectorConfig  # pylint: disable=import-outside-toplevel
-  return DetectorConfig.from_config(config.model)
-
-
-def detector_task(config) -> Task:
-  """The open-vocabulary detector (`zipjax.models.detector`) with its set loss (`zipjax.train.losses`)."""
-  from zipjax.models.detector import Detector  # pylint: disable=import-outside-toplevel
-  from zipjax.train.losses import set_loss  # pylint: disable=import-outside-toplevel
-  cfg = detector_config(config)
-  model = Detector(cfg)
-  loss_cfg = config.loss
-
-  def init(rng):
-    s = cfg.input_size
-    return model.init(rng, jnp.zeros((1, s, s, 3), jnp.uint8), jnp.zeros((1, 1, cfg.embed_dim), jnp.float32),
-                      jnp.ones((1, 1), bool))["params"]
-
-  def forward(params, batch, train, rng):
-    return model.apply({"params": params}, batch["image"], batch["queries"], batch["query_valid"], train=train,
-                       rngs={"dropout": rng} if train else None)
-
-  def loss(out, batch, rng):
-    return set_loss(out, batch, loss_cfg, rng=rng)
-
-  return Task(init=init, forward=forward, loss=loss)
-
-
-# ----------------------------------------------------------------------------------------------- text
-def _text_settings(config) -> dict:
-  """Where the text tower comes from: {'checkpoint': path} or {'arch': {...}, 'seed': s}, plus templates."""
-  init_ckpt = str(config.get("init_checkpoint", "") or "")
-  text = config.text
-  if not init_ckpt and str(config.get("init_workdir", "") or ""):
-    prev = load_run_config(str(config.init_workdir))
-    init_ckpt = str(prev.get("init_checkpoint", "") or "")
-    text = prev.text
-  out = {"templates": str(text.templates)}
-  if init_ckpt:
-    out["checkpoint"] = init_ckpt
-  else:
-    out["arch"] = dict(text.arch.to_dict() if hasattr(text.arch, "to_dict") else text.arch)
-    out["seed"] = int(text.seed)
-  return out
-
-
-def text_encoder(config):
-  """The frozen CLIP whose text tower embeds class names (see the module docstring)."""
-  from zipjax.clip import ClipModel, load_clip  # pylint: disable=import-outside-toplevel
-  from zipjax.models.clip import CLIPConfig  # pylint: disable=import-outside-toplevel
-  settings = _text_settings(config)
-  if "checkpoint" in settings:
-    from zipjax.weights import resolve  # pylint: disable=import-outside-toplevel
-    return load_clip(resolve(settings["checkpoint"], "clip"))
-  arch = settings["arch"]
-  # the vision tower is never used: the smallest ViT that builds
-  cfg = CLIPConfig(embed_dim=int(config.model.embed_dim), image_resolution=32, vision_layers=1, vision_width=64,
-                   vision_patch_size=16, **arch)
-  return ClipModel.random(cfg, seed=settings["seed"])
-
-
-def class_queries(config, clip_model, names) -> np.ndarray:
-  """float32 [Q, D] unit-norm text embeddings of the class names (prompt ensemble or bare names)."""
-  from zipjax.models.detector import text_queries  # pylint: disable=import-outside-toplevel
-  templates = _text_settings(config)["templates"]
-  if templates not in ("ensemble", "bare"):
-    raise InputError(f"config.text.templates must be 'ensemble' or 'bare', got {templates!r}")
-  q = text_queries(clip_model, list(names), None if templates == "ensemble" else ["{}"])
-  if q.shape[-1] != int(config.model.embed_dim):
-    raise CheckpointError(f"text embeddings have width {q.shape[-1]}, the detector's embed_dim is "
-                          f"{config.model.embed_dim}")
-  return q
-
-
-# --------------------------------------------------------------------------------------------- config
-def config_to_dict(config) -> dict:
-  return json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
-
-
-def load_run_config(workdir: str):
-  """The ConfigDict a run recorded in `workdir/config.json`."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise InputError(f"{workdir}: not a zipjax train workdir (no config.json)")
-  try:
-    with open(path, encoding="utf-8") as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, json.JSONDecodeError) as e:
-    raise InputError(f"{path}: cannot read ({e})") from e
 
 
 def _check_same_run(workdir: str, config, write: bool = True) -> None:
@@ -198,13 +96,6 @@ def _check_same_run(workdir: str, config, write: bool = True) -> None:
 
 
 # -------------------------------------------------------------------------------------------- trainer
-def compiler_options(config) -> dict | None:
-  """XLA options of the jitted functions: `config.xla_opt_level` >= 0 sets `xla_backend_optimization_level`
-  (0 compiles a CPU program several times faster and runs it slower: for tests and smoke runs)."""
-  level = int(config.get("xla_opt_level", -1))
-  return {"xla_backend_optimization_level": level} if level >= 0 else None
-
-
 class Trainer:
   """Sharded train state and jitted step for a task.
 
@@ -299,182 +190,9 @@ class Trainer:
     return parallel.global_batch(local, self.batch_sharding)
 
 
-# ---------------------------------------------------------------------------------------- checkpoints
-@contextlib.contextmanager
-def _quiet_orbax_read_only():
-  """Drops orbax's "Given directory is read only=..." warning (absl), logged each time a reader opens a run's
-  checkpoints read-only on purpose; every other message passes."""
-  logger = logging.getLogger("absl")
-
-  def keep(record):
-    return not str(record.getMessage()).startswith("Given directory is read only")
-
-  logger.addFilter(keep)
-  try:
-    yield
-  finally:
-    logger.removeFilter(keep)
-
-
-class Checkpoints:
-  """orbax CheckpointManager of `W/checkpoints`: items `state` (PyTree), `data` (grain iterator), `meta` (JSON).
-
-  Attributes:
-    directory: the checkpoint folder.
-    manager: the orbax CheckpointManager.
-  """
-
-  def __init__(self, directory: str, every: int, keep: int, asynchronous: bool = True, read_only: bool = False):
-    import grain.python as grain  # pylint: disable=import-outside-toplevel
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    self._ocp = ocp
-    self._grain = grain
-    self.directory = os.path.abspath(directory)
-    # the trainer decides when to save (every `every` steps, at the end, on SIGTERM) and forces each save;
-    # a reader (detect, self-training's prediction) opens the folder read-only with the options orbax expects
-    # of a reader, so orbax has nothing to warn about
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=0 if read_only else max(int(every), 1),
-        max_to_keep=None if read_only else max(int(keep), 1),
-        enable_async_checkpointing=bool(asynchronous), create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only)
-    with _quiet_orbax_read_only():
-      self.manager = ocp.CheckpointManager(
-          self.directory, options=options,
-          item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.PyGrainCheckpointHandler(),
-                         "meta": ocp.JsonCheckpointHandler()})
-
-  def latest_step(self):
-    return self.manager.latest_step()
-
-  def save(self, step: int, state, iterator, meta: dict) -> bool:
-    """Saves step `step` (asynchronously when configured; the arrays are copied before this returns)."""
-    ocp = self._ocp
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), data=self._grain.PyGrainCheckpointSave(iterator),
-        meta=ocp.args.JsonSave(meta)), force=True)
-
-  def restore_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
-
-  def restore_state(self, step: int, abstract, partial: bool = False):
-    """The state (or, with `partial`, the subtree given by `abstract`) restored into `abstract`'s shardings.
-
-    Raises:
-      CheckpointError: the checkpoint's stored arrays (names and shapes, from its metadata) are not those of
-        `abstract`: another model or optimizer.
-      CorruptCheckpointError: its metadata or its arrays cannot be read (truncated, missing or garbled files).
-    """
-    ocp = self._ocp
-    where = f"{self.directory}: checkpoint {step}"
-    try:
-      have = _leaf_shapes(self.manager.item_metadata(step)["state"])
-    except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore raise many kinds)
-      raise CorruptCheckpointError(f"{where} is corrupt: its metadata cannot be read ({_first_line(e)})") from None
-    want = _leaf_shapes(abstract)
-    diffs = [f"{k}: missing" for k in want if k not in have]
-    diffs += [f"{k}: shape {have[k]} (the model has {want[k]})" for k in want if k in have and have[k] != want[k]]
-    if not partial:
-      diffs += [f"{k}: not in the model" for k in have if k not in want]
-    if diffs:
-      raise CheckpointError(f"{where} does not match the model/optimizer of this config ({len(diffs)} difference(s): "
-                            + "; ".join(diffs[:5]) + ")")
-    args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                                  partial_restore=partial)
-    try:
-      return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"{where} is corrupt: the arrays its metadata lists cannot be read "
-                                   f"({_first_line(e)})") from None
-
-  def steps(self) -> list:
-    """The finished checkpoint steps, oldest first."""
-    return sorted(int(s) for s in self.manager.all_steps())
-
-  def restore_data(self, step: int, iterator) -> None:
-    self.manager.restore(step, args=self._ocp.args.Composite(data=self._grain.PyGrainCheckpointRestore(iterator)))
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
-  def close(self) -> None:
-    self.manager.close()
-
-
-def _key_name(k) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def _leaf_shapes(tree) -> dict:
-  """'a.b.0.c' -> shape of every array leaf (dict keys, sequence indices and attribute names alike)."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {".".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
-
-
-def _first_line(e: BaseException) -> str:
-  lines = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
-
-
-def _read_checkpoints(workdir: str) -> Checkpoints:
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise CheckpointError(f"{workdir}: no checkpoints/ folder (not a zipjax train workdir)")
-  return Checkpoints(ckpt_dir, every=1, keep=1, asynchronous=False, read_only=True)
-
-
-def latest_checkpoint_step(workdir: str) -> int:
-  """The step of the latest finished checkpoint of `workdir` (nothing is restored)."""
-  ck = _read_checkpoints(workdir)
-  try:
-    step = ck.latest_step()
-  finally:
-    ck.close()
-  if step is None:
-    raise CheckpointError(f"{workdir}: no finished checkpoint")
-  return int(step)
-
-
-def _restore_latest_params(workdir: str, abstract_params, step: int | None = None, fallback: bool = False,
-                           log: Callable = print) -> tuple:
-  """(params restored into `abstract_params`' shardings, step) from the checkpoint `step` (default: the latest)
-  of `workdir`. With `fallback`, a corrupt checkpoint is skipped for the previous one (saying so)."""
-  ck = _read_checkpoints(workdir)
-  try:
-    step = ck.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"{workdir}: no finished checkpoint")
-    earlier = [s for s in ck.steps() if s < int(step)][::-1] if fallback else []
-    while True:
-      try:
-        return ck.restore_state(step, {"params": abstract_params}, partial=True)["params"], int(step)
-      except CorruptCheckpointError as e:
-        if not earlier:
-          raise CorruptCheckpointError(f"{e}; no earlier checkpoint to fall back to" if fallback else str(e)) \
-              from None
-        log(f"warning: {e}; using the previous checkpoint, {earlier[0]}")
-        step = earlier.pop(0)
-  finally:
-    ck.close()
-
-
 def restore_params(workdir: str, trainer: Trainer):
   """The latest parameters of another run's workdir, restored into `trainer`'s parameter shardings."""
-  return _restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
-
-
-def load_params(workdir: str, config, mesh, step: int | None = None, fallback: bool = False,
-                log: Callable = print) -> tuple:
-  """(detector parameters replicated over `mesh`, checkpoint step) of a run's checkpoint `step` (default: the
-  latest); with `fallback`, the previous checkpoint when that one is corrupt (logged)."""
-  task = detector_task(config)
-  shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  rep = parallel.replicated(mesh)
-  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-  return _restore_latest_params(workdir, abstract, step, fallback, log)
+  return restore_latest_params(workdir, trainer.abstract_state()["params"])[0]
 
 
 def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
@@ -487,114 +205,11 @@ def initial_params(config, trainer: Trainer, clip=None, log: Callable = print):
     return params
   params = trainer.init_params()
   if str(config.get("init_checkpoint", "") or ""):
-    from zipjax.models.detector import load_backbone  # pylint: disable=import-outside-toplevel
     clip = clip if clip is not None else text_encoder(config)
     host = {"params": jax.device_get(params)}
     params = trainer.place_params(load_backbone(host, clip, detector_config(config))["params"])
     log(f"backbone initialised from {config.init_checkpoint}")
   return params
-
-
-# ----------------------------------------------------------------------------------------------- eval
-@dataclasses.dataclass
-class ValSet:
-  """A validation set whose image files were checked up front.
-
-  Attributes:
-    gt: the validated ground truth (`zipjax.io.coco.GroundTruth`), without the skipped images.
-    paths: image id -> image file, in the ground truth's order.
-    skipped: `[(path, reason)]` of the images left out (`skip_bad`).
-  """
-  gt: Any
-  paths: dict
-  skipped: list
-
-
-def load_val_set(val_json: str, images_root: str, skip_bad: bool = False, progress: bool = False) -> ValSet:
-  """The ground truth of `val_json` and its image files, every one checked (exists, is an image of the annotated
-  size: `zipjax.data.coco_train.check_images`) before training starts; bad ones are refused in one message, or
-  left out (with their annotations) under `skip_bad`."""
-  from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
-  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
-  gt = coco_io.load_ground_truth(val_json)
-  records = []
-  for image_id, img in gt.images.items():
-    if "file_name" not in img:
-      raise InputError(f"{val_json}: image {image_id} has no file_name")
-    records.append({"path": os.path.join(images_root, img["file_name"]), "image_id": image_id,
-                    "height": img["height"], "width": img["width"]})
-  bad = coco_train.check_images(records, progress=progress)
-  if bad and not skip_bad:
-    raise InputError(coco_train.bad_images_message(val_json, "validation", bad, len(records)))
-  gone = {p for p, _ in bad}
-  keep = {r["image_id"]: r["path"] for r in records if r["path"] not in gone}
-  if not keep:
-    raise InputError(f"{val_json}: no validation image left")
-  if bad:
-    gt = dataclasses.replace(gt, images={i: im for i, im in gt.images.items() if i in keep},
-                             annotations=[a for a in gt.annotations if a["image_id"] in keep])
-  return ValSet(gt=gt, paths=keep, skipped=bad)
-
-
-class Evaluator:
-  """Periodic COCO evaluation of the detector on a validation set (images decoded once).
-
-  Attributes:
-    gt: the validated ground truth (`zipjax.io.coco.GroundTruth`).
-    names: the validation category names.
-    images: [(image_id, uint8 [H, W, 3])].
-    class_agnostic: the model was trained class-agnostic (class-aware metrics are then skipped).
-  """
-
-  def __init__(self, config, val_set: "ValSet", predictor, queries_fn: Callable):
-    from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-    self.gt = val_set.gt
-    self.names = [c["name"] for c in self.gt.categories]
-    self.class_agnostic = bool(config.data.class_agnostic)
-    self.predictor = predictor
-    self.images = []
-    for image_id, path in val_set.paths.items():
-      try:
-        arr = images_io.load_image(path, min_side=1, max_side=1 << 16, max_aspect=1e9)
-      except InputError as e:
-        raise InputError(f"{path}: {e}") from None
-      self.images.append((image_id, arr))
-    self.queries = queries_fn(["object"] if self.class_agnostic else self.names)
-
-  def predictions(self, params, class_agnostic: bool) -> list:
-    """COCO results of every validation image."""
-    from zipjax.io.geometry import encode_rle  # pylint: disable=import-outside-toplevel
-    out = []
-    bs = self.predictor.batch_size
-    for s in range(0, len(self.images), bs):
-      chunk = self.images[s:s + bs]
-      insts = self.predictor.predict(params, [a for _, a in chunk], self.queries, class_agnostic=class_agnostic)
-      for (image_id, _), image_insts in zip(chunk, insts):
-        for inst in image_insts:
-          x0, y0, x1, y1 = inst["box"]
-          rec = {"image_id": image_id, "bbox": [x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)],
-                 "segmentation": encode_rle(inst["mask"]), "score": inst["score"]}
-          if not class_agnostic:
-            rec["category_name"] = self.names[inst["category"]]
-          out.append(rec)
-    return out
-
-  def __call__(self, params) -> dict:
-    """{'eval/agnostic/bbox_AP50': ..., 'eval/class/segm_AP': ...} (fractions; -1 when undefined)."""
-    from zipjax.eval import evaluate  # pylint: disable=import-outside-toplevel
-    metrics = {}
-    modes = [("agnostic", True)] + ([] if self.class_agnostic else [("class", False)])
-    for tag, agnostic in modes:
-      preds = self.predictions(params, agnostic)
-      if jax.process_index() != 0:
-        continue
-      res = evaluate(self.gt, preds, iou_type="both", class_agnostic=agnostic)
-      for iou in ("bbox", "segm"):
-        for k in ("AP", "AP50", "AP75", "AR100"):
-          v = res[iou][k]
-          metrics[f"eval/{tag}/{iou}_{k}"] = -1.0 if v is None else float(v)
-      metrics[f"eval/{tag}/num_pred"] = float(len(preds))
-    return metrics
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -644,7 +259,6 @@ class _Preemption:
     return prev is not None and int(jax.device_get(prev)) > 0
 
   def __enter__(self):
-    import threading  # pylint: disable=import-outside-toplevel
     if threading.current_thread() is threading.main_thread():
       self._old = signal.signal(signal.SIGTERM, self._handler)
     return self
@@ -669,9 +283,6 @@ def train(config, train_json: str, images_root: str, workdir: str, val_json: str
 
   Every training (and validation) image file is checked before step 0 (exists, is an image of the annotated
   size); bad ones are refused in one message, or left out with a warning under `skip_bad_images`."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-
-  from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
   workdir = os.path.abspath(workdir)
   total = int(config.total_steps)
   if total < 1:
@@ -711,8 +322,7 @@ def train(config, train_json: str, images_root: str, workdir: str, val_json: str
       log(f"{workdir}: already trained to step {latest} (total_steps {total}); nothing to do")
       return RunResult("already_done", int(latest), int(latest), 0, {})
     _check_same_run(workdir, config)  # everything checked: config.json claims the workdir
-    return _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm, t0, train_set, trainer,
-                  clip, meta, dataset)
+    return _train(config, workdir, val_set, progress, log, ck, latest, t0, train_set, trainer, clip, meta, dataset)
   finally:
     ck.wait()
     ck.close()
@@ -725,12 +335,10 @@ def _check_same_data(workdir: str, old: dict, meta: dict) -> None:
                        "resume with the same training data and config, or use a new --workdir")
 
 
-def _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm, t0, train_set, trainer, clip,
-           meta, dataset):
+def _train(config, workdir, val_set, progress, log, ck, latest, t0, train_set, trainer, clip, meta, dataset):
   total = int(config.total_steps)
   d = config.data
-  queries_fn = lambda names: class_queries(config, clip, names)  # noqa: E731
-  queries = queries_fn(train_set.names)  # [Q, D]
+  queries = class_queries(config, clip, train_set.names)  # [Q, D]
   pcount, pindex = jax.process_count(), jax.process_index()
   global_bs = int(config.batch_size)
   local_bs = global_bs // pcount
@@ -755,17 +363,12 @@ def _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm
 
   evaluator = None
   if val_set is not None:
-    from zipjax.train.predict import DetectorPredictor  # pylint: disable=import-outside-toplevel
-    predictor = DetectorPredictor(detector_config(config), trainer.mesh, int(config.eval.batch_size),
-                                  score_threshold=float(config.eval.score_threshold),
-                                  compiler_options=trainer.compiler_options)
-    evaluator = Evaluator(config, val_set, predictor, queries_fn)
+    evaluator = Evaluator(config, val_set, trainer.mesh, clip)
 
   writer = MetricsWriter(workdir, resume_step=start, enabled=pindex == 0)
   q_local = np.ascontiguousarray(np.broadcast_to(queries[None], (local_bs,) + queries.shape))
   qv_local = np.ones((local_bs, queries.shape[0]), bool)
   log_every, eval_every = max(int(config.log_every), 1), int(config.eval.every)
-  ckpt_every = max(int(config.checkpoint.every), 1)
   status, last = "done", {}
   pending = None  # (step, device metrics, perf) logged one step late
   t_last, step_last = time.perf_counter(), start
@@ -814,9 +417,10 @@ def _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm
       bar.update(1)
       if step % log_every == 0 and last:
         bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}", refresh=False)
-      if step == total or step % ckpt_every == 0 or stop:
+      force = step == total or stop
+      if force or ck.should_save(step):
         flush_pending()
-        ck.save(step, state, iterator, dict(meta, step=step))
+        ck.save(step, state, iterator, dict(meta, step=step), force=force)
       if stop and step < total:
         status = "preempted"
         break
@@ -835,6 +439,9 @@ def _train(config, workdir, val_set, progress, log, ck, latest, coco_train, tqdm
   return RunResult(status, step, start, EXIT_PREEMPTED if status == "preempted" else 0, last)
 
 
-__all__ = ["Task", "detector_task", "detector_config", "text_encoder", "class_queries", "load_run_config",
-           "compiler_options", "Trainer", "Checkpoints", "restore_params", "load_params", "initial_params",
-           "Evaluator", "RunResult", "train", "EXIT_PREEMPTED"]
+# the task, checkpoint and evaluation names stay importable from here (`zipjax.train.trainer` is what users
+# and the commands import); each lives in its own module
+__all__ = ["Trainer", "restore_params", "initial_params", "RunResult", "train", "EXIT_PREEMPTED", "FIXED_KEYS",
+           "Task", "detector_task", "detector_config", "text_encoder", "class_queries", "config_to_dict",
+           "load_run_config", "compiler_options", "Checkpoints", "latest_checkpoint_step", "load_params",
+           "Evaluator", "ValSet", "load_val_set"]
