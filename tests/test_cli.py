@@ -17,12 +17,18 @@ def _env(tmp_path):
               JAX_PLATFORMS="cpu", XLA_FLAGS="")
 
 
+def _sigint_default():
+  """In the child, before exec: SIGINT as a terminal delivers it (a disposition an earlier test or library left
+  ignored in this pytest process would be inherited and hide the behaviour under test)."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
   """SIGINT while the models are being built: exit 130, `zipjax segment: interrupted`, no traceback."""
   cmd = [sys.executable, "-m", "zipjax", "segment", os.path.join(ROOT, "examples", "oranges.png"), "--classes",
          "orange", "--random-init", "--config", SMOKE, "--out", str(tmp_path / "out")]
   proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True)
+                          text=True, preexec_fn=_sigint_default)
   try:
     first = proc.stderr.readline()  # "NOTE: RANDOM WEIGHTS ..." is printed just before the models are built
     assert first.startswith("NOTE:"), first
@@ -78,7 +84,13 @@ def test_ctrl_c_dropped_by_a_gc_callback_still_stops_the_command(monkeypatch, ca
     return 0
 
   monkeypatch.setattr(convert_cmd, "run", long_run)
-  assert cli.main(["convert", "clip", "a", "b"]) == cli.EXIT_INTERRUPTED
+  # `_thread.interrupt_main` does nothing while SIGINT is ignored: give this test the disposition of a terminal
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    rc = cli.main(["convert", "clip", "a", "b"])
+  finally:
+    signal.signal(signal.SIGINT, before)
+  assert rc == cli.EXIT_INTERRUPTED, f"SIGINT handler of this process before the test: {before}"
   assert len(steps) < 400
   assert capsys.readouterr().err.strip().splitlines()[-1] == "zipjax convert: interrupted"
 
