@@ -101,3 +101,14 @@ def test_metrics_writer_truncates_on_resume(tmp_path):
   assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[-1]["loss"] == 0.25
   assert [json.loads(x)["step"] for x in (tmp_path / "perf.jsonl").read_text().splitlines()] == [1, 2, 3]
   assert list((tmp_path / "tb").iterdir())  # TensorBoard event files
+
+
+def test_checkpoint_cadence_is_multiples_of_every(tmp_path):
+  """The manager owns the cadence: steps that are multiples of `checkpoint.every`, not also the first step it
+  sees (orbax's default policy saves that one too; a preempted multi-process run then held two checkpoints)."""
+  from zipjax.train.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
+  ck = Checkpoints(str(tmp_path / "checkpoints"), every=3, keep=10, asynchronous=False)
+  try:
+    assert [s for s in range(1, 10) if ck.should_save(s)] == [3, 6, 9]
+  finally:
+    ck.close()

@@ -54,6 +54,8 @@ class Checkpoints:
     # of a reader, so orbax has nothing to warn about
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=0 if read_only else max(int(every), 1),
+        # steps that are multiples of `every` (orbax's default policy would also save the first step it sees)
+        save_decision_policy=None if read_only else ocp.checkpoint_managers.FixedIntervalPolicy(max(int(every), 1)),
         max_to_keep=None if read_only else max(int(keep), 1),
         enable_async_checkpointing=bool(asynchronous), create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
