@@ -16,7 +16,7 @@ used by a kernel is a field here:
 - `config.semantic`: CLIP Surgery similarity maps and image-level class scores (`zipjax/pipeline/semantic.py`);
 - `config.boundary`: the boundary-prior input and trunk stage;
 - `config.discover`: k-means, fragments, instances (`zipjax/pipeline/discover.py`);
-- `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/refine.py`);
+- `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/step.py`);
 - `config.output`: overlays;
 - `config.label`: the labelling job's runtime settings (`zipjax/jobs/label.py`): shard size, decoding workers,
   prefetch. They never change an output, so they are not part of a run's identity and may differ on resume.

@@ -154,9 +154,9 @@ def test_real_size_transformers_vit_b16_by_shapes():
 
 def test_a_vit_as_boundary_model_says_transformers_has_no_resnet():
   from zipjax.configs import reference  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.zip import Segmenter  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.load import check_models  # pylint: disable=import-outside-toplevel
   sd = {k: v.numpy() for k, v in make_hf_clip(layers=1, text_layers=1).state_dict().items()}
   vit = zipjax.clip.ClipModel(*convert_state_dict(sd, "hf"), name="hf")
   with pytest.raises(InputError, match="models.boundary must be a CLIP ModifiedResNet.*transformers has no "
                                        "ModifiedResNet CLIP"):
-    Segmenter(reference(), vit, vit, None)
+    check_models(reference(), vit, vit, None)

@@ -26,9 +26,10 @@ batch; no operation mixes images, so an image's numbers do not depend on its bat
   7. selection: min score, greedy per-class mask NMS (one NMS over all candidates with cross-class IoU set to
      0, which is per-class greedy NMS), top `max_per_image` by score (ties: candidate order) -> Mout slots.
      Mask IoU for NMS: with SAM on the thresholded masks in the SAM input frame (the T x T padded square
-     cropped to the resized image; the old path used the original resolution, the same pixels when the
-     image's longer side is T); without SAM exactly at the original resolution, from the feature-grid masks
-     weighted by the pixels each grid row / column covers under the nearest upsampling.
+     cropped to the resized image; the host oracle, tests/reference/zip_host.py, uses the original
+     resolution, the same pixels when the image's longer side is T); without SAM exactly at the original
+     resolution, from the feature-grid masks weighted by the pixels each grid row / column covers under the
+     nearest upsampling.
 
 Outputs (leading batch axis): probs [n]; present int32 [P], present_valid [P]; labels int32 [P, h, w];
 keep_valid [Mout]; keep_category, keep_slot (present index), keep_label (instance number) int32 [Mout];
