@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from zipjax.convert.store import is_converted, load_converted
 from zipjax.errors import CheckpointError, InputError
-from zipjax.models.clip import ARCHITECTURES, CLIP, CLIPConfig, image_tower, variable_shapes
+from zipjax.models.clip_net import ARCHITECTURES, CLIP, CLIPConfig, image_tower, variable_shapes
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.random_init import random_variables
 from zipjax.models.tokenizer import get_tokenizer

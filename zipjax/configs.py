@@ -11,7 +11,7 @@ Each pipeline stage owns one sub-config, so stages can be added without touching
 used by a kernel is a field here:
 
 - `config.models`: which checkpoints (manifest names, files or converted dirs) and, for `--random-init`,
-  which architectures (a name of `zipjax.models.clip.ARCHITECTURES` / a SAM size, or a dict of config fields);
+  which architectures (a name of `zipjax.models.clip_net.ARCHITECTURES` / a SAM size, or a dict of config fields);
 - `config.input`: image decoding limits (`zipjax/io/images.py`);
 - `config.semantic`: CLIP Surgery similarity maps and image-level class scores (`zipjax/pipeline/semantic.py`);
 - `config.boundary`: the boundary-prior input and trunk stage;

@@ -7,7 +7,7 @@
     outs = eng.run_local(item.bucket, [item])  # one dict per item
     outs = eng.segment(images)                 # one process: prepare + group by bucket + run_local
 
-Data flow: host `prepare` (PIL resizes into the image's bucket, uint8, `pipeline.prep`) -> device step (CLIP
+Data flow: host `prepare` (PIL resizes into the image's bucket, uint8, `pipeline.buckets`) -> device step (CLIP
 Surgery, class scores, similarity, present classes, activation, boundary trunk, k-means + fragments +
 instances, boxes, SAM embedding + one decoder call for all boxes of an image, scores, per-class mask NMS,
 top-k; `pipeline.step`) -> host post (one full-size mask at a time, RLE or bool; `pipeline.post`).
@@ -52,11 +52,11 @@ import numpy as np
 from zipjax import parallel
 from zipjax.errors import InputError
 from zipjax.models import storage
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 from zipjax.pipeline import load
 from zipjax.pipeline import post as post_lib
 from zipjax.pipeline import step as step_lib
-from zipjax.pipeline.prep import PrepSpec, Prepared, dummy_arrays, pixel_tables, prepare
+from zipjax.pipeline.buckets import PrepSpec, Prepared, dummy_arrays, pixel_tables, prepare
 
 TIMINGS = ("prepare", "compile", "device", "post")
 _PROGRAMS: dict = {}  # compiled step programs shared by engines of the same models / mesh / shapes

@@ -30,7 +30,7 @@ import numpy as np
 
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models.random_init import random_variables as shared_random_variables
-from zipjax.models.sam.sam import Sam, SamConfig
+from zipjax.models.sam_net.model import Sam, SamConfig
 from zipjax.ops.resize import bilinear_matrix
 # host-side preprocessing lives in zipjax/preprocess.py; re-exported here as part of the SAM API
 from zipjax.preprocess import SAM_PIXEL_MEAN as PIXEL_MEAN  # noqa: F401

@@ -137,7 +137,7 @@ def test_real_size_open_clip_layouts_by_shapes(name):
     model = m.CLIP(quick_gelu=True, **arch)
   config, variables = convert_state_dict(_meta_state_dict(model), name, check_only=True)
   assert variables is None
-  want = zipjax.models.clip.ARCHITECTURES[name.replace("ViT-B-16", "ViT-B/16")]
+  want = zipjax.models.clip_net.ARCHITECTURES[name.replace("ViT-B-16", "ViT-B/16")]
   assert config.replace(surgery_depth=want.surgery_depth) == want
 
 
@@ -149,7 +149,7 @@ def test_real_size_transformers_vit_b16_by_shapes():
   with torch.device("meta"):
     model = CLIPModel(cfg)
   config, _ = convert_state_dict(_meta_state_dict(model), "hf ViT-B/16", check_only=True)
-  assert config == zipjax.models.clip.ARCHITECTURES["ViT-B/16"]
+  assert config == zipjax.models.clip_net.ARCHITECTURES["ViT-B/16"]
 
 
 def test_a_vit_as_boundary_model_says_transformers_has_no_resnet():

@@ -18,7 +18,7 @@ from zipjax.clip import ClipModel
 from zipjax.convert.core import flatten
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models import detector as det
-from zipjax.models.clip import CLIPConfig
+from zipjax.models.clip_net import CLIPConfig
 from zipjax.models.clip_layers import ResidualAttentionBlock
 from zipjax.models.detector import Detector, DetectorConfig
 from zipjax.models.random_init import random_variables

@@ -16,7 +16,7 @@ from zipjax.convert.store import save_converted
 from zipjax.engine import Engine, prepare
 from zipjax.errors import InputError
 from zipjax.models import storage
-from zipjax.models.clip import CLIPConfig, variable_shapes
+from zipjax.models.clip_net import CLIPConfig, variable_shapes
 from zipjax.models.random_init import random_variables
 from zipjax.pipeline import load
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from tests.reference import zip_host
 from zipjax import sam as sam_lib
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 
 TINY = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
             img_size=256, window_size=4, prompt_embed_dim=32, mask_in_chans=4, decoder_depth=1,

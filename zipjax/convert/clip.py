@@ -25,7 +25,7 @@ from zipjax.convert.core import (CONV, DROP, IDENTITY, LINEAR, TRANSPOSE, Layout
                                  detect_layout, flatten, flax_path, translate)
 from zipjax.convert.store import save_converted
 from zipjax.errors import CheckpointError
-from zipjax.models.clip import CLIPConfig, variable_shapes
+from zipjax.models.clip_net import CLIPConfig, variable_shapes
 
 
 def _rule(pattern: str, target: str, transform=IDENTITY) -> Rule:

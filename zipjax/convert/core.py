@@ -32,7 +32,7 @@ LINEAR = Transform("linear", lambda w: w.T, lambda s: tuple(s)[::-1])
 CONV = Transform("conv", lambda w: w.transpose(2, 3, 1, 0),
                  lambda s: (s[3], s[2], s[0], s[1]))
 # nn.ConvTranspose2d.weight [in, out, kh, kw] -> [kh, kw, in, out] (zipjax's ConvTransposeStride layout;
-# a plain transpose, no spatial flip: see zipjax/models/sam/common.py).
+# a plain transpose, no spatial flip: see zipjax/models/sam_net/common.py).
 CONV_TRANSPOSE = Transform("conv_transpose", lambda w: w.transpose(2, 3, 0, 1),
                            lambda s: (s[2], s[3], s[0], s[1]))
 DROP = Transform("drop", lambda w: w, lambda s: tuple(s))

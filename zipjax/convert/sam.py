@@ -1,4 +1,4 @@
-"""Segment Anything `.pth` (plain state dict) -> Flax variables for `zipjax.models.sam.Sam`.
+"""Segment Anything `.pth` (plain state dict) -> Flax variables for `zipjax.models.sam_net.Sam`.
 
 The architecture is inferred from shapes: ViT width and patch from `patch_embed.proj.weight`, image size from
 `pos_embed`, depth from the block indices, head dim (hence heads) and the global/windowed pattern from each
@@ -196,7 +196,7 @@ def _count(sd, prefix: str) -> int:
 
 def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
   """Architecture from the state dict's shapes -> SamConfig (compute options from `overrides`)."""
-  from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
+  from zipjax.models.sam_net.model import SamConfig  # pylint: disable=import-outside-toplevel
   if not any(k.startswith("image_encoder.") for k in sd) or not any(k.startswith("mask_decoder.") for k in sd):
     raise CheckpointError(f"{source}: not a Segment Anything checkpoint: {_describe_foreign(sd)}")
   d, _, p, p2 = _shape(sd, "image_encoder.patch_embed.proj.weight", source)
@@ -247,7 +247,7 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
 
 def expected_shapes(config) -> dict[str, tuple]:
   """Flax path -> shape of every variable of `Sam(config)`, by `jax.eval_shape` (nothing is computed)."""
-  from zipjax.models.sam.sam import Sam  # pylint: disable=import-outside-toplevel
+  from zipjax.models.sam_net.model import Sam  # pylint: disable=import-outside-toplevel
   s = config.img_size
   shapes = jax.eval_shape(Sam(config).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, s, s, 3),
                                                                                          jnp.float32))

@@ -17,8 +17,8 @@ from zipjax.convert.clip import NO_HF_RESNET
 from zipjax.errors import InputError
 from zipjax.io.text_cache import TextFeatureCache, model_key, prompt_templates
 from zipjax.models import storage
-from zipjax.models.clip import CLIPConfig
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.clip_net import CLIPConfig
+from zipjax.models.sam_net.model import SamConfig
 from zipjax.models.tokenizer import get_tokenizer
 from zipjax.pipeline import semantic
 from zipjax.sam import SamModel, load_sam

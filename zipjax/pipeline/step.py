@@ -4,7 +4,7 @@
 engine wraps in `jax.jit` with explicit shardings (zipjax/engine.py). Per image (everything is vmapped over the
 batch; no operation mixes images, so an image's numbers do not depend on its batch mates):
 
-  1. pixels: uint8 -> float32 through the lookup tables of `prep.pixel_tables` (bit-exact with the host
+  1. pixels: uint8 -> float32 through the lookup tables of `buckets.pixel_tables` (bit-exact with the host
      normalisation of `zipjax.preprocess`); the SAM input's padding is zeroed from its valid size;
   2. CLIP Surgery tokens (ViT, `semantic` dtype), image-level class probabilities and min-max normalised token
      grid similarity maps for every class (`pipeline.semantic`);
@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.errors import InputError
-from zipjax.models.clip import CLIPConfig, image_tower
+from zipjax.models.clip_net import CLIPConfig, image_tower
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
-from zipjax.models.sam.sam import Sam
+from zipjax.models.sam_net.model import Sam
 from zipjax.ops import components
 from zipjax.ops import nms as nms_ops
 from zipjax.ops.resize import bilinear_matrix
@@ -225,7 +225,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
   Returns:
     step(params, text, batch) with params {'semantic', 'boundary'[, 'sam']} (image-tower variables, see
     `visual_variables`, and SAM's variables), text {'text': [n, D], 'redundant': [D], 'clip_table',
-    'sam_table'} and batch the stacked `prep.prepare` arrays; see the module docstring for the outputs.
+    'sam_table'} and batch the stacked `buckets.prepare` arrays; see the module docstring for the outputs.
   """
   vit = vision_module(semantic_cfg)
   resnet = vision_module(boundary_cfg)

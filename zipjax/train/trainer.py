@@ -136,7 +136,7 @@ def _text_settings(config) -> dict:
 def text_encoder(config):
   """The frozen CLIP whose text tower embeds class names (see the module docstring)."""
   from zipjax.clip import ClipModel, load_clip  # pylint: disable=import-outside-toplevel
-  from zipjax.models.clip import CLIPConfig  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip_net import CLIPConfig  # pylint: disable=import-outside-toplevel
   settings = _text_settings(config)
   if "checkpoint" in settings:
     from zipjax.weights import resolve  # pylint: disable=import-outside-toplevel
