@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from zipjax.errors import InputError
+
 
 def _discover_reference() -> ml_collections.ConfigDict:
   """Discovery (k-means, fragments, instances) exactly as the released code does it."""
@@ -228,7 +230,6 @@ PRESETS = {"reference": reference, "zip": zip}
 
 def get_preset(name: str) -> ml_collections.ConfigDict:
   """Preset by name ('reference' or 'zip')."""
-  from zipjax.errors import InputError  # pylint: disable=g-import-not-at-top
   if name not in PRESETS:
     raise InputError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name]()

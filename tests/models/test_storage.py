@@ -11,7 +11,7 @@ from tests.pipeline.test_zip_pipeline import scene
 from tests.test_engine import NAMES, _config
 from zipjax import parallel
 from zipjax.clip import ClipModel, load_clip
-from zipjax.convert.core import flatten
+from zipjax.models.tree import flatten
 from zipjax.convert.store import save_converted
 from zipjax.engine import Engine, prepare
 from zipjax.errors import InputError

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 _MAX_RLE_DIGITS = 7  # 35 bits: COCO RLE counts are 32-bit unsigned
 MAX_COORDINATE = 1e12  # polygon coordinates beyond this (in pixels) are refused
@@ -128,7 +129,6 @@ def segmentation_problem(seg, height: int, width: int) -> str | None:
 def to_compressed_rle(seg, height: int, width: int) -> dict:
   """A validated segmentation (RLE of either kind, polygons) as a compressed RLE with str counts. Polygons are
   bounded by the image first (`bounded_segmentation`), so the work follows the image, not the coordinates."""
-  from pycocotools import mask as mask_utils
 
   seg = bounded_segmentation(seg, height, width)
   if isinstance(seg, dict) and isinstance(seg["counts"], (str, bytes)):
@@ -143,7 +143,6 @@ def to_compressed_rle(seg, height: int, width: int) -> dict:
 
 def decode_mask(seg, height: int, width: int) -> np.ndarray:
   """A validated segmentation -> uint8 [height, width] in {0, 1} (polygons bounded by the image first)."""
-  from pycocotools import mask as mask_utils
   rle = to_compressed_rle(seg, height, width)
   return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
 
@@ -170,12 +169,10 @@ def image_size_problem(height: int, width: int, max_side: int = MAX_SIDE,
 
 
 def rle_area(rle: dict) -> float:
-  from pycocotools import mask as mask_utils
   return float(mask_utils.area(rle))
 
 
 def rle_bbox(rle: dict) -> list:
-  from pycocotools import mask as mask_utils
   return [float(v) for v in mask_utils.toBbox(rle)]
 
 
@@ -233,7 +230,6 @@ def bounded_segmentation(seg, height: int, width: int):
   seg = clip_polygons(seg, height, width)
   if seg:
     return seg
-  from pycocotools import mask as mask_utils
   empty = mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)  # one run
   return {"size": [height, width], "counts": empty["counts"].decode("ascii")}
 

@@ -60,8 +60,10 @@ import time
 import uuid
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from zipjax.io import fs
+from zipjax.io.lock import DirLock
 from zipjax.io.paths import display, json_path
 
 SHARD_FORMAT = "zipjax-shard-1"
@@ -101,7 +103,6 @@ def _num(v, decimals: int) -> float:
 # --------------------------------------------------------------------------------------------------- records
 def encode_mask(mask) -> dict:
   """bool [H, W] mask, or an RLE dict (counts bytes or str) -> compressed RLE {'size': [H, W], 'counts': str}."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
   if isinstance(mask, dict):
     counts = mask["counts"]
     if isinstance(counts, list):  # uncompressed RLE
@@ -117,7 +118,6 @@ def encode_mask(mask) -> dict:
 def instance_annotation(inst: dict) -> dict:
   """An engine instance {category (0-based), score, box [x0, y0, x1, y1], mask} -> the canonical annotation body
   {category_id (1-based), segmentation (RLE), area, bbox [x, y, w, h], iscrowd, score}."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
   rle = encode_mask(inst["mask"])
   area = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
   x0, y0, x1, y1 = (_num(v, BOX_DECIMALS) for v in inst["box"])
@@ -291,7 +291,6 @@ class RunDir:
     return fs.join(self.root, name)
 
   def lock(self, command: str):
-    from zipjax.io.lock import DirLock  # pylint: disable=import-outside-toplevel
     return DirLock(fs.join(self.state, "lock"), command=command)
 
   def read_job(self) -> dict | None:

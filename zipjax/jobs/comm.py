@@ -8,8 +8,11 @@ otherwise.
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from zipjax import parallel
 from zipjax.errors import InputError
 
 
@@ -18,7 +21,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   """Starts jax.distributed for a multi-process run (`zipjax.parallel.initialize`: the flags, else
   ZIPJAX_COORDINATOR / ZIPJAX_NUM_PROCESSES / ZIPJAX_PROCESS_ID, else automatic on a multi-worker TPU VM; gloo
   collectives on CPU); a plain single-host run is left alone. Returns whether a distributed runtime is up."""
-  from zipjax import parallel  # pylint: disable=import-outside-toplevel
   try:
     return parallel.initialize(coordinator=coordinator, num_processes=num_processes, process_id=process_id)
   except InputError:
@@ -38,7 +40,6 @@ class Comm:
 
   def __init__(self, index: int | None = None, count: int | None = None):
     if index is None or count is None:
-      import jax  # pylint: disable=import-outside-toplevel
       index, count = jax.process_index(), jax.process_count()
     self.index = int(index)
     self.count = int(count)
@@ -52,12 +53,10 @@ class Comm:
     x = np.asarray(x)
     if self.count == 1:
       return x[None]
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=False)).reshape((self.count,) + x.shape)
 
   def barrier(self, name: str) -> None:
     if self.count > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices(name)
 
   def agree(self, fn, what: str):

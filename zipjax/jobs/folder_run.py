@@ -39,7 +39,16 @@ import sys
 import time
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from zipjax.errors import InputError
+from zipjax.gallery import gallery_hint
+from zipjax.io import fs
+from zipjax.io import images as images_io
+from zipjax.io.lock import describe
+from zipjax.io.outdir import check_output_dir
+from zipjax.io.results import draw_overlay
+from zipjax.io.shards import RunDir, error_record, fault, image_record
 
 
 @dataclasses.dataclass
@@ -86,13 +95,7 @@ def overlay_name(image_id: int, path: str) -> str:
 
 def run_folder(job: FolderJob, inputs) -> int:
   """Runs (or resumes) `job` on the image files / folders `inputs`; see the module docstring. -> exit status."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  from zipjax.io import fs  # pylint: disable=import-outside-toplevel
-  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
-  from zipjax.io.results import draw_overlay  # pylint: disable=import-outside-toplevel
-  from zipjax.io.shards import RunDir, error_record, fault, image_record  # pylint: disable=import-outside-toplevel
 
   t_start = time.perf_counter()
   names = list(job.names)
@@ -103,7 +106,6 @@ def run_folder(job: FolderJob, inputs) -> int:
   fs.makedirs(job.out)
   with rd.lock(f"zipjax {job.command}") as lock:
     if lock.stale is not None:
-      from zipjax.io.lock import describe  # pylint: disable=import-outside-toplevel
       print(f"took over the stale lock of {describe(lock.stale)}")
     rec = rd.recover()  # temporary files of killed runs; a committed output set of a killed run rolled forward
     overlays = bool(job.overlays)
@@ -191,7 +193,6 @@ def _summary(job: FolderJob, stats, done: int, total: int, elapsed: float, setup
       print(f"  {e['path']}: {e['reason']}")
   print(f"outputs in {out_dir}: results.json, annotations.json, errors.json, run.json"
         f"{', overlays/' if os.path.isdir(os.path.join(out_dir, 'overlays')) else ''}")
-  from zipjax.gallery import gallery_hint  # pylint: disable=import-outside-toplevel
   print(gallery_hint(out_dir))
 
 

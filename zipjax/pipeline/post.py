@@ -19,6 +19,7 @@ mask's `area`, encoding each mask as soon as it exists (the labeller's memory-bo
 from __future__ import annotations
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from zipjax.ops.resize import bilinear_taps, nearest_indices
 
@@ -94,7 +95,6 @@ def box_of(mask_t: np.ndarray):
 
 
 def _rle(mask_t: np.ndarray) -> dict:
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
   rle = mask_utils.encode(mask_t.view(np.uint8).T)  # [H, W] Fortran-ordered uint8 view
   return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 

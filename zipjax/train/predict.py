@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from zipjax.data import coco_train
 from zipjax import parallel
+from zipjax.data import coco_train
+from zipjax.models.detector import Detector, postprocess
 
 BOX_CONTOUR_LOGIT = -2.0  # box_source='mask': the box is the extent of the logits above this (p 0.12)
 BOX_WINDOW = 0.5          # box_source='mask': the head's box widened by this times its size on each side
@@ -103,7 +104,6 @@ class DetectorPredictor:
 
   def __init__(self, cfg, mesh, batch_size: int, score_threshold: float = 0.0, mask_threshold: float = 0.0,
                compiler_options: dict | None = None):
-    from zipjax.models.detector import Detector, postprocess  # pylint: disable=import-outside-toplevel
     self.cfg = cfg
     self.mesh = mesh
     n = mesh.devices.size

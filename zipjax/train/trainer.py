@@ -150,7 +150,7 @@ def text_encoder(config):
 
 def class_queries(config, clip_model, names) -> np.ndarray:
   """float32 [Q, D] unit-norm text embeddings of the class names (prompt ensemble or bare names)."""
-  from zipjax.models.detector import text_queries  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.semantic import text_queries  # pylint: disable=import-outside-toplevel
   templates = _text_settings(config)["templates"]
   if templates not in ("ensemble", "bare"):
     raise InputError(f"config.text.templates must be 'ensemble' or 'bare', got {templates!r}")
