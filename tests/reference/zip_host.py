@@ -119,7 +119,7 @@ def _one(cfg, boundary_clip, sam, image: np.ndarray, sim_grid, probs: np.ndarray
   if cfg.discover.pad_classes:  # repeat the first class up to a power of two; padded rows are dropped
     k_pad = 1 << (len(present) - 1).bit_length()
     rows = np.concatenate([present, np.full(k_pad - len(present), present[0])])
-  sim = semantic.upsample(sim_grid[..., jnp.asarray(rows)], (hh, ww))  # [H, W, k_pad]
+  sim = resize.resize_bilinear(sim_grid[..., jnp.asarray(rows)], (hh, ww))  # [H, W, k_pad], torch bilinear
   bpix = preprocess.boundary_input(image, cfg.boundary.input_size, int(cfg.boundary.size_multiple))[None]
   feats = boundary_clip.trunk_features(bpix, int(cfg.boundary.stage))  # [1, h, w, C]
   h, w = feats.shape[1:3]

@@ -23,7 +23,6 @@ import numpy as np
 from zipjax.errors import InputError
 from zipjax.io.text_cache import prompt_templates
 from zipjax.models.tokenizer import get_tokenizer
-from zipjax.ops import resize
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -116,12 +115,6 @@ def surgery_similarity(tokens: jax.Array, text: jax.Array, redundant: jax.Array,
   return s.reshape(s.shape[0], grid[0], grid[1], s.shape[-1])  # [B, gh, gw, n]
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
-def upsample(similarity: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[..., gh, gw, n] -> [..., H, W, n], bilinear (torch align_corners=False)."""
-  return resize.resize_bilinear(similarity, size)
-
-
 @jax.jit
 def class_scores(cls_features: jax.Array, text: jax.Array, logit_scale: float | jax.Array) -> jax.Array:
   """Image-level class probabilities: softmax over classes of logit_scale * cos -> float32 [B, n].
@@ -156,5 +149,5 @@ def check_feature_norm(value: str) -> str:
   return value
 
 
-__all__ = ["prompts", "ensemble_text_features", "text_queries", "surgery_similarity", "upsample", "class_scores",
+__all__ = ["prompts", "ensemble_text_features", "text_queries", "surgery_similarity", "class_scores",
            "check_feature_norm"]
