@@ -18,8 +18,8 @@ error names the file to download and the path to put it at.
 Hub names: `hf:ORG/REPO[/FILE][@REVISION]` (a branch, tag or commit) resolve through `huggingface_hub`
 (`hf_hub_download`, its cache and progress bars; `HF_HUB_CACHE` / `HF_HOME` and `HF_HUB_OFFLINE` are read
 when resolving; `ZIPJAX_OFFLINE=1` also keeps it to the cache). Without FILE, the first of the family's usual
-weight files that the repository holds is used (`HUB_FILES`; a `*.safetensors.index.json` brings its
-shards), with `config.json` / `open_clip_config.json` beside it when the repository has them (the CLIP
+weight files that the repository holds is used (`zipjax.convert.store.HUB_FILES`; a `*.safetensors.index.json`
+brings its shards), with `config.json` / `open_clip_config.json` beside it when the repository has them (the CLIP
 converter checks them). The file is converted once into `<cache>/converted/hf/ORG--REPO/<commit>[--FILE]`.
 """
 from __future__ import annotations
