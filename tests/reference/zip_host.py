@@ -26,6 +26,9 @@ from zipjax.ops import components, nms, resize
 from zipjax.pipeline import discover, semantic
 
 
+_upsample = jax.jit(resize.resize_bilinear, static_argnums=1)  # [..., gh, gw, n] -> [..., H, W, n], torch bilinear
+
+
 def geometric_score(clip_prob, sam_iou) -> np.ndarray:
   """sqrt(clip probability * clip(SAM IoU, 0, 1))."""
   return np.sqrt(np.asarray(clip_prob, np.float32) * np.clip(np.asarray(sam_iou, np.float32), 0.0, 1.0))
@@ -119,7 +122,7 @@ def _one(cfg, boundary_clip, sam, image: np.ndarray, sim_grid, probs: np.ndarray
   if cfg.discover.pad_classes:  # repeat the first class up to a power of two; padded rows are dropped
     k_pad = 1 << (len(present) - 1).bit_length()
     rows = np.concatenate([present, np.full(k_pad - len(present), present[0])])
-  sim = resize.resize_bilinear(sim_grid[..., jnp.asarray(rows)], (hh, ww))  # [H, W, k_pad], torch bilinear
+  sim = _upsample(sim_grid[..., jnp.asarray(rows)], (hh, ww))  # [H, W, k_pad]
   bpix = preprocess.boundary_input(image, cfg.boundary.input_size, int(cfg.boundary.size_multiple))[None]
   feats = boundary_clip.trunk_features(bpix, int(cfg.boundary.stage))  # [1, h, w, C]
   h, w = feats.shape[1:3]
