@@ -91,17 +91,16 @@ def _run_evaluator(backend: str, gt_data: dict, dt_data: dict, iou_type: str, im
   quiet = io.StringIO()
   with contextlib.redirect_stdout(quiet):
     if backend == "pycocotools":
-
       coco_gt, coco_dt = COCO(), COCO()
       coco_gt.dataset, coco_dt.dataset = gt_data, dt_data
       coco_gt.createIndex()
       coco_dt.createIndex()
       ev = COCOeval(coco_gt, coco_dt, iou_type)
     else:
-      from faster_coco_eval import COCO, COCOeval_faster
+      import faster_coco_eval  # optional (the test extra); `_check_backend` says so when it is missing
 
-      coco_gt, coco_dt = COCO(gt_data), COCO(dt_data)
-      ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=lambda *a, **k: None)
+      coco_gt, coco_dt = faster_coco_eval.COCO(gt_data), faster_coco_eval.COCO(dt_data)
+      ev = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=lambda *a, **k: None)
     ev.params.imgIds = list(img_ids)
     ev.evaluate()
     ev.accumulate()
