@@ -33,20 +33,16 @@ def main():
   import jax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
 
-  from tests.pipeline.test_zip_pipeline import NAMES, RN, VIT, _config, scene  # pylint: disable=C0415
-  from tests.reference import clip_ref, zip_pipeline  # pylint: disable=import-outside-toplevel
+  from tests.pipeline.test_zip_pipeline import NAMES, _config, reference_models, scene  # pylint: disable=C0415
+  from tests.reference import zip_pipeline  # pylint: disable=import-outside-toplevel
   from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  from zipjax.clip import ClipModel  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.clip import convert_state_dict  # pylint: disable=import-outside-toplevel
   from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
   from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
 
   torch.set_grad_enabled(False)
   config = _config()
-  vit, rn = clip_ref.make_clip(seed=3, **VIT), clip_ref.make_clip(seed=4, **RN)
-  cv, vv = convert_state_dict(clip_ref.state_dict_numpy(vit))
-  cr, vr = convert_state_dict(clip_ref.state_dict_numpy(rn))
-  models = (ClipModel(cv.replace(surgery_depth=2), vv), ClipModel(cr, vr), None)
+  vit, rn, jvit, jrn = reference_models()  # the parity test's models: the same random weights in both
+  models = (jvit, jrn, None)
   imgs = [scene(i, *SIZES[i % len(SIZES)]) for i in range(a.images)]
   templates = prompt_templates()
 

@@ -32,10 +32,8 @@ def _images(n: int) -> list[np.ndarray]:
 def small(n_images: int, repeats: int) -> None:
   import torch  # pylint: disable=import-outside-toplevel
 
-  from tests.pipeline.test_zip_pipeline import NAMES, RN, VIT, _config  # pylint: disable=import-outside-toplevel
-  from tests.reference import clip_ref, zip_pipeline  # pylint: disable=import-outside-toplevel
-  from zipjax.clip import ClipModel  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.clip import convert_state_dict  # pylint: disable=import-outside-toplevel
+  from tests.pipeline.test_zip_pipeline import NAMES, _config, reference_models  # pylint: disable=C0415
+  from tests.reference import zip_pipeline  # pylint: disable=import-outside-toplevel
   from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -43,12 +41,9 @@ def small(n_images: int, repeats: int) -> None:
   from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
 
   torch.set_grad_enabled(False)
-  vit = clip_ref.make_clip(seed=3, **VIT)
-  rn = clip_ref.make_clip(seed=4, **RN)
+  vit, rn, jvit, jrn = reference_models()  # the parity test's models: the same random weights in both
   config = _config()
-  cv, vv = convert_state_dict(clip_ref.state_dict_numpy(vit))
-  cr, vr = convert_state_dict(clip_ref.state_dict_numpy(rn))
-  eng = Engine(config, models=(ClipModel(cv.replace(surgery_depth=2), vv), ClipModel(cr, vr), None),
+  eng = Engine(config, models=(jvit, jrn, None),
                mesh=parallel.create_mesh([("data", -1)], jax.devices()[:1]), text_cache=None)
   eng.set_classes(NAMES)
   imgs = _images(n_images)

@@ -50,8 +50,9 @@ def _config():
   return config
 
 
-@pytest.fixture(scope="module")
-def models():
+def reference_models():
+  """(torch ViT, torch ModifiedResNet, zipjax ViT, zipjax ResNet): the same random weights in both (also the
+  models of bench/engine.py and bench/segment.py)."""
   vit = clip_ref.make_clip(seed=3, **VIT)
   rn = clip_ref.make_clip(seed=4, **RN)
   # A tiny random ResNet with randomised BatchNorm statistics (make_clip's default) collapses layer3 to a
@@ -67,6 +68,11 @@ def models():
   cfg_v, var_v = convert_state_dict(clip_ref.state_dict_numpy(vit))
   cfg_r, var_r = convert_state_dict(clip_ref.state_dict_numpy(rn))
   return vit, rn, ClipModel(cfg_v.replace(surgery_depth=2), var_v), ClipModel(cfg_r, var_r)
+
+
+@pytest.fixture(scope="module")
+def models():
+  return reference_models()
 
 
 @pytest.mark.parametrize("seed", [0, 1])
