@@ -51,7 +51,7 @@ def _torch(case: dict, runs: int, q):
   import torch
   from tests.reference import clip_modules
   from tests.reference.clip_ref import resnet_stages, surgery_encode
-  from zipjax.models.clip import ARCHITECTURES
+  from zipjax.models.clip_net import ARCHITECTURES
 
   torch.set_grad_enabled(False)
   cfg = ARCHITECTURES[case["arch"]]

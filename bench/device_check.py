@@ -257,7 +257,7 @@ def model_rows(args, eng, deadline: float) -> list[Row]:
        lambda p, x: rn.apply(p, x, eng.spec.stage, method=ModifiedResNet.trunk),
        eng.params["boundary"], jnp.zeros((b, hb, wb, 3), jnp.float32))]
   if eng.sam_cfg is not None:
-    from zipjax.models.sam.sam import Sam  # pylint: disable=import-outside-toplevel
+    from zipjax.models.sam_net.model import Sam  # pylint: disable=import-outside-toplevel
     sam = Sam(eng.sam_cfg)
     t, e, c = eng.sam_cfg.img_size, eng.sam_cfg.embedding_size, eng.sam_cfg.prompt_embed_dim
     m = eng.step_spec.num_candidates()

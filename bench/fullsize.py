@@ -81,11 +81,11 @@ def _config(dtype: str, ckpt: dict | None):
 def child_torch(args) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
 
-  from tests.models.sam.helpers import build_torch_sam  # pylint: disable=import-outside-toplevel
+  from tests.models.sam_net.helpers import build_torch_sam  # pylint: disable=import-outside-toplevel
   from tests.reference import clip_ref, zip_discover  # pylint: disable=import-outside-toplevel
   from zipjax.engine import prepare  # pylint: disable=import-outside-toplevel
-  from zipjax.models.clip import ARCHITECTURES  # pylint: disable=import-outside-toplevel
-  from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
+  from zipjax.models.clip_net import ARCHITECTURES  # pylint: disable=import-outside-toplevel
+  from zipjax.models.sam_net.model import SamConfig  # pylint: disable=import-outside-toplevel
   torch.set_grad_enabled(False)
   config = _config("float32", None)
   out = {"threads": torch.get_num_threads()}
@@ -110,7 +110,7 @@ def child_torch(args) -> dict:
   rn.transformer = rn.token_embedding = None  # only the image trunk runs below
   rn.visual.layer4 = rn.visual.attnpool = None
   # the same inputs as the engine's: its host preparation of the same image (bucket shapes)
-  from zipjax.pipeline.prep import PrepSpec  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.buckets import PrepSpec  # pylint: disable=import-outside-toplevel
   spec = PrepSpec.from_config(config, (32, 32), 1024)
   item = prepare(_image(), spec)
   mean = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
@@ -166,7 +166,7 @@ def child_zipjax(args) -> dict:
   from zipjax.engine import Engine, prepare  # pylint: disable=import-outside-toplevel
   from zipjax.models.clip_resnet import ModifiedResNet  # pylint: disable=import-outside-toplevel
   from zipjax.models.clip_vit import VisionTransformer  # pylint: disable=import-outside-toplevel
-  from zipjax.models.sam.sam import Sam  # pylint: disable=import-outside-toplevel
+  from zipjax.models.sam_net.model import Sam  # pylint: disable=import-outside-toplevel
   from zipjax.pipeline import step as step_lib  # pylint: disable=import-outside-toplevel
   ckpt = json.loads(args.ckpt) if args.ckpt else None
   config = _config(args.dtype, ckpt)

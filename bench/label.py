@@ -1,6 +1,7 @@
-"""`zipjax label` throughput against the per-image `zipjax segment` loop it replaces, on the same generated images
-(configs/smoke.py, random weights, CPU), for 1, 2, 4 and 8 simulated devices; compiled programs; peak host RSS
-of `zipjax label` for a small and a large number of images (it must not grow with the image count).
+"""`zipjax label` throughput against the PyTorch + NumPy reference pipeline (tests/reference/zip_pipeline.py, one
+image at a time, the released code's style) on the same generated images (configs/smoke.py's model sizes, random
+weights, SAM off in both, CPU), for 1, 2, 4 and 8 simulated devices; compiled programs; peak host RSS of
+`zipjax label` for a small and a large number of images (it must not grow with the image count).
 
   python bench/label.py                # 64 images, devices 1 2 4 8, RSS at 100 and 500 images
   python bench/label.py --quick        # 16 images, devices 1 8, RSS at 50 and 150 images
@@ -9,10 +10,10 @@ Every measurement runs in its own subprocess (XLA_FLAGS=--xla_force_host_platfor
 XLA cache). Columns: `cold` = the first pass over the images including compilation, `warm` = a second pass
 with everything compiled (label: a new run into a new directory in the same process; the engine's programs are
 reused), images/s; `programs` = the engine's step programs; `xla compiles` = every XLA compilation of the pass
-(jax_log_compiles). The segment loop is the pre-engine pipeline (zipjax/pipeline/zip.py
-`Segmenter.segment_per_stage`, batches of `config.batch_size`, results written by the old `ResultWriter` after
-every batch); it uses one device whatever the device count, so it is measured once. Simulated devices share the same CPU cores: more of them split the
-same compute, they do not add any.
+(jax_log_compiles). The reference (torch on the CPU, the smoke config's CLIP architectures, its input sizes,
+the same images) re-encodes its prompt ensemble per image as the released demo does; its row is given without
+that text cost (measured once and subtracted); it is measured once, on one process. Simulated devices share the
+same CPU cores: more of them split the same compute, they do not add any.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ sys.path = [p for p in sys.path if os.path.abspath(p) != os.path.dirname(os.path
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 CLASSES = ["orange", "table", "sky"]
 # 8 sizes over 3 aspect ratios (landscape 4:3, portrait 3:4, square): the engine has 3 buckets to compile,
-# the per-image loop one boundary shape per distinct size
+# the reference one boundary shape per distinct size
 SIZES = [(96, 128), (120, 160), (150, 200), (132, 176), (128, 96), (160, 120), (112, 112), (144, 144)]
 
 
@@ -82,6 +83,7 @@ def _config(batch: int):
   config.label.shard_size = 64
   config.label.workers = 2
   config.output.overlays = False
+  config.sam.enabled = False  # the reference pipeline has no SAM stage
   return config
 
 
@@ -108,29 +110,32 @@ def worker_label(images: str, batch: int, passes: int) -> dict:
   return out
 
 
-def worker_segment(images: str, batch: int, passes: int) -> dict:
+def worker_reference(images: str, batch: int, passes: int) -> dict:
+  import torch  # pylint: disable=import-outside-toplevel
+
+  from tests.reference import clip_ref, zip_pipeline  # pylint: disable=import-outside-toplevel
   from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from bench.writer import ResultWriter  # pylint: disable=import-outside-toplevel  (the old writer)
-  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
-  counter = CompileCounter()
-  config = _config(batch)
-  seg = build_segmenter(config, random_init=True)
-  seg.set_classes(CLASSES)
+  from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
+  del batch  # one image at a time
+  torch.set_grad_enabled(False)
+  config = _config(1)
+  arch = {k: config.models[k].arch.to_dict() for k in ("semantic", "boundary")}
+  depth = int(arch["semantic"].pop("surgery_depth"))
+  vit, rn = clip_ref.make_clip(seed=3, **arch["semantic"]), clip_ref.make_clip(seed=4, **arch["boundary"])
+  templates = prompt_templates() if config.semantic.prompt_ensemble else ["{}"]
   paths = images_io.find_images([images])
+  t0 = time.perf_counter()
+  zip_pipeline.encode_text_with_prompt_ensemble(vit, CLASSES, templates)
+  zip_pipeline.encode_text_with_prompt_ensemble(vit, [""], templates)
+  text_s = time.perf_counter() - t0
   out = {"passes": []}
-  tmp = tempfile.mkdtemp(prefix="zipjax-bench-segment-")
-  for p in range(passes):
-    before = counter.count
-    writer = ResultWriter(os.path.join(tmp, f"run{p}"), CLASSES, {"description": "bench"})
+  for _ in range(passes):
     t0 = time.perf_counter()
-    for s in range(0, len(paths), batch):  # the loop of `zipjax segment` before the engine
-      batch_imgs = [(s + j + 1, pth, images_io.load_image(pth)) for j, pth in enumerate(paths[s:s + batch])]
-      run = getattr(seg, "segment_per_stage", seg.segment)  # the host-driven path (Segmenter.segment = engine)
-      for (iid, pth, img), res in zip(batch_imgs, run([im for _, _, im in batch_imgs])):
-        writer.add_image(iid, pth, img, res["instances"])
-      writer.flush()
-    out["passes"].append({"loop_s": time.perf_counter() - t0, "images": len(paths),
-                          "xla_compiles": counter.count - before})
+    for pth in paths:
+      zip_pipeline.reference_pipeline(images_io.load_image(pth), CLASSES, vit, rn, templates,
+                                      config.semantic.input_size, config.boundary.input_size, surgery_depth=depth,
+                                      discover_kwargs={"min_instance_cells": config.discover.min_instance_cells})
+    out["passes"].append({"loop_s": time.perf_counter() - t0 - text_s * len(paths), "images": len(paths)})
   return out
 
 
@@ -147,13 +152,13 @@ def _sub(args: list[str], devices: int) -> dict:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true")
-  p.add_argument("--batch", type=int, default=1, help="images per device per step (label) / per call (segment)")
-  p.add_argument("--worker", choices=("label", "segment"), help=argparse.SUPPRESS)
+  p.add_argument("--batch", type=int, default=1, help="images per device per step (label)")
+  p.add_argument("--worker", choices=("label", "reference"), help=argparse.SUPPRESS)
   p.add_argument("--images", help=argparse.SUPPRESS)
   p.add_argument("--passes", type=int, default=2, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a.worker:
-    fn = worker_label if a.worker == "label" else worker_segment
+    fn = worker_label if a.worker == "label" else worker_reference
     print(json.dumps(fn(a.images, a.batch, a.passes)))
     return
   n_images, devices, rss_counts = (16, (1, 8), (50, 150)) if a.quick else (64, (1, 2, 4, 8), (100, 500))
@@ -167,7 +172,7 @@ def main(argv=None) -> None:
 def _bench(a, tmp: str, n_images: int, devices, rss_counts) -> None:
   images = generate(os.path.join(tmp, "images"), n_images)
   t0 = time.perf_counter()
-  seg = _sub(["--worker", "segment", "--images", images, "--batch", str(a.batch)], 1)
+  ref = _sub(["--worker", "reference", "--images", images, "--passes", "1"], 1)
   rows = {d: _sub(["--worker", "label", "--images", images, "--batch", str(a.batch)], d) for d in devices}
   big = generate(os.path.join(tmp, "many"), max(rss_counts), sizes=[(96, 128)], seed=1)
   rss = {}
@@ -178,22 +183,22 @@ def _bench(a, tmp: str, n_images: int, devices, rss_counts) -> None:
       os.symlink(os.path.join(big, name), os.path.join(sub, name))
     rss[n] = _sub(["--worker", "label", "--images", sub, "--batch", "4", "--passes", "1"], 1)
 
-  s_cold, s_warm = seg["passes"][0], seg["passes"][-1]
-  seg_cold = n_images / s_cold["loop_s"]
-  seg_warm = n_images / s_warm["loop_s"]
-  print(f"zipjax label vs the per-image segment loop: {n_images} images ({len(SIZES)} sizes, 3 aspect ratios), "
-        f"configs/smoke.py, random weights, batch {a.batch} per device, CPU ({os.cpu_count()} cores)")
+  ref_rate = n_images / ref["passes"][0]["loop_s"]
+  print(f"zipjax label vs the torch+numpy reference pipeline: {n_images} images ({len(SIZES)} sizes, 3 aspect "
+        f"ratios), configs/smoke.py model sizes, SAM off, random weights, batch {a.batch} per device, CPU "
+        f"({os.cpu_count()} cores)")
   print(f"{'':22} {'devices':>7} | {'cold img/s':>10} {'warm img/s':>10} | {'programs':>8} {'xla compiles':>12} | "
         f"{'cold x':>6} {'warm x':>6}")
-  print(f"{'segment loop (old)':22} {1:7d} | {seg_cold:10.2f} {seg_warm:10.2f} | {'-':>8} "
-        f"{s_cold['xla_compiles']:12d} | {1.0:6.2f} {1.0:6.2f}")
+  print(f"{'torch+numpy reference':22} {1:7d} | {ref_rate:10.2f} {ref_rate:10.2f} | {'-':>8} {'-':>12} | "
+        f"{1.0:6.2f} {1.0:6.2f}")
   for d, r in rows.items():
     c, w = r["passes"][0], r["passes"][-1]
     lc, lw = n_images / c["loop_s"], n_images / w["loop_s"]
     print(f"{'zipjax label':22} {d:7d} | {lc:10.2f} {lw:10.2f} | {c['programs']:8d} {c['xla_compiles']:12d} | "
-          f"{lc / seg_cold:6.2f} {lw / seg_warm:6.2f}")
-  print(f"second pass xla compiles: segment loop {s_warm['xla_compiles']}, label "
-        f"{', '.join(str(r['passes'][-1]['xla_compiles']) for r in rows.values())} (per device count)")
+          f"{lc / ref_rate:6.2f} {lw / ref_rate:6.2f}")
+  print(f"second pass xla compiles of label: "
+        f"{', '.join(str(r['passes'][-1]['xla_compiles']) for r in rows.values())} (per device count); the "
+        "reference's text cost is excluded")
   print("peak host RSS of zipjax label (1 device, batch 4, one pass):")
   for n, r in rss.items():
     print(f"  {n:5d} images: {r['rss_mb']:8.1f} MB  ({r['passes'][0]['images'] / r['passes'][0]['loop_s']:.2f} "

@@ -145,7 +145,7 @@ def encoder_flops(config) -> float:
 def gpu_bench(args) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
+  from zipjax.models.sam_net.model import SamConfig  # pylint: disable=import-outside-toplevel
   from zipjax.sam import SamModel  # pylint: disable=import-outside-toplevel
   dev = jax.devices()[0]
   if dev.platform != "gpu" and not args.allow_cpu:

@@ -1,7 +1,6 @@
-"""`zipjax segment` pipeline speed: per-stage breakdown and images/s of the engine (what `Segmenter.segment` runs)
-and of the old per-stage loop (`Segmenter.segment_per_stage`), against the PyTorch + NumPy reference pipeline
-(tests/reference/zip_pipeline.py, the released code's style) measured in the same run. One device
-(bench/engine.py compares the engine with the old loop on 1 and 8 devices).
+"""`zipjax segment` pipeline speed: stage breakdown and images/s of the engine (what `zipjax segment` runs), against
+the PyTorch + NumPy reference pipeline (tests/reference/zip_pipeline.py, the released code's style) measured in
+the same run. One device (bench/engine.py runs the engine on 1 and 8 devices).
 
   python bench/segment.py                 # CPU, small random models (reference preset; both pipelines)
   python bench/segment.py --full          # zip preset, ViT-B/16 + RN50x64 random weights at full input
@@ -33,44 +32,31 @@ def _images(n: int) -> list[np.ndarray]:
 def small(n_images: int, repeats: int) -> None:
   import torch  # pylint: disable=import-outside-toplevel
 
-  from tests.pipeline.test_zip_pipeline import NAMES, RN, VIT, _config  # pylint: disable=import-outside-toplevel
-  from tests.reference import clip_ref, zip_pipeline  # pylint: disable=import-outside-toplevel
-  from zipjax.clip import ClipModel  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.clip import convert_state_dict  # pylint: disable=import-outside-toplevel
+  from tests.pipeline.test_zip_pipeline import NAMES, _config, reference_models  # pylint: disable=C0415
+  from tests.reference import zip_pipeline  # pylint: disable=import-outside-toplevel
   from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
 
   from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.zip import STAGES, Segmenter  # pylint: disable=import-outside-toplevel
+  from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
 
   torch.set_grad_enabled(False)
-  vit = clip_ref.make_clip(seed=3, **VIT)
-  rn = clip_ref.make_clip(seed=4, **RN)
+  vit, rn, jvit, jrn = reference_models()  # the parity test's models: the same random weights in both
   config = _config()
-  cv, vv = convert_state_dict(clip_ref.state_dict_numpy(vit))
-  cr, vr = convert_state_dict(clip_ref.state_dict_numpy(rn))
-  seg = Segmenter(config, ClipModel(cv.replace(surgery_depth=2), vv), ClipModel(cr, vr),
-                  mesh=parallel.create_mesh([("data", -1)], jax.devices()[:1]))
-  seg.set_classes(NAMES)
+  eng = Engine(config, models=(jvit, jrn, None),
+               mesh=parallel.create_mesh([("data", -1)], jax.devices()[:1]), text_cache=None)
+  eng.set_classes(NAMES)
   imgs = _images(n_images)
-  seg.segment(imgs[:2])  # warm-up: compile
-  seg.segment_per_stage(imgs[:2])
-  for k in seg.timings:
-    seg.timings[k] = 0.0
-  seg.stage_timings = {s: 0.0 for s in STAGES}
+  eng.segment(imgs[:2], masks="bool")  # warm-up: compile
+  for k in eng.timings:
+    eng.timings[k] = 0.0
   bs = int(config.batch_size)  # per device; one device here
   t0 = time.perf_counter()
   for _ in range(repeats):
     for s in range(0, len(imgs), bs):
-      seg.segment(imgs[s:s + bs])
+      eng.segment(imgs[s:s + bs], masks="bool")
   jax_total = (time.perf_counter() - t0) / (repeats * len(imgs))
-  per = {k: v / (repeats * len(imgs)) for k, v in seg.timings.items()}
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    for s in range(0, len(imgs), bs):
-      seg.segment_per_stage(imgs[s:s + bs])
-  old_total = (time.perf_counter() - t0) / (repeats * len(imgs))
-  per_old = {k: v / (repeats * len(imgs)) for k, v in seg.stage_timings.items()}
+  per = {k: v / (repeats * len(imgs)) for k, v in eng.timings.items()}
 
   templates = prompt_templates()
   t0 = time.perf_counter()
@@ -89,20 +75,15 @@ def small(n_images: int, repeats: int) -> None:
   h, w = imgs[0].shape[:2]
   print(f"zipjax segment, reference preset, CPU ({os.cpu_count()} cores), {len(imgs)} images {w}x{h}, "
         f"{len(NAMES)} classes, small random models")
-  print(f"{'engine stage':<14} {'s/img':>8}    {'old loop stage':<14} {'s/img':>8}")
-  engine_stages = list(per)
-  for i, b in enumerate(STAGES):
-    a = engine_stages[i] if i < len(engine_stages) else ""
-    left = f"{a:<14} {per[a]:8.4f}" if a else f"{'':<14} {'':>8}"
-    print(f"{left}    {b:<14} {per_old[b]:8.4f}")
-  print(f"{'total':<14} {jax_total:8.4f}    {'total':<14} {old_total:8.4f}")
+  print(f"{'engine stage':<14} {'s/img':>8}")
+  for k, v in per.items():
+    print(f"{k:<14} {v:8.4f}")
+  print(f"{'total':<14} {jax_total:8.4f}")
   print()
   print(f"{'pipeline':<44} {'s/img':>8} {'img/s':>8} {'ratio':>7}")
   print(f"{'torch+numpy reference (text per image)':<44} {ref_total:8.4f} {1 / ref_total:8.2f} {1.0:7.2f}")
   print(f"{'torch+numpy reference (text excluded)':<44} {ref_img:8.4f} {1 / ref_img:8.2f} "
         f"{ref_total / ref_img:7.2f}")
-  print(f"{'zipjax old per-stage loop (warm)':<44} {old_total:8.4f} {1 / old_total:8.2f} "
-        f"{ref_total / old_total:7.2f}")
   print(f"{'zipjax engine (jit, warm, text cached)':<44} {jax_total:8.4f} {1 / jax_total:8.2f} "
         f"{ref_total / jax_total:7.2f}")
   print(f"speed-up vs reference without its text cost: {ref_img / jax_total:.2f}x")
@@ -110,17 +91,17 @@ def small(n_images: int, repeats: int) -> None:
 
 def full(n_images: int) -> None:
   from zipjax import configs  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
+  from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
   config = configs.zip()
   config.semantic.prompt_ensemble = False  # random text tower: the ensemble only costs time here
-  seg = build_segmenter(config, random_init=True, cache_text=False)
+  seg = Engine(config, random_init=True, text_cache=None)
   seg.set_classes(["orange", "table", "person"])
   imgs = _images(n_images)
-  seg.segment(imgs[:1])
+  seg.segment(imgs[:1], masks="bool")
   for k in seg.timings:
     seg.timings[k] = 0.0
   t0 = time.perf_counter()
-  seg.segment(imgs)
+  seg.segment(imgs, masks="bool")
   total = (time.perf_counter() - t0) / len(imgs)
   print("zip preset, ViT-B/16 + RN50x64 + SAM vit_h (random weights), full input sizes (see bench/device_check.py)")
   for k, v in seg.timings.items():

@@ -130,8 +130,8 @@ def test_register_extends_the_table(monkeypatch):
     ("--config.discover.connectivity=6", "discover.connectivity"),
 ])
 def test_cli_override_refused_before_models_are_built(tmp_path, monkeypatch, capsys, override, field):
-  import zipjax.pipeline.zip as zip_pipeline  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(zip_pipeline, "build_segmenter", lambda *a, **k: pytest.fail("models were built"))
+  import zipjax.commands.segment as segment_cmd  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(segment_cmd, "build_engine", lambda *a, **k: pytest.fail("models were built"))
   rc = cli.main(["segment", os.path.join(ROOT, "examples", "oranges.png"), "--classes", "orange",
                  "--random-init", "--config", os.path.join(ROOT, "configs", "smoke.py"), "--out",
                  str(tmp_path / "out"), override])

@@ -1,8 +1,8 @@
 """The labelling engine (zipjax/engine.py) on the smoke config with random weights.
 
 One config for every test (the smoke preset with a single 4:3 bucket ratio, so landscape images of any size
-share one program per mesh): agreement with the old per-stage path, bit-identical outputs on 8 devices vs 1
-and alone vs in a batch, `Segmenter.segment` == a direct engine run, a bounded number of compiled programs over
+share one program per mesh): agreement with the host oracle of the zip preset (tests/reference/zip_host.py),
+bit-identical outputs on 8 devices vs 1 and alone vs in a batch, a bounded number of compiled programs over
 many image sizes, model-axis parameter sharding vs unsharded, per-image errors, and the host memory of one
 8192 x 8192 image.
 """
@@ -16,11 +16,12 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from tests.pipeline.test_zip_pipeline import scene
+from tests.reference import zip_host
 from zipjax import parallel
 from zipjax.commands.segment import load_config_file
 from zipjax.engine import Engine, prepare
 from zipjax.errors import InputError
-from zipjax.pipeline.zip import Segmenter, build_models
+from zipjax.pipeline.load import build_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["orange", "table", "sky", "dog"]
@@ -49,7 +50,7 @@ def one(models):
 
 @pytest.fixture(scope="module")
 def images():
-  # 4:3 sizes: the boundary input of the old path (short side 384, long side rounded to 128) is the bucket's
+  # 4:3 sizes: the boundary input of the host oracle (short side 384, long side rounded to 128) is the bucket's
   return [scene(s, 180, 240) for s in range(3)] + [scene(3, 150, 200), scene(4, 90, 120)]
 
 
@@ -85,12 +86,12 @@ def test_outputs_are_meaningful(reference, images):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_matches_old_per_stage_path(models, images, reference):
-  """Same classes, label maps, instances; scores within 1e-5 (SAM prompt boxes are scaled in float32 on device
-  instead of float64 on the host); masks IoU >= 0.999 (composed upsampling weights on the host)."""
-  seg = Segmenter(_config(), *models)
-  seg.set_classes(NAMES)
-  old = seg.segment_per_stage(images[:3])  # one size: the old path compiles per size
+def test_matches_host_oracle(models, images, reference, one):
+  """The host oracle, one image and stage at a time: same classes, label maps, instances; scores within 1e-5
+  (SAM prompt boxes are scaled in float32 on device instead of float64 on the host); masks IoU >= 0.999
+  (composed upsampling weights on the host)."""
+  text = one.text_features(NAMES + [""])
+  old = zip_host.segment(_config(), *models, text, images[:3])  # one size: the oracle compiles per size
   n = 0
   for a, b in zip(reference[:3], old):
     np.testing.assert_allclose(a["probs"], b["probs"], rtol=0, atol=1e-6)
@@ -134,19 +135,6 @@ def test_padding_row_of_the_compiled_step_keeps_nothing(one, images):
   assert keep[0].any(), "the real row keeps nothing: the test could not see a padding row's instances"
   np.testing.assert_array_equal(score[1:], np.broadcast_to(score[0], score[1:].shape))
   assert not keep[1:].any(), "instances of a valid=False padding row are kept"
-
-
-def test_segmenter_runs_on_the_engine(models, images, one):
-  seg = Segmenter(_config(), *models, mesh=one.mesh)
-  seg.set_classes(NAMES)
-  got = seg.segment(images[:2])
-  want = one.segment(images[:2], masks="bool")
-  for a, b in zip(got, want):
-    assert len(a["instances"]) == len(b["instances"]) > 0
-    for x, y in zip(a["instances"], b["instances"]):
-      assert (x["category"], x["score"], x["box"]) == (y["category"], y["score"], y["box"])
-      np.testing.assert_array_equal(x["mask"], y["mask"])
-  assert seg.timings["device"] > 0
 
 
 def test_program_count_bounded(one):
@@ -217,7 +205,7 @@ def _rss() -> int:
 
 def test_large_image_host_memory(one):
   """One 8192 x 8192 image: peak host RSS growth under 600 MB (the image itself, 200 MB, is allocated before;
-  the old path took 5.6 GB): PIL copies once, masks are made and RLE-encoded one at a time."""
+  the pre-engine host loop took 5.6 GB): PIL copies once, masks are made and RLE-encoded one at a time."""
   one.segment([scene(7, 180, 240)], masks="rle")  # compiled and warm
   big = np.zeros((8192, 8192, 3), np.uint8)  # two halves and a rectangle: few instances, quick to post-process
   big[:, 4096:] = 200

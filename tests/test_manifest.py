@@ -3,7 +3,7 @@ import json
 import os
 import re
 
-from zipjax.models.clip import ARCHITECTURES
+from zipjax.models.clip_net import ARCHITECTURES
 
 MANIFEST = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "manifest.json")
 

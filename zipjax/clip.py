@@ -7,12 +7,14 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from zipjax.convert.clip import load_file
 from zipjax.convert.store import is_converted, load_converted
 from zipjax.errors import CheckpointError, InputError
-from zipjax.models.clip import ARCHITECTURES, CLIP, CLIPConfig, image_tower, variable_shapes
+from zipjax.models.clip_net import ARCHITECTURES, CLIP, CLIPConfig, image_tower, variable_shapes
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.random_init import random_variables
 from zipjax.models.tokenizer import get_tokenizer
+from zipjax.models.tree import flatten
 
 
 class ClipModel:
@@ -106,14 +108,12 @@ def load_clip(src, leaf_filter=None) -> ClipModel:
     expected = variable_shapes(config)
     if leaf_filter is not None:
       expected = {k: v for k, v in expected.items() if leaf_filter.keeps(k)}
-    from zipjax.convert.core import flatten  # pylint: disable=import-outside-toplevel
     flat = flatten(variables)
     bad = [k for k in expected if k not in flat or tuple(flat[k].shape) != expected[k]]
     if bad or set(flat) - set(expected):
       raise CheckpointError(f"{src}: converted variables do not match config.json "
                             f"(first mismatches: {bad[:3] or sorted(set(flat) - set(expected))[:3]})")
     return ClipModel(config, variables, name=src)
-  from zipjax.convert.clip import load_file  # pylint: disable=import-outside-toplevel
   config, variables = load_file(src)
   if leaf_filter is not None:
     variables = leaf_filter.apply(variables)

@@ -11,12 +11,12 @@ Each pipeline stage owns one sub-config, so stages can be added without touching
 used by a kernel is a field here:
 
 - `config.models`: which checkpoints (manifest names, files or converted dirs) and, for `--random-init`,
-  which architectures (a name of `zipjax.models.clip.ARCHITECTURES` / a SAM size, or a dict of config fields);
+  which architectures (a name of `zipjax.models.clip_net.ARCHITECTURES` / a SAM size, or a dict of config fields);
 - `config.input`: image decoding limits (`zipjax/io/images.py`);
 - `config.semantic`: CLIP Surgery similarity maps and image-level class scores (`zipjax/pipeline/semantic.py`);
 - `config.boundary`: the boundary-prior input and trunk stage;
 - `config.discover`: k-means, fragments, instances (`zipjax/pipeline/discover.py`);
-- `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/refine.py`);
+- `config.sam`, `config.scoring`: SAM box refinement, scores, per-class NMS, top-k (`zipjax/pipeline/step.py`);
 - `config.output`: overlays;
 - `config.label`: the labelling job's runtime settings (`zipjax/jobs/label.py`): shard size, decoding workers,
   prefetch. They never change an output, so they are not part of a run's identity and may differ on resume.
@@ -26,6 +26,8 @@ used by a kernel is a field here:
 from __future__ import annotations
 
 import ml_collections
+
+from zipjax.errors import InputError
 
 
 def _discover_reference() -> ml_collections.ConfigDict:
@@ -228,7 +230,6 @@ PRESETS = {"reference": reference, "zip": zip}
 
 def get_preset(name: str) -> ml_collections.ConfigDict:
   """Preset by name ('reference' or 'zip')."""
-  from zipjax.errors import InputError  # pylint: disable=g-import-not-at-top
   if name not in PRESETS:
     raise InputError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name]()

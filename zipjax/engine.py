@@ -7,7 +7,7 @@
     outs = eng.run_local(item.bucket, [item])  # one dict per item
     outs = eng.segment(images)                 # one process: prepare + group by bucket + run_local
 
-Data flow: host `prepare` (PIL resizes into the image's bucket, uint8, `pipeline.prep`) -> device step (CLIP
+Data flow: host `prepare` (PIL resizes into the image's bucket, uint8, `pipeline.buckets`) -> device step (CLIP
 Surgery, class scores, similarity, present classes, activation, boundary trunk, k-means + fragments +
 instances, boxes, SAM embedding + one decoder call for all boxes of an image, scores, per-class mask NMS,
 top-k; `pipeline.step`) -> host post (one full-size mask at a time, RLE or bool; `pipeline.post`).
@@ -52,9 +52,11 @@ import numpy as np
 from zipjax import parallel
 from zipjax.errors import InputError
 from zipjax.models import storage
+from zipjax.models.sam_net.model import SamConfig
+from zipjax.pipeline import load
 from zipjax.pipeline import post as post_lib
 from zipjax.pipeline import step as step_lib
-from zipjax.pipeline.prep import PrepSpec, Prepared, dummy_arrays, pixel_tables, prepare
+from zipjax.pipeline.buckets import PrepSpec, Prepared, dummy_arrays, pixel_tables, prepare
 
 TIMINGS = ("prepare", "compile", "device", "post")
 _PROGRAMS: dict = {}  # compiled step programs shared by engines of the same models / mesh / shapes
@@ -90,28 +92,12 @@ class Engine:
   """
 
   def __init__(self, config, models=None, random_init: bool = False, mesh=None, text_cache="auto"):
-    from zipjax.pipeline import zip as zip_lib  # pylint: disable=import-outside-toplevel
     self.config = config
     if models is None:
-      models = zip_lib.build_models(config, random_init)
+      models = load.build_models(config, random_init)
     self.semantic_clip, self.boundary_clip, self.sam = models
-    if not self.semantic_clip.config.is_vit:
-      raise InputError("models.semantic must be a CLIP ViT (CLIP Surgery)")
-    if self.boundary_clip.config.is_vit:
-      raise InputError(zip_lib.BOUNDARY_NOT_RESNET)
-    if config.sam.enabled and self.sam is None:
-      raise InputError("config.sam.enabled is set but no SAM model was given")
-    patch = self.semantic_clip.config.vision_patch_size
-    if config.semantic.input_size % patch:
-      raise InputError(f"semantic.input_size {config.semantic.input_size} is not a multiple of the patch {patch}")
-    self.grid = (config.semantic.input_size // patch,) * 2
-    if text_cache == "auto":
-      from zipjax.io.text_cache import TextFeatureCache, model_key  # pylint: disable=import-outside-toplevel
-      from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
-      templates = prompt_templates() if config.semantic.prompt_ensemble else ["{}"]
-      sem = self.semantic_clip
-      text_cache = TextFeatureCache(model_key(sem.name, sem.config.to_dict()), templates)
-    self.text_cache = text_cache
+    self.grid = load.check_models(config, *models)
+    self.text_cache = load.text_cache(config, self.semantic_clip) if text_cache == "auto" else text_cache
     self.mesh = mesh if mesh is not None else parallel.create_mesh(config.get("mesh", [("data", -1)]))
     self.per_device_batch = int(config.batch_size)
     if self.per_device_batch < 1:
@@ -123,7 +109,6 @@ class Engine:
     self.boundary_cfg = self.boundary_clip.config.replace(dtype=_dtype(m.boundary))
     self.sam_cfg = None
     if config.sam.enabled:
-      from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
       self.sam_cfg = SamConfig.from_dict(self.sam.config.to_dict(), dtype=_dtype(m.sam))
     stage = int(config.boundary.stage)
     self.spec = PrepSpec.from_config(config, self.grid, self.sam_cfg.img_size if self.sam_cfg else 0)
@@ -146,8 +131,7 @@ class Engine:
   # ------------------------------------------------------------------------------------------------ text
   def text_features(self, names: Sequence[str]) -> np.ndarray:
     """Prompt-ensemble features [n, D] of `names` (float32 text tower), through the text cache when set."""
-    from zipjax.pipeline.zip import text_features  # pylint: disable=import-outside-toplevel
-    return text_features(self.config, self.semantic_clip, names, self.text_cache)
+    return load.text_features(self.config, self.semantic_clip, names, self.text_cache)
 
   def set_classes(self, names: Sequence[str], features: np.ndarray | None = None) -> None:
     """Sets the vocabulary. `features`: precomputed float32 [n + 1, D] (the classes, then "")."""

@@ -28,9 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zipjax.convert.sam import expected_shapes, load_file
+from zipjax.convert.store import is_converted, load_converted
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models.random_init import random_variables as shared_random_variables
-from zipjax.models.sam.sam import Sam, SamConfig
+from zipjax.models.sam_net.model import Sam, SamConfig
+from zipjax.models.tree import flatten
 from zipjax.ops.resize import bilinear_matrix
 # host-side preprocessing lives in zipjax/preprocess.py; re-exported here as part of the SAM API
 from zipjax.preprocess import SAM_PIXEL_MEAN as PIXEL_MEAN  # noqa: F401
@@ -158,7 +161,6 @@ def random_variables(config: SamConfig, seed: int = 0, leaf_filter=None) -> dict
   follow segment_anything's PyTorch defaults in spirit: LeCun-normal kernels, zero biases, LayerNorm scale 1,
   N(0, 1) embeddings and Fourier matrix, zero absolute/relative position tables.
   """
-  from zipjax.convert.sam import expected_shapes  # pylint: disable=import-outside-toplevel
   return shared_random_variables(
       expected_shapes(config), seed,
       std={"embedding": 1.0, "positional_encoding_gaussian_matrix": 1.0},
@@ -189,7 +191,6 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
       they are read; SAM variables are never dropped).
     **compute: compute options of SamConfig (dtype='bfloat16', fused_attention=True, remat=True).
   """
-  from zipjax.convert.store import is_converted, load_converted  # pylint: disable=import-outside-toplevel
   bad = set(compute) - set(SamConfig.COMPUTE_FIELDS)
   if bad:
     raise ValueError(f"load_sam takes only compute options {SamConfig.COMPUTE_FIELDS}, not {sorted(bad)} "
@@ -201,8 +202,6 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
       config = SamConfig.from_dict(cfg_dict, **compute)
     except (TypeError, ValueError) as e:
       raise CheckpointError(f"{src}: bad SAM config in config.json: {e}") from e
-    from zipjax.convert.core import flatten  # pylint: disable=import-outside-toplevel
-    from zipjax.convert.sam import expected_shapes  # pylint: disable=import-outside-toplevel
     want = expected_shapes(config)
     have = {k: tuple(v.shape) for k, v in flatten(variables).items()}
     if want != have:
@@ -210,7 +209,6 @@ def load_sam(src, leaf_filter=None, **compute) -> SamModel:
                if want.get(k) != have.get(k)][:10]
       raise CheckpointError(f"{src}: converted parameters do not match config.json: " + "; ".join(diffs))
     return SamModel(config, variables)
-  from zipjax.convert.sam import load_file  # pylint: disable=import-outside-toplevel
   config, variables, _ = load_file(src, **compute)
   if leaf_filter is not None:
     variables = leaf_filter.apply(variables)

@@ -18,8 +18,8 @@ error names the file to download and the path to put it at.
 Hub names: `hf:ORG/REPO[/FILE][@REVISION]` (a branch, tag or commit) resolve through `huggingface_hub`
 (`hf_hub_download`, its cache and progress bars; `HF_HUB_CACHE` / `HF_HOME` and `HF_HUB_OFFLINE` are read
 when resolving; `ZIPJAX_OFFLINE=1` also keeps it to the cache). Without FILE, the first of the family's usual
-weight files that the repository holds is used (`HUB_FILES`; a `*.safetensors.index.json` brings its
-shards), with `config.json` / `open_clip_config.json` beside it when the repository has them (the CLIP
+weight files that the repository holds is used (`zipjax.convert.store.HUB_FILES`; a `*.safetensors.index.json`
+brings its shards), with `config.json` / `open_clip_config.json` beside it when the repository has them (the CLIP
 converter checks them). The file is converted once into `<cache>/converted/hf/ORG--REPO/<commit>[--FILE]`.
 """
 from __future__ import annotations
@@ -31,6 +31,13 @@ import re
 import tempfile
 import urllib.request
 
+from huggingface_hub import errors as hub_errors
+from huggingface_hub import hf_hub_download
+from tqdm import tqdm
+
+from zipjax.convert import get_converter
+from zipjax.convert.store import HUB_FILES, is_converted_dir
+from zipjax.convert.torch_io import read_checkpoint_index
 from zipjax.errors import CheckpointError
 from zipjax.io.fs import cache_dir
 
@@ -68,7 +75,6 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 def _download(url: str, dst: str) -> None:
   """Downloads `url` to `dst` via a temporary file in the same directory, with a tqdm progress bar."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   os.makedirs(os.path.dirname(dst), exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst) + ".part-", dir=os.path.dirname(dst))
   try:
@@ -114,25 +120,8 @@ def fetch(entry: dict, downloader=_download) -> str:
 
 HUB_PREFIX = "hf:"
 # the weight files a Hub repository of each family usually holds, in the order tried
-HUB_FILES = {
-    "clip": ("open_clip_model.safetensors", "model.safetensors", "model.safetensors.index.json",
-             "open_clip_pytorch_model.bin", "pytorch_model.bin"),
-    "sam": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
-}
 HUB_SIDE_FILES = ("config.json", "open_clip_config.json")
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
-
-
-def checkpoint_file(src: str, family: str) -> str:
-  """`src` itself, or for a model folder (a Hub snapshot, a `save_pretrained` output) the first of the family's
-  usual weight files in it (`HUB_FILES`)."""
-  if not os.path.isdir(src):
-    return src
-  for name in HUB_FILES[family]:
-    if os.path.isfile(os.path.join(src, name)):
-      return os.path.join(src, name)
-  raise CheckpointError(f"{src}: directory is not a converted zipjax checkpoint (config.json + params.npz), "
-                        f"nor a model folder holding one of {', '.join(HUB_FILES[family])}")
 
 
 def is_hub_name(spec) -> bool:
@@ -171,8 +160,6 @@ def hub_download(spec: str, family: str, local_only: bool | None = None, sha256:
     CheckpointError: one line naming the repository and what to do (not cached while offline, no such
       repository, revision or file, a download that failed, a sha256 that does not match).
   """
-  from huggingface_hub import hf_hub_download  # pylint: disable=import-outside-toplevel
-  from huggingface_hub import errors as hub_errors  # pylint: disable=import-outside-toplevel
   repo, filename, revision = parse_hub_name(spec)
   offline = hub_offline() if local_only is None else local_only
   kw = dict(repo_id=repo, revision=revision, cache_dir=hub_cache(), local_files_only=offline,
@@ -213,7 +200,6 @@ def hub_download(spec: str, family: str, local_only: bool | None = None, sha256:
     raise CheckpointError(f"{spec}: repository {where} holds none of the {family} weight files zipjax reads "
                           f"({tried}); name the file: hf:{repo}/FILE")
   if path.endswith(".index.json"):
-    from zipjax.convert.torch_io import read_checkpoint_index  # pylint: disable=import-outside-toplevel
     sub = os.path.dirname(filename or "")
     for shard in read_checkpoint_index(path):
       if get(f"{sub}/{shard}" if sub else shard) is None:
@@ -283,10 +269,8 @@ def resolve_hub(spec: str, family: str, sha256: str | None = None) -> str:
   """A Hub name -> its converted directory in the zipjax cache (downloaded and converted once)."""
   path = hub_download(spec, family, sha256=sha256)
   converted = _hub_converted_dir(spec, path)
-  from zipjax.convert.store import is_converted_dir  # pylint: disable=import-outside-toplevel
   if is_converted_dir(converted):
     return converted
-  from zipjax.convert import get_converter  # pylint: disable=import-outside-toplevel
   get_converter(family)(path, converted)
   return converted
 
@@ -301,7 +285,6 @@ def resolve(name_or_path: str, family: str, downloader=_download) -> str:
   entry = lookup(name_or_path, family)
   stem = os.path.splitext(entry["file"])[0]
   converted = os.path.join(cache_dir(), "converted", stem)
-  from zipjax.convert.store import is_converted_dir  # pylint: disable=import-outside-toplevel
   if is_converted_dir(converted):
     return converted
   if not os.path.isfile(os.path.join(cache_dir(), "downloads", entry["file"])):
@@ -320,7 +303,6 @@ def resolve(name_or_path: str, family: str, downloader=_download) -> str:
       except CheckpointError as hub_error:
         failures.append(str(hub_error))
     raise CheckpointError(" | also tried the Hub: ".join(failures)) from None
-  from zipjax.convert import get_converter  # pylint: disable=import-outside-toplevel
   try:
     convert = get_converter(family)
   except KeyError:
@@ -344,7 +326,6 @@ def status(entry: dict) -> dict:
   root = cache_dir()
   stem = os.path.splitext(entry["file"])[0]
   converted = os.path.join(root, "converted", stem)
-  from zipjax.convert.store import is_converted_dir  # pylint: disable=import-outside-toplevel
   out = {"name": entry["name"], "family": entry["family"], "arch": entry.get("arch"), "url": entry.get("url"),
          "hub": [spec for spec, _ in hub_sources(entry)], "converted": None, "downloaded": None,
          "hub_cached": None, "size": 0}

@@ -9,15 +9,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from tests.jobs import fake_engine  # noqa: E402
 from zipjax import cli  # noqa: E402
-from zipjax.pipeline import zip as zip_pipeline  # noqa: E402
+from zipjax.commands import segment as segment_cmd  # noqa: E402
 
 
-class FakeSegmenter:
-  def __init__(self):
+class FakeEngine:
+  def __init__(self, names):
     self.timings = {"fake": 0.0}
-    self.names = []
-
-  def set_classes(self, names):
     self.names = list(names)
 
   def segment(self, images):
@@ -25,7 +22,7 @@ class FakeSegmenter:
     return [{"instances": fake_engine.expected_instances(im, len(self.names)), "probs": None} for im in images]
 
 
-zip_pipeline.build_segmenter = lambda config, random_init=False, **kw: FakeSegmenter()
+segment_cmd.build_engine = lambda config, names, random_init=False: FakeEngine(names)
 
 if __name__ == "__main__":
   sys.exit(cli.main(sys.argv[1:]))

@@ -12,11 +12,11 @@ import threading
 import pytest
 import torch
 
-from tests.models.sam.helpers import build_torch_sam
+from tests.models.sam_net.helpers import build_torch_sam
 from tests.reference.clip_ref import TINY_TEXT, make_clip
 from zipjax.cli import main as cli_main
 from zipjax.commands.common import load_config_file
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")

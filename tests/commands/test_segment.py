@@ -119,12 +119,12 @@ def test_text_feature_cache_reused(run, monkeypatch):
   """A second run finds the text features on disk: the text encoder is not called."""
   _, _, _, base = run
   from zipjax.commands.segment import load_config_file  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
+  from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("ZIPJAX_CACHE", str(base / "cache"))
-  seg = build_segmenter(load_config_file(SMOKE), random_init=True)
+  seg = Engine(load_config_file(SMOKE), random_init=True)
   monkeypatch.setattr(seg.semantic_clip, "encode_tokens", lambda t: (_ for _ in ()).throw(AssertionError))
   seg.set_classes(["table", "orange"])
-  assert seg.text.shape[0] == 2
+  assert seg.text["text"].shape[0] == 2
 
 
 @pytest.mark.parametrize("classes,msg", [("cat,,dog", "empty"), ("cat,Cat", "duplicate"), (",", "no class")])

@@ -144,11 +144,11 @@ def test_long_class_name_warns_and_new_classes_are_appended(tmp_path, monkeypatc
   vocabulary appends its new class to the text-feature cache file."""
   from zipjax.commands.segment import load_config_file  # pylint: disable=import-outside-toplevel
   from zipjax.pipeline.semantic import PromptTruncationWarning  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
+  from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("ZIPJAX_CACHE", str(tmp_path))
   config = load_config_file(SMOKE)
   config.sam.enabled = False
-  seg = build_segmenter(config, random_init=True)
+  seg = Engine(config, random_init=True)
   long = "very " * 80 + "long name"
   with pytest.warns(PromptTruncationWarning, match=r"'very very .*\.\.\.' is too long for the text encoder: 85 of"):
     seg.set_classes(["cat", long])
@@ -160,7 +160,7 @@ def test_long_class_name_warns_and_new_classes_are_appended(tmp_path, monkeypatc
   with warnings.catch_warnings():
     warnings.simplefilter("error", PromptTruncationWarning)
     seg.set_classes(["cat", "dog"])
-  dim = seg.text.shape[1]
+  dim = seg.text["text"].shape[1]
   assert os.path.getsize(path) == size + 12 + len("dog") + 4 * dim
   with open(path, "rb") as f:
     assert f.read(size) == head

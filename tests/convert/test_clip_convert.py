@@ -13,7 +13,7 @@ from tests.reference.clip_ref import TINY_TEXT, make_clip, nchw, rel_err
 from zipjax import CheckpointError, load_clip
 from zipjax.cli import main as cli_main
 from zipjax.convert.clip import convert_state_dict, infer_config
-from zipjax.models.clip import ARCHITECTURES
+from zipjax.models.clip_net import ARCHITECTURES
 
 TOL = 1e-5
 SMALL_VIT = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=16,

@@ -137,7 +137,7 @@ def test_real_size_open_clip_layouts_by_shapes(name):
     model = m.CLIP(quick_gelu=True, **arch)
   config, variables = convert_state_dict(_meta_state_dict(model), name, check_only=True)
   assert variables is None
-  want = zipjax.models.clip.ARCHITECTURES[name.replace("ViT-B-16", "ViT-B/16")]
+  want = zipjax.models.clip_net.ARCHITECTURES[name.replace("ViT-B-16", "ViT-B/16")]
   assert config.replace(surgery_depth=want.surgery_depth) == want
 
 
@@ -149,14 +149,14 @@ def test_real_size_transformers_vit_b16_by_shapes():
   with torch.device("meta"):
     model = CLIPModel(cfg)
   config, _ = convert_state_dict(_meta_state_dict(model), "hf ViT-B/16", check_only=True)
-  assert config == zipjax.models.clip.ARCHITECTURES["ViT-B/16"]
+  assert config == zipjax.models.clip_net.ARCHITECTURES["ViT-B/16"]
 
 
 def test_a_vit_as_boundary_model_says_transformers_has_no_resnet():
   from zipjax.configs import reference  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.zip import Segmenter  # pylint: disable=import-outside-toplevel
+  from zipjax.pipeline.load import check_models  # pylint: disable=import-outside-toplevel
   sd = {k: v.numpy() for k, v in make_hf_clip(layers=1, text_layers=1).state_dict().items()}
   vit = zipjax.clip.ClipModel(*convert_state_dict(sd, "hf"), name="hf")
   with pytest.raises(InputError, match="models.boundary must be a CLIP ModifiedResNet.*transformers has no "
                                        "ModifiedResNet CLIP"):
-    Segmenter(reference(), vit, vit, None)
+    check_models(reference(), vit, vit, None)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file as st_save_torch
 import zipjax
 from tests.reference.clip_ref import TINY_TEXT, make_clip, nchw, rel_err
 from zipjax.cli import main as cli_main
-from zipjax.convert.core import flatten
+from zipjax.models.tree import flatten
 from zipjax.convert.torch_io import read_checkpoint
 from zipjax.errors import CheckpointError
 

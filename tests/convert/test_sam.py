@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import zipjax
-from tests.models.sam.helpers import RTOL, build_torch_sam, nchw, rel_err, state_dict_numpy
+from tests.models.sam_net.helpers import RTOL, build_torch_sam, nchw, rel_err, state_dict_numpy
 from zipjax.cli import main as cli_main
 from zipjax.convert.sam import convert_state_dict
 from zipjax.convert.store import save_converted
 from zipjax.errors import CheckpointError
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 
 # Tiny architecture, but with B/L/H-style structure: windowed blocks 0, 2 and global blocks 1, 3.
 CFG = SamConfig.tiny()

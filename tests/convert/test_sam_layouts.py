@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import zipjax
-from tests.models.sam.helpers import nchw, rel_err
+from tests.models.sam_net.helpers import nchw, rel_err
 from tests.reference.libraries import make_hf_sam
 from zipjax.cli import main as cli_main
 from zipjax.convert.sam import convert_state_dict
 from zipjax.errors import CheckpointError
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 
 TOL = 1e-5
 CFG = SamConfig.tiny()

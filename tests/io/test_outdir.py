@@ -85,8 +85,8 @@ def test_read_only_directory_as_unprivileged_user():
 
 @pytest.mark.parametrize("key", ["file", "below_file", "dangling", "proc_new", "proc"])
 def test_segment_bad_out_exits_2_before_models(tmp_path, monkeypatch, capsys, key):
-  import zipjax.pipeline.zip as zip_pipeline  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(zip_pipeline, "build_segmenter", lambda *a, **k: pytest.fail("models were built"))
+  import zipjax.commands.segment as segment_cmd  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(segment_cmd, "build_engine", lambda *a, **k: pytest.fail("models were built"))
   path, msg = _bad_locations(tmp_path)[key]
   rc = cli.main(["segment", os.path.join(ROOT, "examples", "oranges.png"), "--classes", "orange",
                  "--random-init", "--config", SMOKE, "--out", path])

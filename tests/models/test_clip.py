@@ -140,6 +140,6 @@ def test_no_recompile_and_input_errors():
 
 
 def make_tiny_config():
-  from zipjax.models.clip import CLIPConfig
+  from zipjax.models.clip_net import CLIPConfig
   return CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=16,
                     transformer_width=64, transformer_heads=1, transformer_layers=1, surgery_depth=1)

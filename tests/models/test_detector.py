@@ -14,14 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from tests.reference.clip_ref import TINY_TEXT, _tokens, make_clip, nchw
-from zipjax.clip import ClipModel
-from zipjax.convert.core import flatten
+from zipjax.clip import ClipModel, load_clip
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models import detector as det
-from zipjax.models.clip import CLIPConfig
 from zipjax.models.clip_layers import ResidualAttentionBlock
+from zipjax.models.clip_net import CLIPConfig
 from zipjax.models.detector import Detector, DetectorConfig
 from zipjax.models.random_init import random_variables
+from zipjax.models.tree import flatten
+from zipjax.pipeline import semantic
 from zipjax.train.losses import LossConfig
 
 TINY = DetectorConfig(input_size=64, patch_size=16, width=64, layers=1, heads=1, embed_dim=16, mask_stride=8,
@@ -178,7 +179,7 @@ def test_load_backbone_matches_pytorch_clip(clip_file, size):
   at CLIP's own grid (4 x 4) and at a larger one (6 x 6: positional embedding resized bilinearly)."""
   torch_model, path = clip_file
   cfg = TINY.replace(input_size=size, mask_stride=4)
-  variables = det.load_backbone(det.init_variables(cfg, 0), path, cfg)
+  variables = det.load_backbone(det.init_variables(cfg, 0), load_clip(path), cfg)
   x = np.random.default_rng(size).standard_normal((2, size, size, 3)).astype(np.float32)
   visual = torch_model.visual
   ref = visual.ln_post(visual.transformer(_tokens(visual, nchw(x))).permute(1, 0, 2)).numpy()  # [B, 1 + N, W]
@@ -190,7 +191,7 @@ def test_load_backbone_matches_pytorch_clip(clip_file, size):
 
 
 def test_load_backbone_errors(clip_file):
-  _, path = clip_file
+  path = load_clip(clip_file[1])
   with pytest.raises(CheckpointError, match="vision_width is 64 but the detector needs 32"):
     det.load_backbone(det.init_variables(TINY.replace(width=32, heads=1), 0), path)
   with pytest.raises(CheckpointError, match="vision_layers"):
@@ -275,7 +276,7 @@ def test_bfloat16_compute_close_to_float32(tiny):
 def test_text_queries_are_the_prompt_ensemble():
   model = ClipModel.random(CLIPConfig(**CLIP_ARCH), 0)
   templates = ["{}", "a photo of a {}."]
-  got = det.text_queries(model, ["cat", "traffic light"], templates)
+  got = semantic.text_queries(model, ["cat", "traffic light"], templates)
   assert got.shape == (2, 16) and got.dtype == np.float32
   for i, name in enumerate(["cat", "traffic light"]):
     f = np.asarray(model.encode_text([t.format(name) for t in templates]), np.float64)
@@ -283,9 +284,9 @@ def test_text_queries_are_the_prompt_ensemble():
     m = f.mean(0)
     np.testing.assert_allclose(got[i], m / np.linalg.norm(m), rtol=1e-5, atol=1e-6)
   with pytest.raises(InputError, match="non-empty strings"):
-    det.text_queries(model, [])
+    semantic.text_queries(model, [])
   with pytest.raises(InputError, match="non-empty strings"):
-    det.text_queries(model, ["cat", " "])
+    semantic.text_queries(model, ["cat", " "])
 
 
 def test_flops_match_xla_cost_analysis():

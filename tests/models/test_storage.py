@@ -11,15 +11,14 @@ from tests.pipeline.test_zip_pipeline import scene
 from tests.test_engine import NAMES, _config
 from zipjax import parallel
 from zipjax.clip import ClipModel, load_clip
-from zipjax.convert.core import flatten
+from zipjax.models.tree import flatten
 from zipjax.convert.store import save_converted
 from zipjax.engine import Engine, prepare
 from zipjax.errors import InputError
 from zipjax.models import storage
-from zipjax.models.clip import CLIPConfig, variable_shapes
+from zipjax.models.clip_net import CLIPConfig, variable_shapes
 from zipjax.models.random_init import random_variables
-from zipjax.pipeline import zip as zip_lib
-from zipjax.pipeline.refine import build_sam
+from zipjax.pipeline import load
 
 RN = CLIPConfig(embed_dim=64, image_resolution=64, vision_layers=(1, 2, 2, 1), vision_width=16,
                 vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=64,
@@ -78,11 +77,12 @@ def test_pre_cast_kernels_compute_the_same_step_as_float32_ones():
   config.batch_size = 1
   for m in (config.models.semantic, config.models.boundary, config.models.sam):
     m.dtype = "bfloat16"
-  held = zip_lib.build_models(config, random_init=True)
+  held = load.build_models(config, random_init=True)
   seed = int(config.models.seed)
-  whole = (ClipModel.random(zip_lib._clip_arch(config.models.semantic.arch), seed),  # pylint: disable=protected-access
-           ClipModel.random(zip_lib._clip_arch(config.models.boundary.arch), seed + 1),  # pylint: disable=protected-access
-           build_sam(config.models.sam, True, seed + 2))
+  arch = lambda spec: load._arch(spec, CLIPConfig)  # noqa: E731  pylint: disable=protected-access
+  whole = (ClipModel.random(arch(config.models.semantic.arch), seed),
+           ClipModel.random(arch(config.models.boundary.arch), seed + 1),
+           load.build_sam(config.models.sam, True, seed + 2))
   assert flatten(held[1].variables).keys() < flatten(whole[1].variables).keys()  # the trunk only
   assert any(v.dtype == jnp.bfloat16 for v in flatten(held[2].variables).values())
   mesh = parallel.create_mesh([("data", -1)], jax.devices()[:1])

@@ -8,6 +8,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import zipjax
 from tests.reference import zip_discover as ref
+from tests.reference import zip_host
 from zipjax import configs
 from zipjax.errors import InputError
 from zipjax.ops import kmeans as km
@@ -231,9 +232,10 @@ def test_activation_from_similarity_matches_torch_nearest():
     np.testing.assert_array_equal(got[k], small > t)
 
 
-def test_grid_boxes_to_image():
+def test_oracle_grid_boxes_to_image():
+  """The box scaling of the host oracle (tests/reference/zip_host.py), with and without the released quirk."""
   b = np.array([[2, 3, 10, 12]])  # rows 2..10, cols 3..12 on a 16 x 20 grid; image 480 x 640
-  swapped = np.asarray(disc.grid_boxes_to_image(b, (16, 20), (480, 640)))
+  swapped = zip_host.grid_boxes_to_image(b, (16, 20), (480, 640), swap_box_scale=True)
   np.testing.assert_allclose(swapped, [[3 * 480 / 16, 2 * 640 / 20, 12 * 480 / 16, 10 * 640 / 20]])
-  fixed = np.asarray(disc.grid_boxes_to_image(b, (16, 20), (480, 640), configs.zip()))
+  fixed = zip_host.grid_boxes_to_image(b, (16, 20), (480, 640), swap_box_scale=False)  # the zip preset
   np.testing.assert_allclose(fixed, [[3 * 640 / 20, 2 * 480 / 16, 12 * 640 / 20, 10 * 480 / 16]])

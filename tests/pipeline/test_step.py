@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.pipeline.test_refine import _numpy_select
+from tests.reference.zip_host import select_numpy
 from zipjax import configs
 from zipjax.pipeline import step
 
@@ -40,7 +40,7 @@ def test_select_candidates_matches_numpy():
           jnp.asarray(cats), jnp.asarray(scores), jnp.asarray(valid), jnp.asarray(iou, jnp.float32))
       got = np.asarray(idx)[np.asarray(ok)].tolist()
       keep = np.nonzero(valid)[0]
-      want = _numpy_select(cats[keep], scores[keep], [masks[i] for i in keep], 0.2, nms, 0.3, 5)
+      want = select_numpy(cats[keep], scores[keep], [masks[i] for i in keep], 0.2, nms, 0.3, 5)
       assert got == keep[want].tolist(), trial
 
 

@@ -9,9 +9,9 @@ from tests.reference import clip_ref, zip_pipeline
 from zipjax import configs
 from zipjax.clip import ClipModel
 from zipjax.convert.clip import convert_state_dict
+from zipjax.engine import Engine
 from zipjax.io.text_cache import prompt_templates
 from zipjax.ops import resize
-from zipjax.pipeline.zip import Segmenter
 
 torch.set_grad_enabled(False)
 
@@ -50,8 +50,9 @@ def _config():
   return config
 
 
-@pytest.fixture(scope="module")
-def models():
+def reference_models():
+  """(torch ViT, torch ModifiedResNet, zipjax ViT, zipjax ResNet): the same random weights in both (also the
+  models of bench/engine.py and bench/segment.py)."""
   vit = clip_ref.make_clip(seed=3, **VIT)
   rn = clip_ref.make_clip(seed=4, **RN)
   # A tiny random ResNet with randomised BatchNorm statistics (make_clip's default) collapses layer3 to a
@@ -69,6 +70,11 @@ def models():
   return vit, rn, ClipModel(cfg_v.replace(surgery_depth=2), var_v), ClipModel(cfg_r, var_r)
 
 
+@pytest.fixture(scope="module")
+def models():
+  return reference_models()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reference_preset_matches_torch_numpy_pipeline(models, seed):
   vit, rn, jvit, jrn = models
@@ -77,9 +83,9 @@ def test_reference_preset_matches_torch_numpy_pipeline(models, seed):
   ref = zip_pipeline.reference_pipeline(
       image, NAMES, vit, rn, prompt_templates(), config.semantic.input_size, config.boundary.input_size,
       surgery_depth=2, discover_kwargs={"min_instance_cells": config.discover.min_instance_cells})
-  seg = Segmenter(config, jvit, jrn)
-  seg.set_classes(NAMES)
-  out = seg.segment([image, scene(seed + 10)])[0]  # a batch of two; the first is compared
+  eng = Engine(config, models=(jvit, jrn, None), text_cache=None)
+  eng.set_classes(NAMES)
+  out = eng.segment([image, scene(seed + 10)], masks="bool")[0]  # a batch of two; the first is compared
   np.testing.assert_allclose(out["probs"], ref["probs"], rtol=1e-4, atol=1e-6)
   assert list(out["present"]) == [0, 1, 2]  # no classification-first in `reference`
   assert out["labels"].shape == ref["labels"].shape
@@ -115,9 +121,9 @@ def test_padding_classes_changes_nothing(models):
   for pad in (False, True):
     config = _config()
     config.discover.pad_classes = pad
-    seg = Segmenter(config, jvit, jrn)
-    seg.set_classes(NAMES)
-    outs.append(seg.segment([image])[0])
+    eng = Engine(config, models=(jvit, jrn, None), text_cache=None)
+    eng.set_classes(NAMES)
+    outs.append(eng.segment([image], masks="bool")[0])
   assert len(NAMES) == 3 and outs[0]["labels"].shape[0] == 3
   np.testing.assert_array_equal(outs[0]["labels"], outs[1]["labels"])
   assert len(outs[0]["instances"]) == len(outs[1]["instances"]) > 0

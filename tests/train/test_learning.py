@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.models.detector import Detector, init_variables, mask_logits, postprocess
-from zipjax.train import box_ops
+from zipjax.ops import box_ops
 from zipjax.train.config_parts import SMOKE_MODEL
 from zipjax.train.losses import LossConfig, set_loss
 from zipjax.train.predict import refine

@@ -8,7 +8,7 @@ from zipjax.clip import ClipModel
 from zipjax.commands.segment import apply_overrides, load_config_file
 from zipjax.convert.store import save_converted
 from zipjax.data import coco_train, synthetic
-from zipjax.models.clip import CLIPConfig
+from zipjax.models.clip_net import CLIPConfig
 from zipjax.train import trainer as tr
 
 TINY = ["--config.model.input_size=64", "--config.model.width=64", "--config.model.layers=1",

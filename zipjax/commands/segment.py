@@ -69,6 +69,14 @@ def resolve_config(args):
   return check_config(config)
 
 
+def build_engine(config, names, random_init: bool = False):
+  """The engine `zipjax segment` runs (zipjax/engine.py): models from `config.models`, the vocabulary set."""
+  from zipjax.engine import Engine  # pylint: disable=import-outside-toplevel
+  eng = Engine(config, random_init=random_init)
+  eng.set_classes(names)
+  return eng
+
+
 def run(args) -> int:
   from zipjax.io.results import RANDOM_NOTE  # pylint: disable=import-outside-toplevel
   from zipjax.jobs.folder_run import FolderJob, run_folder  # pylint: disable=import-outside-toplevel
@@ -78,11 +86,8 @@ def run(args) -> int:
   names = class_names(args)
 
   def build():
-    from zipjax.pipeline.zip import build_segmenter  # pylint: disable=import-outside-toplevel
     enable_compilation_cache()
-    seg = build_segmenter(config, random_init=args.random_init)
-    seg.set_classes(names)
-    return seg
+    return build_engine(config, names, args.random_init)
 
   info = {"description": "zipjax segment", "preset": str(config.preset), "random_init": bool(args.random_init),
           "classes": names}

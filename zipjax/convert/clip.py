@@ -22,10 +22,12 @@ from typing import Mapping
 import numpy as np
 
 from zipjax.convert.core import (CONV, DROP, IDENTITY, LINEAR, TRANSPOSE, Layout, Rename, Rule, apply_rules,
-                                 detect_layout, flatten, flax_path, translate)
-from zipjax.convert.store import save_converted
+                                 detect_layout, flax_path, translate)
+from zipjax.convert.store import checkpoint_file, save_converted
+from zipjax.convert.torch_io import read_checkpoint
 from zipjax.errors import CheckpointError
-from zipjax.models.clip import CLIPConfig, variable_shapes
+from zipjax.models.clip_net import CLIPConfig, variable_shapes
+from zipjax.models.tree import flatten
 
 
 def _rule(pattern: str, target: str, transform=IDENTITY) -> Rule:
@@ -232,8 +234,6 @@ def _side_json(path: str) -> dict | None:
 def load_file(src, with_layout: bool = False):
   """Reads (as data, `zipjax.convert.torch_io.read_checkpoint`) and converts a CLIP checkpoint file of any
   layout -> (config, variables), plus the layout's name when `with_layout`."""
-  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
   src = checkpoint_file(os.fspath(src), "clip")
   sd = read_checkpoint(src).tensors
   layout = detect(sd, src)

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from zipjax.errors import CheckpointError
+from zipjax.models.tree import unflatten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,7 @@ LINEAR = Transform("linear", lambda w: w.T, lambda s: tuple(s)[::-1])
 CONV = Transform("conv", lambda w: w.transpose(2, 3, 1, 0),
                  lambda s: (s[3], s[2], s[0], s[1]))
 # nn.ConvTranspose2d.weight [in, out, kh, kw] -> [kh, kw, in, out] (zipjax's ConvTransposeStride layout;
-# a plain transpose, no spatial flip: see zipjax/models/sam/common.py).
+# a plain transpose, no spatial flip: see zipjax/models/sam_net/common.py).
 CONV_TRANSPOSE = Transform("conv_transpose", lambda w: w.transpose(2, 3, 0, 1),
                            lambda s: (s[2], s[3], s[0], s[1]))
 DROP = Transform("drop", lambda w: w, lambda s: tuple(s))
@@ -64,30 +65,6 @@ def flax_path(dotted: str) -> str:
   A numeric path component (an nn.Sequential / nn.ModuleList index) joins its parent with '_'.
   """
   return re.sub(r"\.(\d+)(?=\.|$)", r"_\1", dotted).replace(".", "/")
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-  """Nested dict -> {'a/b/c': leaf}."""
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(flatten(v, path))
-    else:
-      out[path] = v
-  return out
-
-
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-  """{'a/b/c': leaf} -> nested dict."""
-  tree: dict = {}
-  for path, v in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
 
 
 def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Iterable[Rule],

@@ -1,4 +1,4 @@
-"""Segment Anything `.pth` (plain state dict) -> Flax variables for `zipjax.models.sam.Sam`.
+"""Segment Anything `.pth` (plain state dict) -> Flax variables for `zipjax.models.sam_net.Sam`.
 
 The architecture is inferred from shapes: ViT width and patch from `patch_embed.proj.weight`, image size from
 `pos_embed`, depth from the block indices, head dim (hence heads) and the global/windowed pattern from each
@@ -21,8 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax.convert.core import (CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Layout, Rename, Rule, apply_rules,
-                                 detect_layout, flatten, translate)
+                                 detect_layout, translate)
+from zipjax.convert.store import checkpoint_file, save_converted
+from zipjax.convert.torch_io import read_checkpoint
 from zipjax.errors import CheckpointError
+from zipjax.models.sam_net.model import Sam, SamConfig
+from zipjax.models.tree import flatten
 
 FAMILY = "sam"
 ORIGINAL = "segment_anything"
@@ -196,7 +200,6 @@ def _count(sd, prefix: str) -> int:
 
 def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
   """Architecture from the state dict's shapes -> SamConfig (compute options from `overrides`)."""
-  from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
   if not any(k.startswith("image_encoder.") for k in sd) or not any(k.startswith("mask_decoder.") for k in sd):
     raise CheckpointError(f"{source}: not a Segment Anything checkpoint: {_describe_foreign(sd)}")
   d, _, p, p2 = _shape(sd, "image_encoder.patch_embed.proj.weight", source)
@@ -247,7 +250,6 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
 
 def expected_shapes(config) -> dict[str, tuple]:
   """Flax path -> shape of every variable of `Sam(config)`, by `jax.eval_shape` (nothing is computed)."""
-  from zipjax.models.sam.sam import Sam  # pylint: disable=import-outside-toplevel
   s = config.img_size
   shapes = jax.eval_shape(Sam(config).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, s, s, 3),
                                                                                          jnp.float32))
@@ -298,8 +300,6 @@ def _check_side_config(src: str, layout: str) -> None:
 def load_file(src, **overrides):
   """Reads (as data) and converts a SAM checkpoint file or model folder of any layout -> (SamConfig,
   variables, layout name). `overrides`: compute options of SamConfig."""
-  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
   src = checkpoint_file(os.fspath(src), FAMILY)
   sd = read_checkpoint(src).tensors
   layout = detect(sd, src).name
@@ -309,7 +309,6 @@ def load_file(src, **overrides):
 
 def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
   """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: a SAM checkpoint -> converted checkpoint."""
-  from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
   config, variables, layout = load_file(src)
   out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables,
                        source=os.path.basename(os.fspath(src)), fmt=fmt)

@@ -17,9 +17,31 @@ import tempfile
 import zipfile
 
 import numpy as np
+from safetensors.numpy import save_file
 
-from zipjax.convert.core import flatten, unflatten
+from zipjax.convert.torch_io import read_safetensors
 from zipjax.errors import CheckpointError
+from zipjax.models.tree import flatten, unflatten
+
+# usual weight files of a model folder (a Hub snapshot, a `save_pretrained` output), by family, in order
+HUB_FILES = {
+    "clip": ("open_clip_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+             "open_clip_pytorch_model.bin", "pytorch_model.bin"),
+    "sam": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+}
+
+
+def checkpoint_file(src: str, family: str) -> str:
+  """`src` itself, or for a model folder (a Hub snapshot, a `save_pretrained` output) the first of the family's
+  usual weight files in it (`HUB_FILES`)."""
+  if not os.path.isdir(src):
+    return src
+  for name in HUB_FILES[family]:
+    if os.path.isfile(os.path.join(src, name)):
+      return os.path.join(src, name)
+  raise CheckpointError(f"{src}: directory is not a converted zipjax checkpoint (config.json + params.npz), "
+                        f"nor a model folder holding one of {', '.join(HUB_FILES[family])}")
+
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -124,7 +146,6 @@ def save_converted(dst, family: str, config: dict, variables: dict, source: str 
 
 
 def _save_safetensors(dst: str, family: str, config: dict, variables: dict, source: str) -> str:
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   meta = {"format": "zipjax", "format_version": str(FORMAT_VERSION), "family": family,
           "config": json.dumps(config, sort_keys=True), "source": source}
   fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst) + ".tmp-", dir=os.path.dirname(dst))
@@ -144,7 +165,6 @@ def _save_safetensors(dst: str, family: str, config: dict, variables: dict, sour
 
 
 def _load_safetensors(path: str, family: str | None, leaf_filter) -> tuple[dict, dict]:
-  from zipjax.convert.torch_io import read_safetensors  # pylint: disable=import-outside-toplevel
   meta = _safetensors_meta(path) or {}
   if meta.get("format_version") != str(FORMAT_VERSION):
     raise CheckpointError(f"{path}: unknown zipjax format_version {meta.get('format_version')!r}")

@@ -47,6 +47,7 @@ stream can also restart at any batch index (`make_iterator(start=...)`).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -57,6 +58,8 @@ import sys
 import grain
 import numpy as np
 from PIL import Image
+from absl import flags
+from tqdm import tqdm
 
 from zipjax.errors import InputError
 from zipjax.io import coco as coco_io
@@ -89,9 +92,7 @@ def check_images(records: list, progress: bool = False, threads: int | None = No
   """`[(path, reason)]` of the records (`path`, `height`, `width`) whose image file is missing, not an image
   or not of the annotated size, from the file headers (`zipjax.io.images.probe_image`), read by a thread pool
   with a progress bar, in record order."""
-  import concurrent.futures  # pylint: disable=import-outside-toplevel
 
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   def problem(r):
     try:
@@ -448,7 +449,6 @@ def make_iterator(dataset: grain.MapDataset, workers: int = 0, threads: int = 2,
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(int(threads), 1), prefetch_buffer_size=max(
       2 * int(threads), 1)))
   if workers:
-    from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; zipjax has no absl main
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers)))

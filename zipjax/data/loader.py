@@ -17,6 +17,7 @@ returned as a `Loaded` with a `reason`; the stream never stops because of one im
 """
 from __future__ import annotations
 
+import grain
 import numpy as np
 
 from zipjax.data.sources import Limits, Loaded, WorkList
@@ -66,7 +67,6 @@ def process_stream(worklist: WorkList, indices, prepare, limits: Limits, *, proc
     prefetch: prepared images buffered ahead of the consumer.
     keep_image: keep the decoded image on each item (`.image`).
   """
-  import grain  # pylint: disable=import-outside-toplevel
   indices = np.asarray(indices, dtype=np.int64)
   ds = grain.MapDataset.source(indices)[process_index::process_count]
   ds = ds.map(_Prepare(worklist, limits, prepare, keep_image))

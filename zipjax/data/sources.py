@@ -28,15 +28,18 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import io
+import json
 import os
 import posixpath
 import stat
 
 import numpy as np
+from etils import epath
 
 from zipjax.errors import InputError
 from zipjax.io import fs
 from zipjax.io import images as images_io
+from zipjax.io.coco import load_json
 
 
 MAX_IMAGE_ID = 1 << 53  # COCO image ids: positive integers that every JSON reader holds exactly
@@ -183,7 +186,6 @@ def _walk(folder: str, exclude: tuple = ()):
           rel = n if rel_dir == "." else os.path.join(rel_dir, n)
           out.append((os.path.join(dirpath, n), rel.replace(os.sep, "/")))
   else:
-    from etils import epath  # pylint: disable=import-outside-toplevel
     root = epath.Path(folder)
     for dirpath, _, filenames in root.walk():
       if _excluded(os.fspath(dirpath), exclude):
@@ -269,11 +271,9 @@ class CocoList(_SortedKeys):
   kind = "coco"
 
   def __init__(self, coco_json: str, images_root: str):
-    from zipjax.io.coco import load_json  # pylint: disable=import-outside-toplevel
     if fs.is_local(coco_json):
       data, _ = load_json(coco_json, "--coco-json")
     else:
-      import json  # pylint: disable=import-outside-toplevel
       try:
         data = json.loads(fs.read_bytes(coco_json))
       except (OSError, ValueError) as e:

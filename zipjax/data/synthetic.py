@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import math
 import os
 import sys
@@ -240,7 +241,6 @@ def _bbox(mask: np.ndarray):
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-  import io  # pylint: disable=import-outside-toplevel
   buf = io.BytesIO()
   Image.fromarray(image, "RGB").save(buf, format="PNG")
   return buf.getvalue()

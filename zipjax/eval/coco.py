@@ -15,10 +15,12 @@ import io
 from collections.abc import Mapping
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from zipjax.errors import InputError
-from zipjax.io.coco import (AGNOSTIC_CATEGORY, GroundTruth, Predictions, describe, load_ground_truth,
-                            load_predictions)
+from zipjax.io.coco import (AGNOSTIC_CATEGORY, GroundTruth, Predictions, describe, load_ground_truth, load_predictions,
+                            rle_area)
 
 BACKENDS = ("pycocotools", "faster-coco-eval")
 DEFAULT_BACKEND = "pycocotools"  # a hard dependency; faster-coco-eval is optional (test extra)
@@ -68,7 +70,6 @@ def _dt_dataset(gt_data: dict, preds: Predictions, iou_type: str) -> dict:
   This is what `COCO.loadRes` builds, minus its quirks (bbox area used for mask AP area ranges when a
   result has both, crash on an empty list); detectron2 drops `bbox` for segm evaluation for the same reason.
   """
-  from zipjax.io.coco import rle_area
 
   anns = []
   for i, r in enumerate(preds.records):
@@ -90,19 +91,16 @@ def _run_evaluator(backend: str, gt_data: dict, dt_data: dict, iou_type: str, im
   quiet = io.StringIO()
   with contextlib.redirect_stdout(quiet):
     if backend == "pycocotools":
-      from pycocotools.coco import COCO
-      from pycocotools.cocoeval import COCOeval
-
       coco_gt, coco_dt = COCO(), COCO()
       coco_gt.dataset, coco_dt.dataset = gt_data, dt_data
       coco_gt.createIndex()
       coco_dt.createIndex()
       ev = COCOeval(coco_gt, coco_dt, iou_type)
     else:
-      from faster_coco_eval import COCO, COCOeval_faster
+      import faster_coco_eval  # optional (the test extra); `_check_backend` says so when it is missing
 
-      coco_gt, coco_dt = COCO(gt_data), COCO(dt_data)
-      ev = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=lambda *a, **k: None)
+      coco_gt, coco_dt = faster_coco_eval.COCO(gt_data), faster_coco_eval.COCO(dt_data)
+      ev = faster_coco_eval.COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=lambda *a, **k: None)
     ev.params.imgIds = list(img_ids)
     ev.evaluate()
     ev.accumulate()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import os
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from zipjax.eval.anchors import ANCHOR_NOTES, ANCHOR_SETTING, ANCHOR_TAG, PUBLISHED_ANCHORS
 from zipjax.eval.coco import STAT_NAMES
 from zipjax.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -119,8 +122,6 @@ def markdown_report(result: dict, plots: dict, anchors: bool = True) -> str:
 
 def plot_pr(result: dict, iou_type: str) -> bytes:
   """PNG bytes: precision-recall curves of every run at IoU 0.50 and averaged over 0.50:0.95."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
 
   fig = Figure(figsize=(10, 4.2), dpi=100)
   FigureCanvasAgg(fig)

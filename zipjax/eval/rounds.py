@@ -22,6 +22,9 @@ import io
 import json
 import os
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from zipjax.eval.coco import STAT_NAMES
 from zipjax.eval.report import IOU_LABEL, comparison_table, markdown_table, pct, plot_pr
 from zipjax.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -102,8 +105,6 @@ def comparisons(evals: list) -> dict:
 
 def plot_rounds(records: list) -> bytes:
   """PNG bytes: AR100 and AP50 of the labels and the detector against the round, mask and box."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
 
   fig = Figure(figsize=(10, 4.2), dpi=100)
   FigureCanvasAgg(fig)

@@ -6,30 +6,11 @@
 
 Modules: `source` (annotations.json indexed in one streaming pass), `render` (thumbnails, display copies, cache
 keys), `match` (per-image true positives / misses / false positives against a ground truth), `site` (HTML),
-`static/` (the CSS and the plain JavaScript the pages load). Importing this package is cheap: the heavy modules
-load when `build_gallery` is called.
+`static/` (the CSS and the plain JavaScript the pages load).
 """
 from __future__ import annotations
 
-import os
-import shlex
-
-DEFAULT_MAX_IMAGES = 1000
-DEFAULT_THUMB_SIZE = 256
-DEFAULT_IMAGE_SIZE = 1600
-
-
-def gallery_hint(out_dir) -> str:
-  """The command that builds the gallery of `out_dir`, as one line for a command's final summary."""
-  out_dir = os.fspath(out_dir)
-  return (f"look at the results: zipjax gallery {shlex.quote(out_dir)}  "
-          f"(then open {os.path.join(out_dir, 'gallery', 'index.html')})")
-
-
-def build_gallery(*args, **kwargs):
-  """See `zipjax.gallery.build.build_gallery`."""
-  from zipjax.gallery.build import build_gallery as build  # pylint: disable=import-outside-toplevel
-  return build(*args, **kwargs)
-
+from zipjax.gallery.build import (DEFAULT_IMAGE_SIZE, DEFAULT_MAX_IMAGES, DEFAULT_THUMB_SIZE, build_gallery,
+                                  gallery_hint)
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_MAX_IMAGES", "DEFAULT_THUMB_SIZE", "build_gallery", "gallery_hint"]

@@ -44,19 +44,35 @@ import heapq
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import urllib.parse
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from zipjax.errors import InputError
-from zipjax.gallery import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_IMAGES, DEFAULT_THUMB_SIZE
 from zipjax.gallery import match as match_lib
 from zipjax.gallery import render, site
 from zipjax.gallery.source import CocoIndex
+from zipjax.io import images as images_io
 from zipjax.io.atomic import atomic_write_bytes, atomic_write_many
+from zipjax.io.outdir import check_output_dir
+from zipjax.io.results import RANDOM_NOTE
+
+DEFAULT_MAX_IMAGES = 1000
+DEFAULT_THUMB_SIZE = 256
+DEFAULT_IMAGE_SIZE = 1600
+
+
+def gallery_hint(out_dir) -> str:
+  """The command that builds the gallery of `out_dir`, as one line for a command's final summary."""
+  out_dir = os.fspath(out_dir)
+  return (f"look at the results: zipjax gallery {shlex.quote(out_dir)}  "
+          f"(then open {os.path.join(out_dir, 'gallery', 'index.html')})")
+
 
 CHUNK = 64
 MIN_CANVAS = 800
@@ -341,7 +357,6 @@ class _Builder:
 
   def process(self, job: dict) -> dict:
     """Worker thread: normalises the instances, renders what the cache lacks, matches to the ground truth."""
-    from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
     im = job["image"]
     w, h = im["width"], im["height"]
     where = im["name"]
@@ -385,7 +400,6 @@ class _Builder:
         res["files"].append((dpath, data))
         res["display_new"] = True
       else:
-        from PIL import Image  # pylint: disable=import-outside-toplevel
         with Image.open(dpath) as d:
           dw, dh = d.size
       display = {"key": dkey, "w": dw, "h": dh}
@@ -532,7 +546,6 @@ def check_gallery_out(out: str, overwrite: bool = False) -> str:
   (`zipjax.io.outdir.check_output_dir`: not a file, not below a file, not /proc); an existing non-empty folder
   that is not a gallery is refused unless `overwrite` (a build rewrites index.html and removes files that look
   like its own). The folder gets the gallery's marker file. Returns the absolute path."""
-  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
   out = os.path.abspath(out)
   if os.path.isdir(out) and not overwrite and os.listdir(out) and not is_gallery(out):
     raise InputError(f"--out {out}: an existing folder that zipjax gallery did not create (building into it would "
@@ -606,7 +619,6 @@ def build_gallery(run_dir, out=None, max_images: int | None = DEFAULT_MAX_IMAGES
 
 def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnostic, thumb_size, image_size,
            workers, progress, t0) -> GalleryResult:
-  from zipjax.io.results import RANDOM_NOTE  # pylint: disable=import-outside-toplevel
   run_info, run_problem = read_json_optional(os.path.join(run_dir, "run.json"), "the run record")
   errors, errors_problem = read_errors(run_dir)
   for p in (run_problem, errors_problem):
@@ -709,6 +721,6 @@ def _build(run_dir, out, index, gt_index, max_images, images_root, class_agnosti
   return result
 
 
-__all__ = ["DEFAULT_MAX_IMAGES", "GalleryResult", "ImageRoots", "build_gallery", "check_gallery_out", "is_gallery",
-           "find_annotations", "image_roots",
+__all__ = ["DEFAULT_IMAGE_SIZE", "DEFAULT_MAX_IMAGES", "DEFAULT_THUMB_SIZE", "GalleryResult", "gallery_hint",
+           "ImageRoots", "build_gallery", "check_gallery_out", "is_gallery", "find_annotations", "image_roots",
            "records_source", "resolve_image", "sample_images", "gt_image_mapping", "class_stats"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from zipjax.io.coco import normalize_name
 
@@ -52,7 +53,6 @@ def _coco_rle(inst):
 
 def iou_matrix(preds: list, gts: list) -> tuple[np.ndarray, str]:
   """float64 [P, G] IoU (crowd columns: intersection / prediction area) and 'mask' or 'box'."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
   if not preds or not gts:
     return np.zeros((len(preds), len(gts))), "mask"
   crowd = [int(g.iscrowd) for g in gts]

@@ -25,8 +25,9 @@ import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
-from zipjax.io.geometry import sample_mask
+from zipjax.io.geometry import clip_bbox, sample_mask, segmentation_problem, to_compressed_rle
 
 RENDER_VERSION = 1
 MISSING_GRAY = (96, 96, 96)
@@ -70,9 +71,7 @@ class Instance:
 
 def normalize_instances(records: list, height: int, width: int, where: str) -> tuple[list, list]:
   """Annotation dicts of one `height` x `width` image -> (`Instance`s, problem messages)."""
-  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
 
-  from zipjax.io.geometry import clip_bbox, segmentation_problem, to_compressed_rle  # pylint: disable=C0415
   out, problems = [], []
   for k, rec in enumerate(records):
     seg, rle = rec.get("segmentation"), None

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
+
+from etils import epath
 
 from zipjax.io.atomic import _fsync_dir, atomic_write_bytes
 
@@ -31,7 +35,6 @@ def is_local(path) -> bool:
 
 
 def _epath(path):
-  from etils import epath  # pylint: disable=import-outside-toplevel
   return epath.Path(os.fspath(path))
 
 
@@ -95,7 +98,6 @@ def remove(path) -> bool:
 
 def rmtree(path) -> None:
   if is_local(path):
-    import shutil  # pylint: disable=import-outside-toplevel
     shutil.rmtree(path, ignore_errors=True)
   else:
     p = _epath(path)
@@ -155,7 +157,6 @@ def atomic_stream(path, mode: str = "wb"):
       raise
     _fsync_dir(parent)
   else:
-    import uuid  # pylint: disable=import-outside-toplevel
     head, name = os.fspath(path).rstrip("/").rsplit("/", 1)
     tmp = f"{head}/.{name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
     try:

@@ -26,6 +26,11 @@ import os
 import socket
 import time
 
+try:
+  import fcntl
+except ImportError:  # not a POSIX system: the file mode only
+  fcntl = None
+
 from zipjax.errors import InputError
 from zipjax.io import fs
 
@@ -112,10 +117,6 @@ class DirLock:
     if parent:
       fs.makedirs(parent)
     if fs.is_local(self.path):
-      try:
-        import fcntl  # pylint: disable=import-outside-toplevel
-      except ImportError:
-        fcntl = None
       if fcntl is not None and self._acquire_flock(fcntl):
         return self
     self._acquire_file()

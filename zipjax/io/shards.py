@@ -59,6 +59,7 @@ import uuid
 from zipjax.io import fs
 from zipjax.io.faults import fault
 from zipjax.io.geometry import encode_rle, rle_area
+from zipjax.io.lock import DirLock
 from zipjax.io.paths import display, json_path
 
 SHARD_FORMAT = "zipjax-shard-1"
@@ -256,7 +257,6 @@ class RunDir:
     return fs.join(self.root, name)
 
   def lock(self, command: str):
-    from zipjax.io.lock import DirLock  # pylint: disable=import-outside-toplevel
     return DirLock(fs.join(self.state, "lock"), command=command)
 
   def read_job(self) -> dict | None:

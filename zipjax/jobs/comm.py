@@ -6,7 +6,9 @@ failed). With one process everything is local and free. `zipjax.parallel.initial
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from zipjax.errors import InputError
 
@@ -21,7 +23,6 @@ class Comm:
 
   def __init__(self, index: int | None = None, count: int | None = None):
     if index is None or count is None:
-      import jax  # pylint: disable=import-outside-toplevel
       index, count = jax.process_index(), jax.process_count()
     self.index = int(index)
     self.count = int(count)
@@ -35,12 +36,10 @@ class Comm:
     x = np.asarray(x)
     if self.count == 1:
       return x[None]
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(x, tiled=False)).reshape((self.count,) + x.shape)
 
   def barrier(self, name: str) -> None:
     if self.count > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices(name)
 
   def agree(self, fn, what: str):

@@ -15,14 +15,14 @@ affecting identity of the run, the `info` block of annotations.json, decoding li
    not recomputed), another one starts afresh (the old outputs stay until the new ones are committed);
 4. builds the models only when something is left to do, then per batch of `batch_size` images (the model's
    `batch_size` attribute when it has one): decodes them (a bad file is an error record and the run goes on),
-   runs `model.segment(images)` (one bad image is isolated by bisecting the batch when the model raises an
-   `InputError`), stages overlays under `.zipjax/overlays/` and writes one shard file (O(new results));
+   runs `model.segment(images)` (an image it could not segment comes back as `{"error": reason}` and becomes
+   an error record, its batch mates unaffected), stages overlays under `.zipjax/overlays/` and writes one shard file (O(new results));
    `fault("<command>.batch")` after each batch is the kill point of the tests;
 5. merges the shards into results.json, annotations.json, errors.json, run.json (+ overlays/) and commits them
    together (`RunDir.merge`), then prints a summary and the `zipjax gallery` command.
 
 A model is anything with `segment(list of uint8 [H, W, 3]) -> list of {"instances": [...]}` (or `{"error":
-reason}`) and a `timings` dict; instances are the engine's `{category (0-based), score, box [x0, y0, x1, y1],
+reason}`) and a `timings` dict (`zipjax.engine.Engine` for segment); instances are the engine's `{category (0-based), score, box [x0, y0, x1, y1],
 mask bool [H, W]}`, best first. Image ids are input positions + 1 (refused entries get none).
 
 `file_name`s are the paths as given (relative ones are relative to the working directory, which run.json
@@ -39,8 +39,17 @@ import sys
 import time
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from zipjax.errors import InputError
+from zipjax.gallery import gallery_hint
+from zipjax.io import fs
+from zipjax.io import images as images_io
 from zipjax.io.faults import fault
+from zipjax.io.lock import describe
+from zipjax.io.outdir import check_output_dir
+from zipjax.io.results import draw_overlay
+from zipjax.io.shards import RunDir, error_record, image_record
 
 
 @dataclasses.dataclass
@@ -87,13 +96,7 @@ def overlay_name(image_id: int, path: str) -> str:
 
 def run_folder(job: FolderJob, inputs) -> int:
   """Runs (or resumes) `job` on the image files / folders `inputs`; see the module docstring. -> exit status."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  from zipjax.io import fs  # pylint: disable=import-outside-toplevel
-  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from zipjax.io.outdir import check_output_dir  # pylint: disable=import-outside-toplevel
-  from zipjax.io.results import draw_overlay  # pylint: disable=import-outside-toplevel
-  from zipjax.io.shards import RunDir, error_record, image_record  # pylint: disable=import-outside-toplevel
 
   t_start = time.perf_counter()
   names = list(job.names)
@@ -104,7 +107,6 @@ def run_folder(job: FolderJob, inputs) -> int:
   fs.makedirs(job.out)
   with rd.lock(f"zipjax {job.command}") as lock:
     if lock.stale is not None:
-      from zipjax.io.lock import describe  # pylint: disable=import-outside-toplevel
       print(f"took over the stale lock of {describe(lock.stale)}")
     rec = rd.recover()  # temporary files of killed runs; a committed output set of a killed run rolled forward
     overlays = bool(job.overlays)
@@ -147,10 +149,10 @@ def run_folder(job: FolderJob, inputs) -> int:
               batch.append((i, images_io.load_image(paths[i], int(min_side), int(max_side), float(max_aspect))))
             except InputError as e:
               writer.add(error_record(keys[i], {"path": paths[i], "reason": str(e)}))
-          for (i, img), out in zip(batch, _isolating(model, batch)):
-            if isinstance(out, str) or "error" in out:
-              reason = out if isinstance(out, str) else out["error"]
-              writer.add(error_record(keys[i], {"path": paths[i], "reason": reason}))
+          outs = model.segment([img for _, img in batch]) if batch else []
+          for (i, img), out in zip(batch, outs):
+            if "error" in out:
+              writer.add(error_record(keys[i], {"path": paths[i], "reason": out["error"]}))
               continue
             h, w = img.shape[:2]
             if overlays:  # staged; moved into OUT/overlays only with the JSON files that describe them
@@ -180,22 +182,6 @@ def run_folder(job: FolderJob, inputs) -> int:
   return 0
 
 
-def _isolating(model, batch):
-  """`model.segment` on a batch of (index, image); when the batch fails on bad input, image by image so one bad
-  image is isolated: its output is the reason (a string)."""
-  if not batch:
-    return []
-  try:
-    return model.segment([img for _, img in batch])
-  except InputError as e:
-    if len(batch) == 1:
-      return [str(e) or type(e).__name__]
-  outs = []
-  for item in batch:
-    outs.extend(_isolating(model, [item]))
-  return outs
-
-
 def _summary(job: FolderJob, stats, done: int, total: int, elapsed: float, setup: float) -> None:
   out_dir = job.out
   print(f"{job.verb} {stats.images}/{total} images in {elapsed:.1f}s (setup {setup:.1f}s, "
@@ -208,7 +194,6 @@ def _summary(job: FolderJob, stats, done: int, total: int, elapsed: float, setup
       print(f"  {e['path']}: {e['reason']}")
   print(f"outputs in {out_dir}: results.json, annotations.json, errors.json, run.json"
         f"{', overlays/' if os.path.isdir(os.path.join(out_dir, 'overlays')) else ''}")
-  from zipjax.gallery import gallery_hint  # pylint: disable=import-outside-toplevel
   print(gallery_hint(out_dir))
 
 

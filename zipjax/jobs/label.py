@@ -38,13 +38,24 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
+import zipjax
+from zipjax import engine as engine_lib
+from zipjax import weights
+from zipjax.data.loader import process_stream
+from zipjax.data.sources import Limits, open_inputs
 from zipjax.errors import InputError
+from zipjax.gallery import gallery_hint
 from zipjax.io import fs
 from zipjax.io.faults import fault
+from zipjax.io.lock import describe
 from zipjax.io.results import RANDOM_NOTE
 from zipjax.io.shards import RunDir, error_record, image_record, new_nonce
+from zipjax.jobs.comm import Comm
+from zipjax.models.storage import resolve_dtype
 
 # config groups that change how fast a run goes, never what it outputs (excluded from the run identity)
 RUNTIME_FIELDS = ("batch_size", "label", "output", "mesh", "sharding_rules")
@@ -72,7 +83,6 @@ def checkpoint_identity(spec: str, family: str) -> dict:
   for a file, its name, size and a sha256 of its size + first and last MiB; for a converted directory, a sha256
   of its file names, sizes and config.json; for a Hub name (hf:...), the name and the commit its weights in
   the Hugging Face cache come from (when cached)."""
-  from zipjax import weights  # pylint: disable=import-outside-toplevel
   if weights.is_hub_name(str(spec)):
     try:
       return {"name": str(spec), "commit": weights.hub_commit(str(spec), family)}
@@ -109,7 +119,6 @@ def checkpoint_identity(spec: str, family: str) -> dict:
 def model_identity(config, random_init: bool) -> dict:
   """Per model: the random-init seed and architecture, or the checkpoint identity; and the compute dtype it
   runs in here ('auto' resolved for this platform: outputs differ between dtypes)."""
-  from zipjax.models.storage import resolve_dtype  # pylint: disable=import-outside-toplevel
   m = config.models
   out = {}
   for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", "sam"))):
@@ -126,7 +135,6 @@ def model_identity(config, random_init: bool) -> dict:
 def job_identity(command: str, config, names, random_init: bool, inputs: dict) -> dict:
   """Everything a resumed run must share with the run it continues (stored as .zipjax/job.json; keys sorted
   at every level, so the identity read back from the file equals the one computed)."""
-  import zipjax  # pylint: disable=import-outside-toplevel
   return _plain({"command": command, "zipjax_version": zipjax.__version__, "classes": list(names),
                  "random_init": bool(random_init), "models": model_identity(config, random_init),
                  "config": result_config(config), "inputs": inputs})
@@ -299,7 +307,6 @@ class LabelRequest:
 
 def default_engine(config, random_init: bool):
   """(engine, prepare) of `zipjax.engine` for `config`."""
-  from zipjax import engine as engine_lib  # pylint: disable=import-outside-toplevel
   eng = engine_lib.Engine(config, random_init=random_init)
   return eng, functools.partial(engine_lib.prepare, spec=eng.spec)
 
@@ -315,8 +322,6 @@ def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
   """Runs (or resumes, or finds complete) a labelling job on this process; see the module docstring.
 
   `make_engine(config, random_init) -> (engine, prepare)` defaults to `default_engine` (zipjax.engine)."""
-  from zipjax.data.sources import Limits, open_inputs  # pylint: disable=import-outside-toplevel
-  from zipjax.jobs.comm import Comm  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   comm = comm or Comm()
   log = log or _log_main(comm)
@@ -332,7 +337,6 @@ def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
     fs.makedirs(rd.root)
     lock.acquire()
     if lock.stale is not None:
-      from zipjax.io.lock import describe  # pylint: disable=import-outside-toplevel
       log(f"took over the stale lock of {describe(lock.stale)}")
     rec = rd.recover()
     if rec["cleaned"]:
@@ -384,9 +388,7 @@ def run_label(req: LabelRequest, make_engine=None, comm=None, log=None) -> int:
 
 def _label_images(req, worklist, remaining, rd, comm, log, make_engine, limits, nonce) -> dict:
   """Labels `remaining` (the same on every process); returns this attempt's statistics (process 0's view)."""
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  from zipjax.data.loader import process_stream  # pylint: disable=import-outside-toplevel
   config = req.config
   lc = config.label
   if req.random_init:
@@ -453,7 +455,6 @@ def _label_images(req, worklist, remaining, rd, comm, log, make_engine, limits, 
            "images_per_second": round(total / max(loop_s, 1e-9), 3), "device_seconds": timings,
            "compiled_programs": compiled, "local_batch": int(eng.local_batch), "num_buckets": int(eng.num_buckets)}
   try:
-    import jax  # pylint: disable=import-outside-toplevel
     stats["devices"] = jax.device_count()
   except Exception:  # pylint: disable=broad-except
     pass
@@ -513,7 +514,6 @@ def _gallery_hint(rd: RunDir, job: dict, log) -> None:
   """Tells the user how to look at the labels (`zipjax gallery`), for a local run directory."""
   if not fs.is_local(rd.root):
     return
-  from zipjax.gallery import gallery_hint  # pylint: disable=import-outside-toplevel
   log(gallery_hint(rd.root))
   if job.get("inputs", {}).get("kind") == "tfds":
     log("  (the images of a TFDS input are records, not files: the gallery draws the instances on blank canvases "
@@ -522,7 +522,6 @@ def _gallery_hint(rd: RunDir, job: dict, log) -> None:
 
 def merge_run(out: str, comm=None, log=None) -> int:
   """`zipjax label merge DIR`: merges the shards of a run directory into its final outputs."""
-  from zipjax.jobs.comm import Comm  # pylint: disable=import-outside-toplevel
   comm = comm or Comm(0, 1)
   log = log or _log_main(comm)
   rd = RunDir(out)

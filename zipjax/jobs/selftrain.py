@@ -63,12 +63,27 @@ import os
 import sys
 from typing import Callable
 
+import jax
+import ml_collections
 import numpy as np
+from tqdm import tqdm
 
+from zipjax import parallel
+from zipjax.data.self_labels import MODES, calibrate, merge_labels
 from zipjax.errors import InputError
+from zipjax.eval import evaluate
+from zipjax.eval.rounds import label_regressions, write_rounds_report
+from zipjax.io import coco as coco_io
 from zipjax.io import faults
-from zipjax.jobs.comm import Comm
+from zipjax.io import images as images_io
 from zipjax.io.atomic import atomic_write_json
+from zipjax.io.coco import normalize_name
+from zipjax.io.geometry import encode_rle
+from zipjax.jobs.comm import Comm
+from zipjax.train import trainer as tr
+from zipjax.train.metrics import read_metrics
+from zipjax.train.predict import Inference
+from zipjax.train.trainer import Checkpoints
 
 KILL_ENV = faults.ENV
 EXIT_PREEMPTED = 143
@@ -129,7 +144,6 @@ class Settings:
 
   @classmethod
   def from_config(cls, config) -> "Settings":
-    from zipjax.data.self_labels import MODES  # pylint: disable=import-outside-toplevel
     if "selftrain" not in config:
       raise InputError("the config has no 'selftrain' group (use configs/selftrain_*.py)")
     s = config.selftrain
@@ -194,7 +208,6 @@ def _write_compact(path: str, obj) -> str:
 
 # ----------------------------------------------------------------------------------------- multi-host
 def _process() -> tuple:
-  import jax  # pylint: disable=import-outside-toplevel
   return jax.process_index(), jax.process_count()
 
 
@@ -205,7 +218,6 @@ def _barrier(name: str) -> None:
 # --------------------------------------------------------------------------------------------- config
 def round_config(config, settings: Settings, workdir: str, r: int):
   """The `zipjax train` config of round r (the self-training group removed, steps and initialisation set)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.ConfigDict(json.loads(config.to_json()))
   with cfg.unlocked():
     del cfg["selftrain"]
@@ -258,7 +270,6 @@ def _check_state(workdir: str, state: dict, write: bool = True) -> None:
 def _initial_labels(pseudo_json: str, images_root: str, identity: str) -> dict:
   """Round 0's labels: the pseudo-labels as given (validated), the images root and the run's identity
   (`run_identity`) recorded in `info`."""
-  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
   data, source = coco_io.load_json(pseudo_json, "pseudo-label")
   coco_io.load_ground_truth(data, source)  # validation: ids, categories, segmentations
   for i, img in enumerate(data["images"]):
@@ -277,7 +288,6 @@ def _initial_labels(pseudo_json: str, images_root: str, identity: str) -> dict:
 
 def round_thresholds(settings: Settings, prev: dict, preds: dict, r: int) -> dict:
   """Round r's {'threshold', 'support' (None: not needed)} and, when calibrated, the calibration record."""
-  from zipjax.data.self_labels import calibrate  # pylint: disable=import-outside-toplevel
   floor = settings.thresholds[r - 1]
   out = {"threshold": floor, "support": None, "calibration": None}
   if settings.calibrate > 0 or settings.support_quantile > 0:
@@ -292,7 +302,6 @@ def round_thresholds(settings: Settings, prev: dict, preds: dict, r: int) -> dic
 
 
 def _merged_labels(settings: Settings, workdir: str, r: int, images_root: str) -> tuple:
-  from zipjax.data.self_labels import merge_labels  # pylint: disable=import-outside-toplevel
   prev = _read_json(os.path.join(round_dir(workdir, r - 1), LABELS_FILE))
   preds = _read_json(os.path.join(round_dir(workdir, r - 1), PREDICTIONS_DIR, LABELS_FILE))
   th = round_thresholds(settings, prev, preds, r)
@@ -312,7 +321,6 @@ def _merged_labels(settings: Settings, workdir: str, r: int, images_root: str) -
 # -------------------------------------------------------------------------------------------- predict
 def _train_names(rd: str) -> list:
   """The query names the round's detector was trained with (recorded in its final checkpoint)."""
-  from zipjax.train.trainer import Checkpoints  # pylint: disable=import-outside-toplevel
   ck = Checkpoints(os.path.join(rd, "checkpoints"), every=1, keep=1, asynchronous=False, read_only=True)
   try:
     return list(ck.restore_meta(ck.latest_step())["names"])
@@ -322,10 +330,7 @@ def _train_names(rd: str) -> list:
 
 def _local_params(rd: str, cfg, mesh):
   """The round's final parameters, replicated over `mesh` (this process's devices)."""
-  import jax  # pylint: disable=import-outside-toplevel
 
-  from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   if jax.process_count() == 1:
     return tr.load_params(rd, cfg, mesh)[0]
   global_mesh = parallel.create_mesh([("data", -1)])  # orbax restores onto all processes' devices
@@ -337,13 +342,7 @@ def _local_params(rd: str, cfg, mesh):
 def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: str, r: int, progress: bool = True,
                   log: Callable = print) -> str:
   """Round r's detector on the labels' images -> `rd/predictions/annotations.json` (see the module docstring)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
-  from zipjax.io import images as images_io  # pylint: disable=import-outside-toplevel
-  from zipjax.io.geometry import encode_rle  # pylint: disable=import-outside-toplevel
-  from zipjax import parallel  # pylint: disable=import-outside-toplevel
-  from zipjax.train.predict import Inference  # pylint: disable=import-outside-toplevel
   out_dir = os.path.join(rd, PREDICTIONS_DIR)
   final = os.path.join(out_dir, LABELS_FILE)
   pindex, pcount = _process()
@@ -447,7 +446,6 @@ def _with_scores(data: dict) -> dict:
 
 def _class_aware_ok(data: dict, gt) -> bool:
   """True when every category used by `data`'s annotations is a ground-truth category by name."""
-  from zipjax.io.coco import normalize_name  # pylint: disable=import-outside-toplevel
   by_name = gt.category_by_name()
   used = {a["category_id"] for a in data["annotations"]}
   return all(normalize_name(c["name"]) in by_name for c in data["categories"] if c["id"] in used)
@@ -455,7 +453,6 @@ def _class_aware_ok(data: dict, gt) -> bool:
 
 def evaluate_file(gt, data: dict) -> dict:
   """{'agnostic': evaluate(...), 'class': evaluate(...) or None} of a labels / predictions dataset."""
-  from zipjax.eval import evaluate  # pylint: disable=import-outside-toplevel
   data = _with_scores(data)
   out = {"agnostic": evaluate(gt, data, iou_type="both", class_agnostic=True, only_pred_images=True)}
   out["class"] = (evaluate(gt, data, iou_type="both", class_agnostic=False, only_pred_images=True)
@@ -465,7 +462,6 @@ def evaluate_file(gt, data: dict) -> dict:
 
 def evaluate_round(gt_json: str, gt_digest: str, rd: str, r: int) -> dict:
   """Writes `rd/eval.json`: the round's labels and (when predicted) its detector against the ground truth."""
-  from zipjax.io import coco as coco_io  # pylint: disable=import-outside-toplevel
   gt = coco_io.load_ground_truth(gt_json)
   labels = _read_json(os.path.join(rd, LABELS_FILE))
   res = {"round": r, "gt": os.path.abspath(gt_json), "gt_sha256": gt_digest,
@@ -511,17 +507,13 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
                log: Callable = print, skip_bad_images: bool = False) -> SelfTrainResult:
   """Runs (or resumes) the self-training rounds of `workdir`; see the module docstring. `skip_bad_images`: each
   round's training leaves out the images that fail the up-front check (`zipjax.train.trainer.train`)."""
-  import jax  # pylint: disable=import-outside-toplevel
 
-  from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
-  from zipjax.train.metrics import read_metrics  # pylint: disable=import-outside-toplevel
   settings = Settings.from_config(config)
   for flag, path in (("--pseudo-json", pseudo_json), ("--images-root", images_root), ("--gt-json", gt_json),
                      ("--val-json", val_json)):
     if path is not None and not os.path.exists(path):
       raise InputError(f"{flag} {path}: not found")
   if bool(config.get("distributed", False)):
-    from zipjax import parallel  # pylint: disable=import-outside-toplevel
     parallel.initialize(auto=True)
   pindex, _ = _process()
   workdir = os.path.abspath(workdir)
@@ -586,7 +578,6 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
       if pindex == 0 and not current:
         evaluate_round(gt_json, gt_digest, rd, r)
       if pindex == 0 and r > 0:
-        from zipjax.eval.rounds import label_regressions  # pylint: disable=import-outside-toplevel
         worse = label_regressions(_read_json(os.path.join(round_dir(workdir, r - 1), EVAL_FILE)),
                                   _read_json(eval_path))
         if worse:
@@ -596,7 +587,6 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
     rounds.append(info)
   report = None
   if gt_json and pindex == 0:
-    from zipjax.eval.rounds import write_rounds_report  # pylint: disable=import-outside-toplevel
     evals = [_read_json(i["eval"]) for i in rounds]
     report = write_rounds_report(workdir, evals, [i["train"] for i in rounds], settings=dataclasses.asdict(settings),
                                  inputs={"pseudo_json": state["pseudo_json"], "images_root": state["images_root"],

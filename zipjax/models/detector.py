@@ -28,15 +28,14 @@ query_valid bool [B, Q] ->
   pred_boxes [B, N, 4] cxcywh in [0, 1]; pred_logits [B, N, Q]; objectness [B, N] (logits);
   mask_embed [B, N, E]; pixel_embed [B, Hm, Hm, E]   (all float32).
 
-`postprocess` keeps the top-k (token, query) pairs per image (jit friendly), `text_queries` computes the
-prompt-ensemble CLIP text embeddings of class names, `flops_per_example` counts the analytic forward FLOPs.
+`postprocess` keeps the top-k (token, query) pairs per image (jit friendly), `flops_per_example` counts the
+analytic forward FLOPs (the class queries are `zipjax.pipeline.semantic.text_queries`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -46,6 +45,9 @@ import numpy as np
 
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models.clip_layers import ResidualAttentionBlock, layer_norm
+from zipjax.models.random_init import random_variables
+from zipjax.models.tree import flatten, unflatten
+from zipjax.ops.box_ops import cxcywh_to_xyxy
 from zipjax.ops.resize import resize_bilinear
 from zipjax.preprocess import CLIP_MEAN, CLIP_STD
 
@@ -443,7 +445,6 @@ def mask_logits(out: Mapping[str, jax.Array], index: jax.Array) -> jax.Array:
 
 def variable_shapes(cfg: DetectorConfig) -> dict[str, tuple]:
   """'collection/path' -> shape of every variable of `Detector(cfg)` (abstract trace, nothing allocated)."""
-  from zipjax.convert.core import flatten  # pylint: disable=import-outside-toplevel
   shapes = jax.eval_shape(functools.partial(_init, cfg), jax.random.key(0))
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
@@ -459,8 +460,6 @@ def init_variables(cfg: DetectorConfig, rng: int | jax.Array = 0) -> dict:
   as the bias of the class shift and of the objectness, small shift/scale kernels. Put the result on devices
   with `jax.device_put(variables, shardings)`. `rng`: an int seed or a jax key (its key data seeds numpy).
   """
-  from zipjax.convert.core import flatten, unflatten  # pylint: disable=import-outside-toplevel
-  from zipjax.models.random_init import random_variables  # pylint: disable=import-outside-toplevel
   if not isinstance(rng, int):
     rng = int(np.asarray(jax.random.key_data(rng), np.uint32).astype(np.uint64).sum() % (2 ** 31))
   shapes = variable_shapes(cfg)
@@ -490,15 +489,12 @@ def _init(cfg: DetectorConfig, rng: jax.Array) -> dict:
 def load_backbone(variables: Mapping, clip_source, cfg: DetectorConfig | None = None) -> dict:
   """Copies a CLIP ViT's vision weights into detector variables -> new variables (the input is not changed).
 
-  `clip_source`: a CLIP checkpoint file or converted directory (`zipjax.load_clip`) or a loaded ClipModel.
+  `clip_source`: a loaded CLIP model (`zipjax.load_clip`: its `config`, `variables` and `name`).
   The backbone gets `visual/*` (the positional embedding resized bilinearly to the detector's grid, CLS kept)
   and `class_head/dense0` gets `visual/proj` as kernel (zero bias). Sizes that differ from the detector's
   (patch, width, depth, embedding width; attention heads when `cfg` is given) raise CheckpointError naming
   the field.
   """
-  if isinstance(clip_source, (str, os.PathLike)):
-    from zipjax.clip import load_clip  # pylint: disable=import-outside-toplevel
-    clip_source = load_clip(clip_source)
   config, clip_vars = clip_source.config, clip_source.variables
   name = getattr(clip_source, "name", "") or "CLIP model"
   if not config.is_vit:
@@ -539,33 +535,12 @@ def load_backbone(variables: Mapping, clip_source, cfg: DetectorConfig | None = 
 
 
 def _leaf_pairs(ours: Mapping, theirs: Mapping, prefix: str = "") -> dict:
-  from zipjax.convert.core import flatten  # pylint: disable=import-outside-toplevel
   a, b = flatten(ours, prefix), flatten(theirs, prefix)
   if set(a) != set(b):
     missing = sorted(set(a) ^ set(b))[:3]
     raise CheckpointError(f"CLIP vision parameters do not match the detector backbone (first differences: "
                           f"{missing})")
   return {k: (a[k], b[k]) for k in a}
-
-
-def text_queries(clip_model, names: Sequence[str], templates: Sequence[str] | None = None,
-                 batch_size: int = 256) -> np.ndarray:
-  """Prompt-ensemble CLIP text embeddings of class names -> float32 [len(names), D], unit norm.
-
-  Uses the frozen text tower of `clip_model` (a zipjax.clip.ClipModel) and the templates of
-  zipjax/pipeline/semantic.py (default: the 85 packaged templates; ['{}'] for the bare names).
-  """
-  from zipjax.io.text_cache import prompt_templates  # pylint: disable=import-outside-toplevel
-  from zipjax.models.tokenizer import get_tokenizer  # pylint: disable=import-outside-toplevel
-  from zipjax.pipeline.semantic import ensemble_text_features  # pylint: disable=import-outside-toplevel
-  names = list(names)
-  if not names or any(not isinstance(n, str) or not n.strip() for n in names):
-    raise InputError(f"text_queries: class names must be non-empty strings, got {names!r}")
-  templates = list(templates) if templates is not None else prompt_templates()
-  tok = get_tokenizer(clip_model.config.context_length)
-  feats = ensemble_text_features(clip_model.encode_tokens, lambda t: tok.tokenize(t, truncate=True), names,
-                                 templates, batch_size)
-  return np.asarray(feats, np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "top_k"))
@@ -587,7 +562,6 @@ def postprocess(out: Mapping[str, jax.Array], cfg: DetectorConfig, top_k: int | 
   scores, flat = jax.lax.top_k(prob.reshape(b, n * q), k)  # [B, K]
   tokens = (flat // q).astype(jnp.int32)
   classes = (flat % q).astype(jnp.int32)
-  from zipjax.train.box_ops import cxcywh_to_xyxy  # pylint: disable=import-outside-toplevel
   boxes = jnp.take_along_axis(out["pred_boxes"], tokens[..., None], axis=1)  # [B, K, 4]
   boxes = jnp.clip(cxcywh_to_xyxy(boxes), 0.0, 1.0) * cfg.input_size
   masks = mask_logits(out, tokens)  # [B, K, Hm, Wm]
@@ -624,5 +598,5 @@ def flops_per_example(cfg: DetectorConfig, num_queries: int = 1, train: bool = F
 
 
 __all__ = ["DetectorConfig", "Detector", "box_bias", "cell_centres", "decode_boxes", "mask_logits", "init_variables",
-           "variable_shapes", "load_backbone", "text_queries", "postprocess", "flops_per_example", "QUERY_PAD_LOGIT",
+           "variable_shapes", "load_backbone", "postprocess", "flops_per_example", "QUERY_PAD_LOGIT",
            "BOX_PARAMS", "SCORES"]

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from zipjax.convert.core import unflatten
+from zipjax.models.tree import unflatten
 
 
 def random_variables(shapes: Mapping[str, tuple], seed: int = 0, std: Mapping[str, float] | None = None,

@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from zipjax.convert.core import flatten, unflatten
+from zipjax.errors import InputError
+from zipjax.models.tree import flatten, unflatten
 
 CAST_LEAVES = ("kernel", "in_proj_weight")
 
@@ -62,7 +65,6 @@ class LeafFilter:
     want = self.target_dtype(path, np.ndim(array))
     held = np.asarray(array) if want is None else np.asarray(array).astype(want)
     if self.device:
-      import jax  # pylint: disable=import-outside-toplevel
       return jax.device_put(held)
     return held
 
@@ -89,11 +91,9 @@ def resolve_dtype(name: str, platform: str | None = None) -> str:
   name = str(name)
   if name == "auto":
     if platform is None:
-      import jax  # pylint: disable=import-outside-toplevel
       platform = jax.default_backend()
     return AUTO_DTYPE.get(platform, "bfloat16")
   if name not in DTYPES:
-    from zipjax.errors import InputError  # pylint: disable=import-outside-toplevel
     raise InputError(f"model dtype must be 'auto', 'float32' or 'bfloat16', got {name!r}")
   return name
 
@@ -108,7 +108,6 @@ def trunk_filter(stage: int, dtype: str | None, depth: int = 4, device: bool = F
 
 def np_dtype(name: str):
   """'float32' / 'bfloat16' / 'float16' -> numpy dtype (bfloat16 through ml_dtypes, as JAX)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   return np.dtype(jnp.dtype(name))
 
 

@@ -43,6 +43,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zipjax.errors import InputError
@@ -81,7 +82,6 @@ def mesh_shape(spec: Sequence, num_devices: int) -> tuple[tuple[str, ...], tuple
 def create_mesh(spec: Sequence = ((DATA_AXIS, -1),), devices: Sequence | None = None) -> Mesh:
   """A `Mesh` of `config.mesh` over `devices` (default: all devices of all processes); explicit sizes whose
   product is smaller than the number of devices take the first devices."""
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
   devices = list(jax.devices() if devices is None else devices)
   try:
     sizes = [int(size) for _, size in spec]

@@ -367,21 +367,6 @@ def activation_from_similarity(similarity, grid_size: tuple[int, int], config=No
   return small > t
 
 
-def grid_boxes_to_image(bboxes, grid_size: tuple[int, int], image_size: tuple[int, int], config=None):
-  """Grid bboxes (min_row, min_col, max_row, max_col) -> image boxes (x0, y0, x1, y1) float32.
-
-  `discover.swap_box_scale` (the released code's quirk) scales x by H/h and y by W/w; otherwise x by W/w and
-  y by H/h. `image_size` is (H, W).
-  """
-  if config is None:
-    config = configs.reference()
-  d = config.discover if "discover" in config else config
-  b = jnp.asarray(bboxes, jnp.float32)
-  (h, w), (hh, ww) = grid_size, image_size
-  sx, sy = (hh / h, ww / w) if d.swap_box_scale else (ww / w, hh / h)
-  return jnp.stack([b[..., 1] * sx, b[..., 0] * sy, b[..., 3] * sx, b[..., 2] * sy], axis=-1)  # [..., 4]
-
-
 __all__ = ["DiscoverParams", "params_from_config", "discover", "discover_instances", "discover_batch",
-           "discover_batch_fn", "discover_slots_fn", "activation_from_similarity", "grid_boxes_to_image", "cluster",
+           "discover_batch_fn", "discover_slots_fn", "activation_from_similarity", "cluster",
            "candidate_clusters", "select_fragments", "build_instances", "fragments_list"]

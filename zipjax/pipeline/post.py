@@ -8,11 +8,11 @@ number of instances:
   frame, crop to the resized image, bilinear resize to the original size, `> mask_threshold`) as separable
   two-tap passes (weights never cached), the last one in column chunks of bounded size, straight into the
   Fortran (column-major) layout that COCO RLE encodes. The box is the mask's tight box (the prompt box for an
-  empty mask), as `pipeline.refine` does;
-- without SAM: the instance's feature-grid cells upsampled with torch's legacy nearest rule (exactly the old
-  path's masks); the box is the scaled grid box computed on device.
+  empty mask);
+- without SAM: the instance's feature-grid cells upsampled with torch's legacy nearest rule (exactly the
+  released code's masks); the box is the scaled grid box computed on device.
 
-`masks='bool'` returns bool [H, W] arrays (all of an image's masks at once: what `Segmenter.segment` gives
+`masks='bool'` returns bool [H, W] arrays (all of an image's masks at once: what `Engine.segment` gives
 `zipjax segment`); `masks='rle'` returns COCO compressed RLE dicts {'size': [H, W], 'counts': str} with the
 mask's `area`, encoding each mask as soon as it exists (the labeller's memory-bounded path).
 """

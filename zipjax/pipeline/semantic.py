@@ -2,7 +2,8 @@
 image-level class scores.
 
 - Text features: per class, the prompts of every template are encoded, each L2-normalised, averaged and
-  L2-normalised again; the redundant features r are the same ensemble for the empty string "".
+  L2-normalised again; the redundant features r are the same ensemble for the empty string "". The same
+  ensemble gives the detector's class queries (`text_queries`).
 - Similarity: F = token features L2-normalised over the token axis (`feature_norm='tokens'`, the released
   code's `norm(dim=1)` quirk) or over channels (`'channels'`); S = F (T - r)^T [B, 1 + N, n]; the CLS row is
   dropped, each class is min-max normalised over the tokens (a constant map becomes 0), reshaped to the token
@@ -20,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax.errors import InputError
-from zipjax.ops import resize
+from zipjax.io.text_cache import prompt_templates
+from zipjax.models.tokenizer import get_tokenizer
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -113,12 +115,6 @@ def surgery_similarity(tokens: jax.Array, text: jax.Array, redundant: jax.Array,
   return s.reshape(s.shape[0], grid[0], grid[1], s.shape[-1])  # [B, gh, gw, n]
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
-def upsample(similarity: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[..., gh, gw, n] -> [..., H, W, n], bilinear (torch align_corners=False)."""
-  return resize.resize_bilinear(similarity, size)
-
-
 @jax.jit
 def class_scores(cls_features: jax.Array, text: jax.Array, logit_scale: float | jax.Array) -> jax.Array:
   """Image-level class probabilities: softmax over classes of logit_scale * cos -> float32 [B, n].
@@ -132,11 +128,26 @@ def class_scores(cls_features: jax.Array, text: jax.Array, logit_scale: float | 
   return jax.nn.softmax(logit_scale * jnp.einsum("bd,nd->bn", c, text, precision=HIGHEST), axis=-1)
 
 
+def text_queries(clip_model, names: Sequence[str], templates: Sequence[str] | None = None,
+                 batch_size: int = 256) -> np.ndarray:
+  """Prompt-ensemble CLIP text embeddings of class names (the detector's class queries) -> float32
+  [len(names), D], unit norm, from the text tower of `clip_model` (a zipjax.clip.ClipModel); `templates`
+  default to the 85 packaged ones (['{}']: the bare names)."""
+  names = list(names)
+  if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+    raise InputError(f"text_queries: class names must be non-empty strings, got {names!r}")
+  templates = list(templates) if templates is not None else prompt_templates()
+  tok = get_tokenizer(clip_model.config.context_length)
+  feats = ensemble_text_features(clip_model.encode_tokens, lambda t: tok.tokenize(t, truncate=True), names,
+                                 templates, batch_size)
+  return np.asarray(feats, np.float32)
+
+
 def check_feature_norm(value: str) -> str:
   if value not in ("tokens", "channels"):
     raise InputError(f"semantic.feature_norm must be 'tokens' or 'channels', got {value!r}")
   return value
 
 
-__all__ = ["prompts", "ensemble_text_features", "surgery_similarity", "upsample", "class_scores",
+__all__ = ["prompts", "ensemble_text_features", "text_queries", "surgery_similarity", "class_scores",
            "check_feature_norm"]

@@ -4,7 +4,7 @@
 engine wraps in `jax.jit` with explicit shardings (zipjax/engine.py). Per image (everything is vmapped over the
 batch; no operation mixes images, so an image's numbers do not depend on its batch mates):
 
-  1. pixels: uint8 -> float32 through the lookup tables of `prep.pixel_tables` (bit-exact with the host
+  1. pixels: uint8 -> float32 through the lookup tables of `buckets.pixel_tables` (bit-exact with the host
      normalisation of `zipjax.preprocess`); the SAM input's padding is zeroed from its valid size;
   2. CLIP Surgery tokens (ViT, `semantic` dtype), image-level class probabilities and min-max normalised token
      grid similarity maps for every class (`pipeline.semantic`);
@@ -26,9 +26,10 @@ batch; no operation mixes images, so an image's numbers do not depend on its bat
   7. selection: min score, greedy per-class mask NMS (one NMS over all candidates with cross-class IoU set to
      0, which is per-class greedy NMS), top `max_per_image` by score (ties: candidate order) -> Mout slots.
      Mask IoU for NMS: with SAM on the thresholded masks in the SAM input frame (the T x T padded square
-     cropped to the resized image; the old path used the original resolution, the same pixels when the
-     image's longer side is T); without SAM exactly at the original resolution, from the feature-grid masks
-     weighted by the pixels each grid row / column covers under the nearest upsampling.
+     cropped to the resized image; the host oracle, tests/reference/zip_host.py, uses the original
+     resolution, the same pixels when the image's longer side is T); without SAM exactly at the original
+     resolution, from the feature-grid masks weighted by the pixels each grid row / column covers under the
+     nearest upsampling.
 
 Outputs (leading batch axis): probs [n]; present int32 [P], present_valid [P]; labels int32 [P, h, w];
 keep_valid [Mout]; keep_category, keep_slot (present index), keep_label (instance number) int32 [Mout];
@@ -46,10 +47,10 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.errors import InputError
-from zipjax.models.clip import CLIPConfig, image_tower
+from zipjax.models.clip_net import CLIPConfig, image_tower
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
-from zipjax.models.sam.sam import Sam
+from zipjax.models.sam_net.model import Sam
 from zipjax.ops import components
 from zipjax.ops import nms as nms_ops
 from zipjax.ops.resize import bilinear_matrix
@@ -224,7 +225,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
   Returns:
     step(params, text, batch) with params {'semantic', 'boundary'[, 'sam']} (image-tower variables, see
     `visual_variables`, and SAM's variables), text {'text': [n, D], 'redundant': [D], 'clip_table',
-    'sam_table'} and batch the stacked `prep.prepare` arrays; see the module docstring for the outputs.
+    'sam_table'} and batch the stacked `buckets.prepare` arrays; see the module docstring for the outputs.
   """
   vit = vision_module(semantic_cfg)
   resnet = vision_module(boundary_cfg)

@@ -42,7 +42,8 @@ import jax.numpy as jnp
 
 from zipjax.errors import InputError
 from zipjax.models.detector import cell_centres, mask_logits
-from zipjax.train import box_ops, matcher
+from zipjax.ops import box_ops
+from zipjax.train import matcher
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,8 @@ import json
 import math
 import os
 
+from tensorboardX import SummaryWriter
+
 from zipjax.io.atomic import atomic_write_text
 
 
@@ -68,7 +70,6 @@ class MetricsWriter:
     _truncate(self.perf_path, resume_step)
     self._metrics = open(self.metrics_path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     self._perf = open(self.perf_path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict, perf: dict | None = None) -> None:

@@ -19,8 +19,9 @@ import numpy as np
 
 from zipjax.clip import ClipModel, load_clip
 from zipjax.errors import CheckpointError, InputError
-from zipjax.models.clip import CLIPConfig
-from zipjax.models.detector import Detector, DetectorConfig, text_queries
+from zipjax.models.clip_net import CLIPConfig
+from zipjax.models.detector import Detector, DetectorConfig
+from zipjax.pipeline.semantic import text_queries
 from zipjax.train.losses import set_loss
 from zipjax.weights import resolve
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zipjax.models.sam.common import LN_EPS_ENCODER, Dtype, MLPBlock, attention, layer_norm
+from zipjax.models.sam_net.common import LN_EPS_ENCODER, Dtype, MLPBlock, attention, layer_norm
 
 
 def rel_pos_index(q_size: int, k_size: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from zipjax.models.clip_layers import Transformer, layer_norm
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
+from zipjax.models.tree import flatten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +166,6 @@ def image_tower(config: CLIPConfig, **kw):
 
 def variable_shapes(config: CLIPConfig) -> dict[str, tuple]:
   """'collection/path' -> shape of every variable of the model, without allocating anything."""
-  from zipjax.convert.core import flatten  # pylint: disable=import-outside-toplevel
   model = CLIP(config)
   res = config.image_resolution
   shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, res, res, 3), jnp.float32),

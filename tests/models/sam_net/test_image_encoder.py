@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.models.sam.helpers import RTOL, nchw, nhwc, rel_err, torch_and_flax
-from zipjax.models.sam.sam import SAM_SIZES, SamConfig
+from tests.models.sam_net.helpers import RTOL, nchw, nhwc, rel_err, torch_and_flax
+from zipjax.models.sam_net.model import SAM_SIZES, SamConfig
 
 
 def _reduced(size: str, depth: int, glob, img_size: int) -> SamConfig:
@@ -57,7 +57,7 @@ def test_encoder_vit_b_full_size():
 
 
 def test_rel_pos_tables_must_fit_grid():
-  from zipjax.models.sam.image_encoder import decomposed_rel_pos_bias
+  from zipjax.models.sam_net.image_encoder import decomposed_rel_pos_bias
   import jax.numpy as jnp
   with pytest.raises(ValueError, match="do not fit"):
     decomposed_rel_pos_bias(jnp.zeros((1, 16, 2, 4)), jnp.zeros((5, 4)), jnp.zeros((7, 4)), (4, 4))

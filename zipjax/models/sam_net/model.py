@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipjax.models.sam.image_encoder import ImageEncoderViT
-from zipjax.models.sam.mask_decoder import MaskDecoder
-from zipjax.models.sam.prompt_encoder import PromptEncoder
+from zipjax.models.sam_net.image_encoder import ImageEncoderViT
+from zipjax.models.sam_net.mask_decoder import MaskDecoder
+from zipjax.models.sam_net.prompt_encoder import PromptEncoder
 
 # name -> (embed_dim, depth, num_heads, global_attn_indexes); window 14, patch 16, image 1024 for all.
 SAM_SIZES = {

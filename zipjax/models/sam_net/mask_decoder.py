@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipjax.models.sam.common import LN_EPS_ENCODER, ConvTransposeStride, Dtype, gelu, layer_norm
-from zipjax.models.sam.transformer import TwoWayTransformer
+from zipjax.models.sam_net.common import LN_EPS_ENCODER, ConvTransposeStride, Dtype, gelu, layer_norm
+from zipjax.models.sam_net.transformer import TwoWayTransformer
 
 
 class MLP(nn.Module):

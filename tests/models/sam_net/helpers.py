@@ -8,7 +8,7 @@ import torch
 
 from tests.reference import sam_modules
 from zipjax.convert.sam import convert_state_dict
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 
 torch.set_grad_enabled(False)
 

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import zipjax
-from tests.models.sam.helpers import RTOL, build_torch_sam, nchw, rel_err, torch_and_flax
+from tests.models.sam_net.helpers import RTOL, build_torch_sam, nchw, rel_err, torch_and_flax
 from tests.reference import sam_modules
 from zipjax import sam as zsam
 from zipjax.errors import InputError
-from zipjax.models.sam.sam import SamConfig
+from zipjax.models.sam_net.model import SamConfig
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipjax.models.sam.common import LN_EPS_DEFAULT, Dtype, MLPBlock, attention, layer_norm
+from zipjax.models.sam_net.common import LN_EPS_DEFAULT, Dtype, MLPBlock, attention, layer_norm
 
 
 class Attention(nn.Module):

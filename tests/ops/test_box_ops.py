@@ -5,7 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from zipjax.train import box_ops
+from zipjax.ops import box_ops
 
 
 def _np_giou(a, b):

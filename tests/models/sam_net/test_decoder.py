@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models.sam.helpers import RTOL, nchw, nhwc, rel_err, torch_and_flax
+from tests.models.sam_net.helpers import RTOL, nchw, nhwc, rel_err, torch_and_flax
 from zipjax.convert.core import CONV_TRANSPOSE
-from zipjax.models.sam.common import ConvTransposeStride
-from zipjax.models.sam.sam import Sam, SamConfig
+from zipjax.models.sam_net.common import ConvTransposeStride
+from zipjax.models.sam_net.model import Sam, SamConfig
 
 # Full-size prompt encoder and decoder (256 channels, 64x64 embedding, 1024 frame) behind a tiny encoder
 # (the encoder is not run here; it only has to exist for the converter).

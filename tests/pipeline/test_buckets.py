@@ -1,4 +1,4 @@
-"""Host preparation of the engine (zipjax/pipeline/prep.py): buckets, feature-grid sizes, the exact activation
+"""Host preparation of the engine (zipjax/pipeline/buckets.py): buckets, feature-grid sizes, the exact activation
 vectors, pixel tables and prepared arrays, against direct computations."""
 import jax
 import jax.numpy as jnp
@@ -10,11 +10,11 @@ from zipjax import configs, preprocess
 from zipjax.errors import InputError
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.ops import resize
-from zipjax.pipeline import prep
+from zipjax.pipeline import buckets
 
 
 def _spec(config, sam=1024):
-  return prep.PrepSpec.from_config(config, (32, 32), sam)
+  return buckets.PrepSpec.from_config(config, (32, 32), sam)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
@@ -24,7 +24,7 @@ def test_trunk_grid_matches_the_resnet(stage):
     x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
     shape = jax.eval_shape(lambda v, x: net.apply(v, x, stage, method=ModifiedResNet.trunk),
                            jax.eval_shape(net.init, jax.random.key(0), x), x).shape
-    assert prep.trunk_grid(h, w, stage) == tuple(shape[1:3])
+    assert buckets.trunk_grid(h, w, stage) == tuple(shape[1:3])
 
 
 def test_zip_buckets():
@@ -49,7 +49,7 @@ def test_zip_buckets():
     a = max(h, w) / min(h, w)
     r = min(spec.bucket_ratios, key=lambda r: abs(np.log(a / r)))
     hb, wb = spec.bucket_shape(spec.bucket_of(h, w))
-    assert (hb > wb) == (h > w) and max(hb, wb) == prep.bucket_long_side(2048, r, 128)
+    assert (hb > wb) == (h > w) and max(hb, wb) == buckets.bucket_long_side(2048, r, 128)
 
 
 def test_exact_buckets_for_the_reference_preset():
@@ -77,9 +77,9 @@ def test_activation_vectors_are_exact(size, grid, feat):
   hh, ww = size
   g = np.random.default_rng(0).random(grid)
   full = resize.bilinear_rows(grid[0], hh).astype(np.float64) @ g @ resize.bilinear_rows(grid[1], ww).T
-  spec = prep.PrepSpec(semantic_size=32, token_grid=grid, boundary_short=32, size_multiple=0, bucket_ratios=(),
+  spec = buckets.PrepSpec(semantic_size=32, token_grid=grid, boundary_short=32, size_multiple=0, bucket_ratios=(),
                        bucket_shapes=(), stage=3, sam_size=0, swap_box_scale=False)
-  u, v = prep._column_means(grid[0], hh), prep._column_means(grid[1], ww)
+  u, v = buckets._column_means(grid[0], hh), buckets._column_means(grid[1], ww)
   np.testing.assert_allclose(u @ g @ v, full.mean(), rtol=1e-6)
   rows = resize.bilinear_rows(grid[0], hh, resize.nearest_indices(hh, feat[0]))
   cols = resize.bilinear_rows(grid[1], ww, resize.nearest_indices(ww, feat[1]))
@@ -90,7 +90,7 @@ def test_activation_vectors_are_exact(size, grid, feat):
 
 def test_pixel_tables_are_bit_exact():
   img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-  t = prep.pixel_tables()
+  t = buckets.pixel_tables()
   np.testing.assert_array_equal(t["clip"][np.arange(3), img], preprocess.normalize(img))
   sam, _, _ = preprocess.sam_input(img, 64)
   ih, iw = preprocess.get_preprocess_shape(40, 50, 64)
@@ -101,11 +101,11 @@ def test_pixel_tables_are_bit_exact():
 def test_prepare_matches_preprocess_and_dummy():
   config = configs.zip()
   config.boundary.input_size = 128
-  spec = prep.PrepSpec.from_config(config, (14, 14), 256)
+  spec = buckets.PrepSpec.from_config(config, (14, 14), 256)
   img = np.random.default_rng(2).integers(0, 256, (90, 130, 3), dtype=np.uint8)
-  item = prep.prepare(img, spec)
+  item = buckets.prepare(img, spec)
   assert item.size == (90, 130)
-  dummy = prep.dummy_arrays(spec, item.bucket)
+  dummy = buckets.dummy_arrays(spec, item.bucket)
   assert set(item.arrays) == set(dummy)
   for k, v in dummy.items():
     assert item.arrays[k].shape == v.shape and item.arrays[k].dtype == v.dtype, k
@@ -122,4 +122,4 @@ def test_prepare_matches_preprocess_and_dummy():
   np.testing.assert_allclose(item.arrays["box_scale"], [130 / w, 90 / h])
   for bad in (np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((0, 5, 3), np.uint8)):
     with pytest.raises(InputError):
-      prep.prepare(bad, spec)
+      buckets.prepare(bad, spec)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zipjax.models.sam.common import LN_EPS_ENCODER, Dtype, gelu, layer_norm
+from zipjax.models.sam_net.common import LN_EPS_ENCODER, Dtype, gelu, layer_norm
 
 
 class PositionEmbeddingRandom(nn.Module):
