@@ -188,7 +188,7 @@ class Sam(nn.Module):
     """
     sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
     emb = image_embedding.reshape(1, *image_embedding.shape[-3:])  # [1, h, w, C]
-    return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+    return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)[:2]
 
   def __call__(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Touches every parameter (for `init` / `jax.eval_shape`): encoder, points + boxes + mask prompts."""
