@@ -121,6 +121,7 @@ HUB_FILES = {
     "clip": ("open_clip_model.safetensors", "model.safetensors", "model.safetensors.index.json",
              "open_clip_pytorch_model.bin", "pytorch_model.bin"),
     "sam": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+    "sam2": ("model.safetensors", "model.safetensors.index.json"),
 }
 HUB_SIDE_FILES = ("config.json", "open_clip_config.json")
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
@@ -295,7 +296,8 @@ def resolve_hub(spec: str, family: str, sha256: str | None = None) -> str:
 
 
 def resolve(name_or_path: str, family: str, downloader=_download) -> str:
-  """A local path for `load_clip` (family 'clip') or `load_sam` (family 'sam'); see the module docstring."""
+  """A local path for `load_clip` (family 'clip') or `load_sam` (families 'sam', 'sam2'); see the module
+  docstring."""
   if is_hub_name(name_or_path):
     return resolve_hub(name_or_path, family)
   src = os.path.expanduser(os.fspath(name_or_path))

@@ -111,11 +111,12 @@ def nhwc(t: torch.Tensor) -> np.ndarray:
   return t.numpy().transpose(0, 2, 3, 1)
 
 
-def image_features(model, pixels: np.ndarray) -> dict:
-  """Normalised pixels [B, S, S, 3] (NHWC numpy) -> {'fpn': the image encoder's `backbone_fpn` levels (NHWC),
-  'image_embed', 'feat_s0', 'feat_s1': what `SAM2ImagePredictor.set_image` keeps (NHWC)}."""
+def image_features(model, pixels: np.ndarray, fpn: bool = True) -> dict:
+  """Normalised pixels [B, S, S, 3] (NHWC numpy) -> {'fpn': the image encoder's `backbone_fpn` levels (NHWC;
+  with `fpn`, one more encoder run), 'image_embed', 'high_res_feats' (torch), 'feat_s0', 'feat_s1': what
+  `SAM2ImagePredictor.set_image` keeps (NHWC)}."""
   img = nchw(pixels)
-  fpn = [nhwc(f) for f in model.image_encoder(img)["backbone_fpn"]]
+  fpn = [nhwc(f) for f in model.image_encoder(img)["backbone_fpn"]] if fpn else None
   backbone_out = model.forward_image(img)
   _, vision_feats, _, feat_sizes = model._prepare_backbone_features(backbone_out)  # pylint: disable=protected-access
   if model.directly_add_no_mem_embed:
