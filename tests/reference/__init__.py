@@ -2,7 +2,8 @@
 
 `openai-clip` and `segment-anything` import torchvision in their package `__init__`, and PyPI's torchvision
 does not import beside the CPU torch build used here, so their model modules are loaded without running the
-package `__init__`.
+package `__init__`. The same for `sam2` (its `__init__` starts hydra; scripts/_env.sh installs it, iopath and
+portalocker without dependencies).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Attributes:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,7 @@ class SamConfig:
 
   # Fields that describe compute, not weights: not stored with converted checkpoints.
   COMPUTE_FIELDS = ("dtype", "fused_attention", "remat")
+  family: ClassVar[str] = "sam"
 
   def __post_init__(self):
     object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in
