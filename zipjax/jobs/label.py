@@ -111,7 +111,8 @@ def model_identity(config, random_init: bool) -> dict:
   from zipjax.models.storage import resolve_dtype  # pylint: disable=import-outside-toplevel
   m = config.models
   out = {}
-  for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", "sam"))):
+  sam_family = str(config.sam.get("family", "sam"))
+  for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", sam_family))):
     if field == "sam" and not config.sam.enabled:
       continue
     if random_init:

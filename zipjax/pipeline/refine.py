@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zipjax.errors import InputError
 from zipjax.ops import nms as nms_ops
 
 
@@ -72,19 +73,24 @@ def select(categories: np.ndarray, scores: np.ndarray, masks: list[np.ndarray], 
 
 
 # ------------------------------------------------------------------------------------------------- SAM
-def build_sam(models_sam, random_init: bool, seed: int, leaf_filter=None):
-  """SAM for `config.models.sam`: random weights of `arch` (a size name or a dict of SamConfig fields), or
-  the checkpoint resolved through `zipjax.weights`; `leaf_filter` holds kernels in a compute dtype."""
-  from zipjax.sam import SamModel, load_sam  # pylint: disable=import-outside-toplevel
-  from zipjax.models.sam.sam import SamConfig  # pylint: disable=import-outside-toplevel
+def build_sam(models_sam, random_init: bool, seed: int, leaf_filter=None, family: str = "sam"):
+  """The SAM of `config.models.sam` for `config.sam.family` ('sam' or 'sam2'): random weights of `arch` (a size
+  name or a dict of SamConfig / Sam2Config fields), or the checkpoint resolved through `zipjax.weights`;
+  `leaf_filter` holds kernels in a compute dtype."""
+  from zipjax.sam import load_sam, model_class  # pylint: disable=import-outside-toplevel
+  cls = model_class(family)
   arch = models_sam.arch
   if random_init:
     if isinstance(arch, str):
-      return SamModel.random(arch, seed, leaf_filter=leaf_filter)
+      return cls.random(arch, seed, leaf_filter=leaf_filter)
     d = dict(arch.to_dict() if hasattr(arch, "to_dict") else arch)
-    return SamModel.random(SamConfig.from_dict(d), seed, leaf_filter=leaf_filter)
+    return cls.random(cls.CONFIG.from_dict(d), seed, leaf_filter=leaf_filter)
   from zipjax import weights  # pylint: disable=import-outside-toplevel
-  return load_sam(weights.resolve(models_sam.checkpoint, "sam"), leaf_filter=leaf_filter)
+  model = load_sam(weights.resolve(models_sam.checkpoint, family), leaf_filter=leaf_filter)
+  if model.FAMILY != family:
+    raise InputError(f"models.sam.checkpoint {models_sam.checkpoint!r} holds a {model.FAMILY!r} model but "
+                     f"sam.family is {family!r}")
+  return model
 
 
 def sam_masks(sam, image: np.ndarray, boxes: np.ndarray, sam_cfg):
@@ -98,24 +104,22 @@ def sam_masks(sam, image: np.ndarray, boxes: np.ndarray, sam_cfg):
     (list of bool [H, W] masks, float32 [m] predicted IoU, float32 [m, 4] boxes of the masks (the prompt box
     where a mask is empty)).
   """
-  from zipjax import sam as sam_lib  # pylint: disable=import-outside-toplevel
   m = len(boxes)
   if m == 0:
     return [], np.zeros((0,), np.float32), np.zeros((0, 4), np.float32)
-  s = sam.config.img_size
-  pixels, input_size, original = sam_lib.preprocess_image(image, s)  # [S, S, 3]
-  emb = sam.image_embeddings(pixels[None])  # [1, S/16, S/16, C]
+  pixels, input_size, original = sam.prepare_image(image)  # [S, S, 3]
+  emb = sam.image_embeddings(pixels[None])  # [1, S/16, S/16, C] (SAM 2: a dict)
   chunk = int(sam_cfg.max_boxes)
   masks, ious = [], []
   for start in range(0, m, chunk):
     bx = np.asarray(boxes[start:start + chunk], np.float32)
     n = len(bx)
     padded = np.concatenate([bx, np.repeat(bx[:1], chunk - n, 0)], 0)  # [chunk, 4]
-    frame = sam_lib.apply_boxes(padded, original, s)[None]  # [1, chunk, 4]
+    frame = sam.frame_boxes(padded, original)[None]  # [1, chunk, 4]
     logits, iou = sam.predict_boxes(emb, frame, multimask=bool(sam_cfg.multimask))  # [1, c, K, h, w], [1, c, K]
     best = jnp.argmax(iou[0], axis=-1)  # [c]
     low = jnp.take_along_axis(logits[0], best[:, None, None, None], axis=1)[:, 0]  # [c, h, w]
-    up = sam_lib.postprocess_masks(low, tuple(input_size), tuple(original), s, return_logits=True)  # [c, H, W]
+    up = sam.masks_from_logits(low, input_size, original, return_logits=True)  # [c, H, W]
     masks.append(np.asarray(up[:n] > float(sam_cfg.mask_threshold)))
     ious.append(np.asarray(jnp.take_along_axis(iou[0], best[:, None], axis=1)[:n, 0]))
   stack = np.concatenate(masks, 0)  # [m, H, W]

@@ -286,7 +286,8 @@ def build_models(config, random_init: bool = False):
   sam = None
   if config.sam.enabled:
     sam = refine.build_sam(m.sam, random_init, seed + 2,
-                           storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32")), device=True))
+                           storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32")), device=True),
+                           family=str(config.sam.get("family", "sam")))
   return sem, bnd, sam
 
 
