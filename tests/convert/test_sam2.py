@@ -159,6 +159,8 @@ def _hf_model(seed: int = 4):
       elif name.endswith(("pos_embed", "pos_embed_window", "no_memory_embedding")) or (
           name.endswith(".bias") and p.abs().max() == 0):
         p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    # one Fourier matrix in SAM 2 (pe_layer); Sam2Model keeps two copies, equal in the released checkpoints
+    model.prompt_encoder.shared_embedding.positional_embedding.copy_(model.shared_image_embedding.positional_embedding)
   return model
 
 
@@ -196,3 +198,19 @@ def test_transformers_video_keys_are_skipped(tmp_path):
   extra["mask_decoder.surprise.weight"] = np.zeros((2,), np.float32)
   with pytest.raises(CheckpointError, match=r"(?s)'mask_decoder\.surprise\.weight'.*unexpected"):
     sam2_convert.convert_state_dict(extra, "hf-bad")
+  untied = dict(sd, **{"prompt_encoder.shared_embedding.positional_embedding":
+                       sd["shared_image_embedding.positional_embedding"] + 1})
+  with pytest.raises(CheckpointError, match="are tied copies of 'sam_prompt_encoder.pe_layer.positional_encoding_"
+                                            "gaussian_matrix' but differ"):
+    sam2_convert.convert_state_dict(untied, "hf-untied")
+
+
+def test_transformers_config_json_declaring_another_architecture_is_refused(tmp_path):
+  model = _hf_model()
+  folder = tmp_path / "hf"
+  model.save_pretrained(folder)
+  cfg = json.loads((folder / "config.json").read_text())
+  cfg["vision_config"]["backbone_config"]["num_attention_heads"] = 2  # heads are not in the weights
+  (folder / "config.json").write_text(json.dumps(cfg))
+  with pytest.raises(CheckpointError, match=r"num_attention_heads=2 but the weights are SAM 2.1 hiera tiny"):
+    zipjax.load_sam(str(folder))

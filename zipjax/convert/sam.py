@@ -324,7 +324,7 @@ def load_any(src, **overrides):
   from zipjax.convert import sam2  # pylint: disable=import-outside-toplevel
   src, sd = _read(src)
   if sam2.looks_like_sam2(sd):
-    return sam2.convert_state_dict(sd, src, with_layout=True, **overrides)
+    return sam2.convert_read(src, sd, **overrides)
   return _convert_v1(src, sd, **overrides)
 
 

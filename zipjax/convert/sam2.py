@@ -17,6 +17,7 @@ Attributes:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Mapping
@@ -276,6 +277,63 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, with_layout: b
   return (config, variables, layout) if with_layout else (config, variables)
 
 
+# transformers Sam2Config fields (config.json beside a Sam2Model file) -> the Sam2Config field they set
+_HF_TRUNK = {"hidden_size": "embed_dim", "num_attention_heads": "num_heads", "blocks_per_stage": "stages",
+             "global_attention_blocks": "global_att_blocks", "window_size_per_stage": "window_spec",
+             "window_positional_embedding_background_size": "window_pos_embed_bkg_spatial_size",
+             "num_query_pool_stages": "q_pool", "query_stride": "q_stride", "mlp_ratio": "mlp_ratio"}
+# ... and the fields whose value zipjax's SAM 2 computes (the released models); others are refused
+_HF_FIXED = {("vision_config", "backbone_config"): {"hidden_act": "gelu", "layer_norm_eps": 1e-6},
+             ("vision_config",): {"fpn_top_down_levels": [2, 3], "num_feature_levels": 3},
+             ("mask_decoder_config",): {"hidden_act": "gelu", "attention_downsample_rate": 2}}
+
+
+def check_side_config(src: str, layout: str, config) -> None:
+  """Refuses a transformers Sam2Model whose config.json (beside the file) declares an architecture other than
+  the one converted (heads, windows, global blocks are not in the weights) or settings zipjax does not
+  compute."""
+  if layout != TRANSFORMERS:
+    return
+  path = os.path.join(os.path.dirname(os.path.abspath(src)), "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except (OSError, ValueError):
+    return
+  if not isinstance(cfg, dict):
+    return
+
+  def sub(keys):
+    node = cfg
+    for k in keys:
+      node = node.get(k) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+  trunk = sub(("vision_config", "backbone_config"))
+  for hf_key, field in _HF_TRUNK.items():
+    if hf_key in trunk:
+      got, want = trunk[hf_key], getattr(config, field)
+      same = list(got) == list(want) if isinstance(want, tuple) and isinstance(got, (list, tuple)) else got == want
+      if not same:
+        raise CheckpointError(f"{src}: its config.json has backbone_config.{hf_key}={got!r} but the weights are "
+                              f"SAM 2.1 hiera {config.size_name() or 'custom'} ({field}={want!r}); zipjax "
+                              "would compute another model")
+  for keys, fixed in _HF_FIXED.items():
+    node = sub(keys)
+    for key, want in fixed.items():
+      got = node.get(key, want)
+      if got != want and not (isinstance(want, float) and isinstance(got, (int, float)) and abs(got - want) < 1e-12):
+        raise CheckpointError(f"{src}: its config.json has {'.'.join(keys)}.{key}={got!r}; zipjax's SAM 2 "
+                              f"computes the released models ({key}={want!r})")
+
+
+def convert_read(src: str, sd: Mapping[str, np.ndarray], arch=None, **overrides):
+  """A state dict read from `src` -> (Sam2Config, variables, layout name), with the side-config check."""
+  config, variables, layout = convert_state_dict(sd, src, with_layout=True, arch=arch, **overrides)
+  check_side_config(src, layout, config)
+  return config, variables, layout
+
+
 def load_file(src, arch=None, **overrides):
   """Reads (as data) and converts a SAM 2 checkpoint file or model folder of either layout -> (Sam2Config,
   variables, layout name). `overrides`: compute options (or img_size) of Sam2Config."""
@@ -283,7 +341,7 @@ def load_file(src, arch=None, **overrides):
   from zipjax.weights import checkpoint_file  # pylint: disable=import-outside-toplevel
   src = checkpoint_file(os.fspath(src), FAMILY)
   sd = read_checkpoint(src).tensors
-  return convert_state_dict(sd, src, with_layout=True, arch=arch, **overrides)
+  return convert_read(src, sd, arch=arch, **overrides)
 
 
 def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
