@@ -314,8 +314,7 @@ def sam_stage_cost(family: str, arch: str, boxes: int = 64, multimask: bool = Fa
 def print_sam_flops(boxes: int, multimask: bool) -> dict:
   """The SAM-stage FLOPs table: SAM vit_h vs SAM 2.1 hiera base_plus (and the ratio)."""
   rows = {fam: sam_stage_cost(fam, SAM_FAMILIES[fam][0], boxes, multimask) for fam in ("sam", "sam2")}
-  print(f"
-SAM stage per image, XLA cost_analysis at 1024 (image encoder + one decoder call for {boxes} boxes, "
+  print(f"\nSAM stage per image, XLA cost_analysis at 1024 (image encoder + one decoder call for {boxes} boxes, "
         f"multimask {multimask}), float32:")
   print(f"{'model':34s} {'params M':>9s} {'encoder TFLOP':>14s} {'decoder TFLOP':>14s} {'total TFLOP':>12s}")
   for fam, label in (("sam", "SAM vit_h"), ("sam2", "SAM 2.1 hiera base_plus")):
