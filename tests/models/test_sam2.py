@@ -9,8 +9,8 @@ against the float32 reference; the dynamic fallback against the reference on log
 the `Sam2Model` image API (resize, box scaling, mask postprocessing). Slow: hiera_base_plus (and tiny) at 1024.
 
 Tolerances: relative L2 error < 1e-4 in float32 with JAX matmul precision 'highest' (tests/conftest.py pins it);
-bfloat16 compute: < 5e-2 on the FPN levels and < 0.15 on the mask logits (bf16's 8-bit mantissa through ~12
-Hiera blocks and the decoder).
+bfloat16 compute (tiny at 256): < 2e-2 on the FPN levels and < 5e-2 on the mask logits (measured 0.5-0.9 % and
+1.0-1.2 %: bf16's 8-bit mantissa through 12 Hiera blocks and the decoder).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from zipjax.models.sam2.sam2 import Sam2, Sam2Config
 from zipjax.sam import Sam2Model
 
 RTOL = 1e-4
-BF16_FEATURES = 5e-2
-BF16_MASKS = 0.15
+BF16_FEATURES = 2e-2
+BF16_MASKS = 5e-2
 
 
 def rel_err(a, b) -> float:
