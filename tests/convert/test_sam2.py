@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -102,7 +103,7 @@ def test_converted_weights_compute_the_reference(official):
 
 def test_video_keys_are_skipped_by_the_declared_list(official):
   _, sd, _ = official
-  video = [k for k in sd if any(__import__("re").fullmatch(p, k) for p in sam2_convert.VIDEO_ONLY)]
+  video = [k for k in sd if any(re.fullmatch(p, k) for p in sam2_convert.VIDEO_ONLY)]
   assert any(k.startswith("memory_attention.") for k in video) and any(k.startswith("memory_encoder.") for k in video)
   assert {"maskmem_tpos_enc", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial"} <= set(video)
   assert any(k.startswith(("obj_ptr_proj.", "obj_ptr_tpos_proj.", "mask_downsample.")) for k in video)
