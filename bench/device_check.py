@@ -2,6 +2,7 @@
 
   python bench/device_check.py                          # GPU/TPU: the full `zip` preset, random weights
   python bench/device_check.py --allow-cpu --smoke      # CPU: tiny smoke models (what the test runs)
+  python bench/device_check.py --sam-family sam2        # SAM 2.1 hiera base_plus as the refiner
 
 Measures on ONE device (images/s per GPU):
   - the engine's step for the full `zip` preset (CLIP ViT-B/16 surgery at 512, RN50x64 layer3 at the 2048 px
@@ -257,19 +258,23 @@ def model_rows(args, eng, deadline: float) -> list[Row]:
        lambda p, x: rn.apply(p, x, eng.spec.stage, method=ModifiedResNet.trunk),
        eng.params["boundary"], jnp.zeros((b, hb, wb, 3), jnp.float32))]
   if eng.sam_cfg is not None:
-    from zipjax.models.sam_net.model import Sam  # pylint: disable=import-outside-toplevel
-    sam = Sam(eng.sam_cfg)
-    t, e, c = eng.sam_cfg.img_size, eng.sam_cfg.embedding_size, eng.sam_cfg.prompt_embed_dim
+    sam_cls = eng.sam.MODULE  # Sam or Sam2 (sam.family)
+    sam = sam_cls(eng.sam_cfg)
+    t = eng.sam_cfg.img_size
     m = eng.step_spec.num_candidates()
     boxes = jnp.tile(jnp.asarray([[10.0, 20.0, 300.0, 400.0]]), (b, m, 1)) * (t / 1024)
+    emb0 = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+        lambda p, x: sam.apply(p, x, method=sam_cls.embed_images), eng.params["sam"],
+        jax.ShapeDtypeStruct((b, t, t, 3), jnp.float32)))  # [b, e, e, C] (SAM 2: its dict)
+    label = "SAM 2.1" if eng.sam.FAMILY == "sam2" else "SAM"
     cases += [
-        (f"SAM {args.sam_name} image encoder {t}px ({eng.sam_cfg.dtype})",
-         lambda p, x: sam.apply(p, x, method=Sam.embed_images), eng.params["sam"],
+        (f"{label} {args.sam_name} image encoder {t}px ({eng.sam_cfg.dtype})",
+         lambda p, x: sam.apply(p, x, method=sam_cls.embed_images), eng.params["sam"],
          jnp.zeros((b, t, t, 3), jnp.float32)),
-        (f"SAM {args.sam_name} box decoder, {m} prompts ({eng.sam_cfg.dtype})",
+        (f"{label} {args.sam_name} box decoder, {m} prompts ({eng.sam_cfg.dtype})",
          lambda p, x: jax.vmap(lambda em, bx: sam.apply(p, em, boxes=bx, multimask_output=eng.step_spec.multimask,
-                                                        method=Sam.decode))(x, boxes),
-         eng.params["sam"], jnp.zeros((b, e, e, c), jnp.float32))]
+                                                        method=sam_cls.decode))(x, boxes),
+         eng.params["sam"], emb0)]
   rows = []
   for name, fn, params, x in cases:
     if time.perf_counter() > deadline:
@@ -356,9 +361,13 @@ def build(args):
   if args.config:
     config = load_config_file(args.config)
   elif args.smoke:
-    config = load_config_file(os.path.join(root, "configs", "smoke.py"))
+    config = load_config_file(os.path.join(root, "configs", "smoke_sam2.py" if args.sam_family == "sam2" else
+                                           "smoke.py"))
   else:
     config = configs.zip()
+    if args.sam_family == "sam2":  # SAM 2.1 hiera base_plus as the refiner
+      config.sam.family = "sam2"
+      config.models.sam.arch, config.models.sam.checkpoint = "base_plus", "sam2.1_hiera_base_plus"
   config.semantic.prompt_ensemble = False  # random text tower: the 85-template ensemble only costs time
   config.scoring.presence_threshold = 0.0  # random weights: every image gets its `present` most probable classes
   config.scoring.max_present_classes = args.present
@@ -381,6 +390,9 @@ def main(argv=None) -> int:
   ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU (to test this script)")
   ap.add_argument("--smoke", action="store_true", help="tiny models of configs/smoke.py")
   ap.add_argument("--config", help="a config file with get_config() instead of the zip preset")
+  ap.add_argument("--sam-family", choices=("sam", "sam2"), default="sam",
+                  help="the refiner: SAM vit_h (default) or SAM 2.1 hiera base_plus (with --smoke: "
+                       "configs/smoke_sam2.py)")
   ap.add_argument("--batch-size", type=int, help="images per device and step (default: config.batch_size)")
   ap.add_argument("--classes", type=int, default=80, help="vocabulary size (COCO: 80)")
   ap.add_argument("--present", type=int, default=3, help="classes present (discovered) per image")

@@ -24,6 +24,12 @@ The table gives seconds per stage and per image for both, the ratio reference / 
 RSS, the device-memory rows, and the largest per-device batch that fits 16, 24, 80 and 141 GB according to
 `memory_analysis` (fixed part + per-image part fitted from batch 1, 2 and 4). Absolute seconds depend on the
 machine's load; each ratio is measured within one run.
+
+`--sam-family sam2` runs the same with SAM 2.1 hiera base_plus as the refiner (`sam.family = 'sam2'`; the
+reference is the `sam2` package's SAM2Base, saved as the official `{"model": state_dict}` .pt and converted
+with `zipjax convert sam2`). Every run ends with the XLA FLOPs per image of the SAM stage (`cost_analysis` of
+the jitted image encoder + one box-decoder call for `sam.max_boxes` boxes at 1024) for SAM vit_h and SAM 2.1
+base_plus; `--sam-flops` prints only that table (compile only, abstract parameters: no weights, seconds).
 """
 from __future__ import annotations
 
@@ -62,9 +68,14 @@ def _image(seed: int = 0) -> np.ndarray:
   return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _config(dtype: str, ckpt: dict | None):
+SAM_FAMILIES = {"sam": ("vit_h", "sam_vit_h"), "sam2": ("base_plus", "sam2.1_hiera_base_plus")}
+
+
+def _config(dtype: str, ckpt: dict | None, family: str = "sam"):
   from zipjax import configs  # pylint: disable=import-outside-toplevel
   config = configs.zip()
+  config.sam.family = family
+  config.models.sam.arch, config.models.sam.checkpoint = SAM_FAMILIES[family]
   if dtype != "preset":
     for m in (config.models.semantic, config.models.boundary, config.models.sam):
       m.dtype = dtype
@@ -87,10 +98,11 @@ def child_torch(args) -> dict:
   from zipjax.models.clip_net import ARCHITECTURES  # pylint: disable=import-outside-toplevel
   from zipjax.models.sam_net.model import SamConfig  # pylint: disable=import-outside-toplevel
   torch.set_grad_enabled(False)
-  config = _config("float32", None)
+  sam2 = args.sam_family == "sam2"
+  config = _config("float32", None, args.sam_family)
   out = {"threads": torch.get_num_threads()}
   files = {"semantic": os.path.join(args.work, "vit_b16.pt"), "boundary": os.path.join(args.work, "rn50x64.pt"),
-           "sam": os.path.join(args.work, "sam_vit_h.pth")}
+           "sam": os.path.join(args.work, "sam2.1_hiera_base_plus.pt" if sam2 else "sam_vit_h.pth")}
 
   def arch(name):
     d = ARCHITECTURES[name].to_dict()
@@ -101,10 +113,16 @@ def child_torch(args) -> dict:
   t0 = time.perf_counter()
   vit = clip_ref.make_clip(0, **arch("ViT-B/16"))
   rn = clip_ref.make_clip(1, **arch("RN50x64"))
-  sam = build_torch_sam(SamConfig.from_size("vit_h"), seed=2)
+  if sam2:
+    from tests.reference import sam2_ref  # pylint: disable=import-outside-toplevel
+    from zipjax.models.sam2.sam2 import Sam2Config  # pylint: disable=import-outside-toplevel
+    sam = sam2_ref.build_sam2(Sam2Config.from_size("base_plus"), seed=2)
+  else:
+    sam = build_torch_sam(SamConfig.from_size("vit_h"), seed=2)
   for key, model in (("semantic", vit), ("boundary", rn), ("sam", sam)):
     if not os.path.exists(files[key]):
-      torch.save(model.state_dict(), files[key] + ".tmp")
+      sd = {"model": model.state_dict()} if key == "sam" and sam2 else model.state_dict()  # SAM 2's .pt layout
+      torch.save(sd, files[key] + ".tmp")
       os.replace(files[key] + ".tmp", files[key])
   out["build_s"] = time.perf_counter() - t0
   rn.transformer = rn.token_embedding = None  # only the image trunk runs below
@@ -118,7 +136,12 @@ def child_torch(args) -> dict:
   sem = torch.from_numpy(((item.arrays["semantic"] / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
   bnd = torch.from_numpy(((item.arrays["boundary"] / 255.0 - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
   spix = torch.from_numpy(item.arrays["sam"].astype(np.float32)).permute(2, 0, 1)[None]
-  spix = sam.preprocess(spix[0])[None] if hasattr(sam, "preprocess") else spix
+  if sam2:  # SAM2Transforms' normalisation of the (already square) input
+    m2 = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    s2 = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    spix = (spix / 255.0 - m2) / s2
+  else:
+    spix = sam.preprocess(spix[0])[None] if hasattr(sam, "preprocess") else spix
   v = rn.visual
 
   def trunk(x):
@@ -131,6 +154,8 @@ def child_torch(args) -> dict:
   boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0]]).repeat(m, 1)
 
   def decode(emb):
+    if sam2:
+      return sam2_ref.predict(sam, emb, boxes=boxes.numpy(), multimask=bool(config.sam.multimask))
     sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
     return sam.mask_decoder(image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -146,7 +171,11 @@ def child_torch(args) -> dict:
 
   timed("clip_surgery", clip_ref.surgery_encode, vit.visual, sem, 6)
   feats = timed("boundary", trunk, bnd)
-  emb = timed("sam_encoder", sam.image_encoder, spix)
+  if sam2:  # SAM2ImagePredictor.set_image's computation (image encoder, conv_s0 / conv_s1, no_mem_embed)
+    emb = timed("sam_encoder", lambda x: sam2_ref.image_features(sam, x.permute(0, 2, 3, 1).numpy(), fpn=False),
+                spix)
+  else:
+    emb = timed("sam_encoder", sam.image_encoder, spix)
   timed("sam_decoder", decode, emb)
   f = feats[0].permute(1, 2, 0).numpy()  # [h, w, C]
   h, w = f.shape[:2]
@@ -166,10 +195,9 @@ def child_zipjax(args) -> dict:
   from zipjax.engine import Engine, prepare  # pylint: disable=import-outside-toplevel
   from zipjax.models.clip_resnet import ModifiedResNet  # pylint: disable=import-outside-toplevel
   from zipjax.models.clip_vit import VisionTransformer  # pylint: disable=import-outside-toplevel
-  from zipjax.models.sam_net.model import Sam  # pylint: disable=import-outside-toplevel
   from zipjax.pipeline import step as step_lib  # pylint: disable=import-outside-toplevel
   ckpt = json.loads(args.ckpt) if args.ckpt else None
-  config = _config(args.dtype, ckpt)
+  config = _config(args.dtype, ckpt, args.sam_family)
   config.batch_size = 1
   out = {}
   t0 = time.perf_counter()
@@ -194,7 +222,7 @@ def child_zipjax(args) -> dict:
   out["memory"]["1"] = [ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.temp_size_in_bytes]
   models = (eng.semantic_clip, eng.boundary_clip, eng.sam)
   for b in (2, 4):
-    cfg = _config(args.dtype, ckpt)
+    cfg = _config(args.dtype, ckpt, args.sam_family)
     cfg.batch_size = b
     e = Engine(cfg, models=models, text_cache=None)
     e.set_classes(["orange"], features=np.concatenate([np.asarray(eng.text["text"]),
@@ -213,20 +241,24 @@ def child_zipjax(args) -> dict:
   hb, wb = out["bucket"]
   vit = step_lib.vision_module(eng.semantic_cfg)
   rn = step_lib.vision_module(eng.boundary_cfg)
-  sam = Sam(eng.sam_cfg)
-  t, e_, c = eng.sam_cfg.img_size, eng.sam_cfg.embedding_size, eng.sam_cfg.prompt_embed_dim
+  sam_cls = eng.sam.MODULE
+  sam = sam_cls(eng.sam_cfg)
+  t = eng.sam_cfg.img_size
   m = eng.step_spec.num_candidates()
   boxes = jnp.tile(jnp.asarray([[10.0, 20.0, 300.0, 400.0]]), (m, 1))
+  emb0 = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+      lambda p, x: sam.apply(p, x, method=sam_cls.embed_images), eng.params["sam"],
+      jax.ShapeDtypeStruct((1, t, t, 3), jnp.float32)))
   cases = {
       "clip_surgery": (lambda p, x: vit.apply(p, x, eng.semantic_cfg.surgery_depth, method=VisionTransformer.surgery),
                        eng.params["semantic"], jnp.zeros((1, s, s, 3), jnp.float32)),
       "boundary": (lambda p, x: rn.apply(p, x, eng.spec.stage, method=ModifiedResNet.trunk), eng.params["boundary"],
                    jnp.zeros((1, hb, wb, 3), jnp.float32)),
-      "sam_encoder": (lambda p, x: sam.apply(p, x, method=Sam.embed_images), eng.params["sam"],
+      "sam_encoder": (lambda p, x: sam.apply(p, x, method=sam_cls.embed_images), eng.params["sam"],
                       jnp.zeros((1, t, t, 3), jnp.float32)),
-      "sam_decoder": (lambda p, x: sam.apply(p, x[0], boxes=boxes, multimask_output=eng.step_spec.multimask,
-                                             method=Sam.decode), eng.params["sam"],
-                      jnp.zeros((1, e_, e_, c), jnp.float32)),
+      "sam_decoder": (lambda p, x: sam.apply(p, jax.tree_util.tree_map(lambda a: a[0], x), boxes=boxes,
+                                             multimask_output=eng.step_spec.multimask, method=sam_cls.decode),
+                      eng.params["sam"], emb0),
   }
   stages, cpu = {}, {}
   for name, (fn, params, x) in cases.items():
@@ -243,10 +275,61 @@ def child_zipjax(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ parent
+def sam_stage_cost(family: str, arch: str, boxes: int = 64, multimask: bool = False,
+                   dtype: str = "float32") -> dict:
+  """XLA `cost_analysis` of the SAM stage of one image at the model's input size (1024): the image encoder and
+  one decoder call for `boxes` box prompts, jitted with abstract parameters (compiled, nothing run) ->
+  {'encoder_flops', 'decoder_flops', 'total_flops', 'params'}."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from zipjax.sam import model_class  # pylint: disable=import-outside-toplevel
+  cls = model_class(family)
+  cfg = cls.CONFIG.from_size(arch, dtype=dtype)
+  module = cls.MODULE(cfg)
+  s = cfg.img_size
+  x = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+  params = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+  bx = jax.ShapeDtypeStruct((boxes, 4), jnp.float32)
+
+  def encode(p, pixels):
+    return module.apply(p, pixels, method=cls.MODULE.embed_images)
+
+  emb = jax.eval_shape(encode, params, x)
+
+  def decode(p, e, b):
+    one = jax.tree_util.tree_map(lambda a: a[0], e)
+    return module.apply(p, one, boxes=b, multimask_output=multimask, method=cls.MODULE.decode)
+
+  def flops(fn, *a) -> float:
+    ca = jax.jit(fn).lower(*a).compile().cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca["flops"])
+
+  enc, dec = flops(encode, params, x), flops(decode, params, emb, bx)
+  n = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))
+  return {"encoder_flops": enc, "decoder_flops": dec, "total_flops": enc + dec, "params": n}
+
+
+def print_sam_flops(boxes: int, multimask: bool) -> dict:
+  """The SAM-stage FLOPs table: SAM vit_h vs SAM 2.1 hiera base_plus (and the ratio)."""
+  rows = {fam: sam_stage_cost(fam, SAM_FAMILIES[fam][0], boxes, multimask) for fam in ("sam", "sam2")}
+  print(f"\nSAM stage per image, XLA cost_analysis at 1024 (image encoder + one decoder call for {boxes} boxes, "
+        f"multimask {multimask}), float32:")
+  print(f"{'model':34s} {'params M':>9s} {'encoder TFLOP':>14s} {'decoder TFLOP':>14s} {'total TFLOP':>12s}")
+  for fam, label in (("sam", "SAM vit_h"), ("sam2", "SAM 2.1 hiera base_plus")):
+    r = rows[fam]
+    print(f"{label:34s} {r['params'] / 1e6:9.1f} {r['encoder_flops'] / 1e12:14.3f} {r['decoder_flops'] / 1e12:14.3f} "
+          f"{r['total_flops'] / 1e12:12.3f}")
+  ratio = rows["sam2"]["total_flops"] / rows["sam"]["total_flops"]
+  print(f"SAM 2.1 base_plus / SAM vit_h: {ratio:.3f} of the FLOPs (goal: at most 0.25)")
+  return rows
+
+
 def _run_child(kind: str, args, extra=()) -> dict:
   with tempfile.NamedTemporaryFile("r", suffix=".json") as res:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--result", res.name, "--work", args.work,
-           "--dtype", args.dtype, *extra] + (["--batch4"] if args.batch4 else [])
+           "--dtype", args.dtype, "--sam-family", args.sam_family, *extra] + (["--batch4"] if args.batch4 else [])
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False)
     if r.returncode:
@@ -271,6 +354,10 @@ def main(argv=None):
   p.add_argument("--dtype", default="preset", help="models.*.dtype for zipjax ('preset' = the zip preset's)")
   p.add_argument("--batch4", action="store_true", help="also run a batch of 4 images of one bucket")
   p.add_argument("--no-reference", action="store_true", help="skip the PyTorch child (random-init engine)")
+  p.add_argument("--sam-family", choices=sorted(SAM_FAMILIES), default="sam",
+                 help="the refiner: sam (vit_h, default) or sam2 (SAM 2.1 hiera base_plus)")
+  p.add_argument("--sam-flops", action="store_true", help="only the SAM-stage FLOPs table (vit_h vs SAM 2.1 "
+                 "base_plus; compile only)")
   p.add_argument("--child", choices=["torch", "zipjax"], help=argparse.SUPPRESS)
   p.add_argument("--result", help=argparse.SUPPRESS)
   p.add_argument("--work", help=argparse.SUPPRESS)
@@ -280,6 +367,10 @@ def main(argv=None):
     res = child_torch(args) if args.child == "torch" else child_zipjax(args)
     with open(args.result, "w") as f:
       json.dump(res, f)
+    return 0
+  if args.sam_flops:
+    from zipjax import configs  # pylint: disable=import-outside-toplevel
+    print_sam_flops(int(configs.zip().sam.max_boxes), bool(configs.zip().sam.multimask))
     return 0
   tmp = None
   if args.keep:
@@ -293,7 +384,7 @@ def main(argv=None):
     ref = _run_child("torch", args)
     ckpt = {}
     t0 = time.perf_counter()
-    for key, family in (("semantic", "clip"), ("boundary", "clip"), ("sam", "sam")):
+    for key, family in (("semantic", "clip"), ("boundary", "clip"), ("sam", args.sam_family)):
       dst = ref["files"][key] + ".zipjax"
       if not os.path.isdir(dst):
         subprocess.run([sys.executable, "-m", "zipjax", "convert", family, ref["files"][key], dst], cwd=ROOT,
@@ -309,8 +400,9 @@ def main(argv=None):
         "every core; less sensitive to other work on the machine)")
   print(f"{'stage (per image)':40s} {'torch s':>9s} {'zipjax s':>9s} {'ratio':>7s} {'torch cpu':>10s} "
         f"{'zipjax cpu':>11s} {'ratio':>7s}")
+  sam_name = "SAM 2.1 base_plus" if args.sam_family == "sam2" else "SAM vit_h"
   names = {"clip_surgery": "CLIP ViT-B/16 surgery 512", "boundary": "RN50x64 layer3",
-           "sam_encoder": "SAM vit_h image encoder 1024", "sam_decoder": "SAM box decoder (max_boxes prompts)",
+           "sam_encoder": f"{sam_name} image encoder 1024", "sam_decoder": f"{sam_name} box decoder (max_boxes)",
            "discover": "discovery (zipjax: rest of the step + post)"}
   for k, label in names.items():
     r = ref["stages"][k] if ref else float("nan")
@@ -336,6 +428,8 @@ def main(argv=None):
     print(f"{'batch ' + b:34s} {a:10.2f} {o:9.3f} {t:12.2f} {a + o + t:7.2f}")
   print("largest per-device batch by memory_analysis: " + ", ".join(
       f"{gb} GB: {max_batch(zj['memory'], gb)}" for gb in DEVICE_GB))
+  from zipjax import configs  # pylint: disable=import-outside-toplevel
+  print_sam_flops(int(configs.zip().sam.max_boxes), bool(configs.zip().sam.multimask))
   if tmp is not None:
     tmp.cleanup()
   return 0

@@ -5,7 +5,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 extras="${ZIPJAX_EXTRAS:-convert,test}"
-stamp_want="$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras"
+# test references installed without their dependencies (see below and tests/reference/__init__.py)
+nodeps_test="open-clip-torch==3.3.0 sam2==1.1.0 iopath==0.1.10 portalocker==4.4.2"
+stamp_want="$( (cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml"; echo "$nodeps_test") | sha256sum | cut -c1-16)-$extras"
 if [ ! -x "$PY" ]; then
   echo "[zipjax] creating virtual environment in $VENV" >&2
   python3 -m venv "$VENV"
@@ -20,8 +22,11 @@ if [ "$(cat "$VENV/.zipjax-stamp" 2>/dev/null)" != "$stamp_want" ]; then
       *) true ;;
     esac &&
     "$PY" -m pip install -e "$ROOT[$extras]" &&
-    case ",$extras," in  # open_clip pulls torchvision (and with it another torch): its model code needs neither
-      *,test,*) "$PY" -m pip install --no-deps "open-clip-torch==3.3.0" ;;
+    # open_clip and sam2 pull torchvision (and with it another torch): their model code needs neither. sam2's
+    # sdist builds against the installed torch (no build isolation) and skips its optional CUDA extension;
+    # iopath (+ portalocker) is what its Hiera module imports
+    case ",$extras," in
+      *,test,*) SAM2_BUILD_CUDA=0 "$PY" -m pip install --no-deps --no-build-isolation $nodeps_test ;;
       *) true ;;
     esac
   } > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "[zipjax] install failed; full log: $log" >&2; exit 1; }

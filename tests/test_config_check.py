@@ -488,3 +488,24 @@ def test_intended_bounds_cover_every_numeric_field(family):
              if r.kind in ("int", "float") or p in ("mesh", "boundary.bucket_ratios", "optim.lr_multipliers",
                                                      "selftrain.thresholds", "selftrain.steps")}
   assert numeric <= covered, sorted(numeric - covered)
+
+
+def test_sam_family_relation():
+  """sam.family must agree with models.sam.arch (a size name) and with a manifest checkpoint name."""
+  config = configs.zip()
+  config.sam.family = "sam2"
+  with pytest.raises(InputError, match=r"models.sam.arch = 'vit_h' is not a SAM 2 size"):
+    config_check.check_config(config)
+  config.models.sam.arch = "base_plus"
+  with pytest.raises(InputError, match=r"models.sam.checkpoint = 'sam_vit_h' is a 'sam' checkpoint but "
+                                       r"sam.family = 'sam2'"):
+    config_check.check_config(config)
+  config.models.sam.checkpoint = "sam2.1_hiera_base_plus"
+  config_check.check_config(config)
+  config.models.sam.checkpoint = "/some/where/sam2.1_hiera_base_plus.pt"  # a path: the checkpoint tells
+  config_check.check_config(config)
+  config.sam.family = "sam"
+  config.models.sam.arch = "vit_h"
+  config.models.sam.checkpoint = "sam2.1_hiera_tiny"
+  with pytest.raises(InputError, match="is a 'sam2' checkpoint but sam.family = 'sam'"):
+    config_check.check_config(config)

@@ -228,3 +228,69 @@ def test_large_image_host_memory(one):
   assert out["instances"][0]["mask"]["size"] == [8192, 8192]
   growth = peak[0] - base
   assert growth < 600e6, f"peak RSS growth {growth / 1e6:.0f} MB"
+
+
+# ------------------------------------------------------------------------------------ SAM 2 as the refiner
+def _config_sam2():
+  """configs/smoke_sam2.py (sam.family = 'sam2', a tiny random SAM 2) with this module's settings."""
+  config = load_config_file(os.path.join(ROOT, "configs", "smoke_sam2.py"))
+  config.discover.min_instance_cells = 4
+  config.semantic.prompt_ensemble = False
+  config.boundary.bucket_ratios = (1.3333,)
+  return config
+
+
+@pytest.fixture(scope="module")
+def sam2_one(images):
+  models = build_models(_config_sam2(), random_init=True)
+  eng = Engine(_config_sam2(), models=models, mesh=parallel.create_mesh([("data", -1)], jax.devices()[:1]),
+               text_cache=None)
+  eng.set_classes(NAMES)
+  return models, eng, eng.segment(images, masks="rle")
+
+
+def test_sam2_refiner_outputs(sam2_one, images, reference):
+  """family 'sam2': a SAM 2 refines the boxes (its own square input, tables, postprocessing); the discovery
+  before it is the same as with SAM (same CLIP models and seeds), the masks are SAM 2's."""
+  models, eng, out = sam2_one
+  assert type(eng.sam).__name__ == "Sam2Model" and eng.spec.sam_family == "sam2"
+  item = prepare(images[0], eng.spec)
+  assert item.arrays["sam"].shape == (256, 256, 3) and list(item.arrays["sam_size"]) == [256, 256]
+  assert sum(len(o["instances"]) for o in out) >= 5
+  for o, ref, im in zip(out, reference, images):
+    np.testing.assert_array_equal(o["labels"], ref["labels"])
+    for inst in o["instances"]:
+      m = _decode(inst)
+      assert m.shape == im.shape[:2] and m.sum() == inst["area"] and 0.0 <= inst["score"] <= 1.0
+  assert any(x["mask"] != y["mask"] for o, r in zip(out, reference) for x, y in zip(o["instances"], r["instances"]))
+
+
+def test_sam2_eight_devices_match_one_device(sam2_one, images):
+  models, one, out = sam2_one
+  eng = Engine(_config_sam2(), models=models, text_cache=None)
+  assert eng.mesh.devices.size == 8
+  eng.set_classes(NAMES)
+  for a, b in zip(out, eng.segment(images, masks="rle")):
+    _assert_identical(a, b)
+  _assert_identical(out[3], one.segment([images[3]], masks="rle")[0])  # alone == in a batch
+
+
+def test_sam2_matches_the_api_path(sam2_one, images):
+  """The engine's SAM 2 stage (host resize, device tables, box scaling, direct mask resize on the host) ==
+  the per-stage path through the `Sam2Model` API (`zipjax.pipeline.refine.sam_masks`)."""
+  models, _, out = sam2_one
+  seg = Segmenter(_config_sam2(), *models)
+  seg.set_classes(NAMES)
+  old = seg.segment_per_stage(images[:1])
+  a, b = out[0], old[0]
+  assert [i["category"] for i in a["instances"]] == [i["category"] for i in b["instances"]] and a["instances"]
+  for x, y in zip(a["instances"], b["instances"]):
+    assert abs(x["score"] - y["score"]) <= 1e-5
+    m = _decode(x)
+    assert (m & y["mask"]).sum() / max((m | y["mask"]).sum(), 1) >= 0.999
+
+
+def test_engine_refuses_a_model_of_the_other_family(models):
+  config = _config_sam2()
+  with pytest.raises(InputError, match="sam.family is 'sam2' but the SAM model given is a 'sam' one"):
+    Engine(config, models=models, text_cache=None)

@@ -244,6 +244,7 @@ RULES: dict[str, Rule] = {
     "discover.swap_box_scale": BOOL,
     # SAM refinement
     "sam.enabled": BOOL,
+    "sam.family": Choice("sam", "sam2"),
     "sam.multimask": BOOL,
     "sam.mask_threshold": Float(),
     "sam.max_boxes": Int(1),
@@ -301,8 +302,35 @@ def _micro_batch(config) -> str | None:
   return None
 
 
+def _sam_family(config) -> str | None:
+  """models.sam.arch (a size name) and a manifest checkpoint name must be of sam.family."""
+  family, arch = _get(config, "sam.family"), _get(config, "models.sam.arch")
+  if isinstance(arch, str):
+    if family == "sam2":
+      from zipjax.models.sam2.sam2 import SAM2_SIZES, size_key  # pylint: disable=import-outside-toplevel
+      try:
+        size_key(arch)
+      except ValueError:
+        return (f"models.sam.arch = {arch!r} is not a SAM 2 size ({', '.join(SAM2_SIZES)}) for sam.family = "
+                "'sam2'")
+    else:
+      from zipjax.models.sam_net.model import SAM_SIZES  # pylint: disable=import-outside-toplevel
+      if (arch if arch.startswith("vit_") else f"vit_{arch}") not in SAM_SIZES:
+        return f"models.sam.arch = {arch!r} is not a SAM size ({', '.join(SAM_SIZES)}) for sam.family = 'sam'"
+  checkpoint = _get(config, "models.sam.checkpoint")
+  from zipjax import weights  # pylint: disable=import-outside-toplevel
+  try:
+    entry = weights.lookup(str(checkpoint))
+  except Exception:  # pylint: disable=broad-except
+    return None  # a path or Hub name: its family is read from the checkpoint
+  if entry["family"] != family:
+    return (f"models.sam.checkpoint = {checkpoint!r} is a {entry['family']!r} checkpoint but sam.family = "
+            f"{family!r}")
+  return None
+
+
 # Checks that involve several fields: config -> problem or None (run only when every field passed its rule).
-RELATIONS: list[Callable[[Any], str | None]] = [_input_sides, _discover_semantic_k, _micro_batch]
+RELATIONS: list[Callable[[Any], str | None]] = [_input_sides, _discover_semantic_k, _micro_batch, _sam_family]
 
 
 def _optional_text(v) -> bool:

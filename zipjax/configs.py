@@ -126,6 +126,10 @@ def _sam_reference() -> ml_collections.ConfigDict:
   """SAM box refinement (zip_method.md section 5); off in the released code."""
   c = ml_collections.ConfigDict()
   c.enabled = False
+  # 'sam' (Segment Anything v1: models.sam = sam_vit_b / _l / _h, arch vit_*) or 'sam2' (SAM 2.1 image mode:
+  # models.sam = sam2.1_hiera_tiny / _small / _base_plus / _large, arch tiny / small / base_plus / large; the
+  # image is resized to the 1024 square instead of padded). The same box prompts, scores and NMS either way
+  c.family = "sam"
   c.multimask = False             # one mask per box
   c.mask_threshold = 0.0          # logit threshold of the upsampled masks
   c.max_boxes = 64                # box prompts per image per call (static; padded)

@@ -9,7 +9,8 @@
 
 Data flow: host `prepare` (PIL resizes into the image's bucket, uint8, `pipeline.buckets`) -> device step (CLIP
 Surgery, class scores, similarity, present classes, activation, boundary trunk, k-means + fragments +
-instances, boxes, SAM embedding + one decoder call for all boxes of an image, scores, per-class mask NMS,
+instances, boxes, SAM embedding + one decoder call for all boxes of an image (`sam.family` 'sam' or 'sam2'),
+scores, per-class mask NMS,
 top-k; `pipeline.step`) -> host post (one full-size mask at a time, RLE or bool; `pipeline.post`).
 
 Programs. The step is compiled once per (bucket, global batch shape, vocabulary size): with the `zip` preset
@@ -52,7 +53,6 @@ import numpy as np
 from zipjax import parallel
 from zipjax.errors import InputError
 from zipjax.models import storage
-from zipjax.models.sam_net.model import SamConfig
 from zipjax.pipeline import load
 from zipjax.pipeline import post as post_lib
 from zipjax.pipeline import step as step_lib
@@ -108,8 +108,12 @@ class Engine:
     self.semantic_cfg = self.semantic_clip.config.replace(dtype=_dtype(m.semantic))
     self.boundary_cfg = self.boundary_clip.config.replace(dtype=_dtype(m.boundary))
     self.sam_cfg = None
+    self.sam_family = str(config.sam.get("family", "sam"))
     if config.sam.enabled:
-      self.sam_cfg = SamConfig.from_dict(self.sam.config.to_dict(), dtype=_dtype(m.sam))
+      held = getattr(self.sam.config, "family", "sam")
+      if held != self.sam_family:
+        raise InputError(f"config.sam.family is {self.sam_family!r} but the SAM model given is a {held!r} one")
+      self.sam_cfg = type(self.sam.config).from_dict(self.sam.config.to_dict(), dtype=_dtype(m.sam))
     stage = int(config.boundary.stage)
     self.spec = PrepSpec.from_config(config, self.grid, self.sam_cfg.img_size if self.sam_cfg else 0)
     self.num_buckets = self.spec.num_buckets
@@ -142,7 +146,7 @@ class Engine:
     if feats.shape[0] != len(names) + 1:
       raise InputError(f"set_classes: {len(names)} names but {feats.shape[0]} feature rows (want n + 1)")
     tables = pixel_tables()
-    text = {"text": feats[:-1], "redundant": feats[-1], "clip_table": tables["clip"], "sam_table": tables["sam"]}
+    text = {"text": feats[:-1], "redundant": feats[-1], "clip_table": tables["clip"], "sam_table": tables[self.sam_family]}
     self.text = parallel.place(text, {k: self._replicated for k in text})
     self.names = names
     self.step_spec = step_lib.StepSpec.from_config(self.config, self.grid, len(names))
@@ -231,7 +235,7 @@ class Engine:
                                    "features or scores)")
         results.append(post_lib.postprocess(
             one, it.size, sam_frame=sam_frame, sam_size=it.arrays.get("sam_size"),
-            mask_threshold=float(self.config.sam.mask_threshold), masks=masks))
+            mask_threshold=float(self.config.sam.mask_threshold), masks=masks, sam_direct=self.sam_family == "sam2"))
       except Exception as e:  # pylint: disable=broad-except
         results.append({"error": f"{type(e).__name__}: {e}"})
     self.timings["post"] += time.perf_counter() - t1

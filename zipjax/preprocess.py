@@ -19,6 +19,8 @@ CLIP_MEAN = np.array((0.48145466, 0.4578275, 0.40821073), np.float32)
 CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), np.float32)
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # on 0-255 values
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+SAM2_MEAN = np.array((0.485, 0.456, 0.406), np.float32)  # SAM2Transforms: ImageNet statistics on 0-1 values
+SAM2_STD = np.array((0.229, 0.224, 0.225), np.float32)
 
 
 def _as_pil(image) -> Image.Image:
@@ -103,3 +105,32 @@ def sam_input(image, img_size: int = 1024):
   out = np.zeros((img_size, img_size, 3), np.float32)
   out[:h, :w] = x
   return out, (h, w), tuple(image.shape[:2])
+
+
+def sam2_resize(image, img_size: int = 1024) -> np.ndarray:
+  """RGB uint8 [H, W, 3] (or its PIL image) -> uint8 [S, S, 3]: SAM 2's input is the whole image resized to a square (aspect not
+  kept, no padding). PIL bilinear on uint8 (antialiased when shrinking): `SAM2Transforms` uses torchvision's
+  `Resize((S, S))` (bilinear, antialias) on 0-1 floats, the same filter up to the uint8 rounding."""
+  if isinstance(image, Image.Image):  # (the engine's host preparation shares one PIL copy of the image)
+    pil = image
+  else:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+      raise InputError(f"image must be RGB uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) == 0:
+      raise InputError(f"image is empty: shape {image.shape}")
+    if image.shape[:2] == (img_size, img_size):
+      return image
+    pil = Image.fromarray(image)
+  if pil.size == (img_size, img_size):
+    return np.asarray(pil, np.uint8)
+  return np.asarray(pil.resize((img_size, img_size), Image.BILINEAR), np.uint8)
+
+
+def sam2_input(image, img_size: int = 1024):
+  """RGB uint8 [H, W, 3] -> (pixels float32 [S, S, 3], input_size (S, S), original_size (H, W)).
+
+  `sam2_resize`, then `(v / 255 - mean) / std` with ImageNet's mean / std (`SAM2Transforms`)."""
+  resized = sam2_resize(image, img_size)
+  x = (resized.astype(np.float32) / np.float32(255) - SAM2_MEAN) / SAM2_STD  # [S, S, 3]
+  return x.astype(np.float32), (img_size, img_size), tuple(np.asarray(image).shape[:2])

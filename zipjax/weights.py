@@ -276,7 +276,8 @@ def resolve_hub(spec: str, family: str, sha256: str | None = None) -> str:
 
 
 def resolve(name_or_path: str, family: str, downloader=_download) -> str:
-  """A local path for `load_clip` (family 'clip') or `load_sam` (family 'sam'); see the module docstring."""
+  """A local path for `load_clip` (family 'clip') or `load_sam` (families 'sam', 'sam2'); see the module
+  docstring."""
   if is_hub_name(name_or_path):
     return resolve_hub(name_or_path, family)
   src = os.path.expanduser(os.fspath(name_or_path))

@@ -139,6 +139,36 @@ def test_eight_devices_in_process_identical(ref, tmp_path, monkeypatch):
       os.path.basename(i["file_name"]) for i in lab["images"])
 
 
+def _by_file(ds):
+  names = {im["id"]: os.path.basename(im["file_name"]) for im in ds["images"]}
+  out = {}
+  for a in ds["annotations"]:
+    out.setdefault(names[a["image_id"]], []).append(
+        (a["category_id"], a["score"], a["bbox"], a["segmentation"]["counts"], a["area"]))
+  return out
+
+
+def test_sam2_label_8_devices_equals_segment(ref, tmp_path, monkeypatch):
+  """configs/smoke_sam2.py (sam.family = 'sam2'): `zipjax label` on 8 devices and `zipjax segment` find the same
+  instances, and they are SAM 2's (not the SAM run's masks)."""
+  base, images, out1 = ref
+  smoke2 = os.path.join(ROOT, "configs", "smoke_sam2.py")
+  monkeypatch.setenv("ZIPJAX_CACHE", str(base / "cache"))
+  rc = cli.main(["label", str(images), "--classes", CLASSES, "--random-init", "--config", smoke2, "--out",
+                 str(tmp_path / "l2"), "--batch-size", "1", "--config.label.shard_size=3"])
+  assert rc == 0
+  run = json.loads((tmp_path / "l2" / "run.json").read_text())
+  assert run["attempts"][0]["devices"] == 8
+  rc = cli.main(["segment", str(images), str(images / "sub"), "--classes", CLASSES, "--random-init", "--config",
+                 smoke2, "--out", str(tmp_path / "s2"), "--batch-size", "1", "--no-overlays"])
+  assert rc == 0
+  lab = json.loads((tmp_path / "l2" / "annotations.json").read_text())
+  seg = json.loads((tmp_path / "s2" / "annotations.json").read_text())
+  assert _by_file(seg) == _by_file(lab) and _by_file(lab)
+  sam1 = _by_file(json.loads((out1 / "annotations.json").read_text()))
+  assert _by_file(lab) != sam1
+
+
 def test_two_processes_identical(ref, tmp_path):
   base, images, out1 = ref
   with socket.socket() as s:

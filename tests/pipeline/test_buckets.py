@@ -123,3 +123,22 @@ def test_prepare_matches_preprocess_and_dummy():
   for bad in (np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((0, 5, 3), np.uint8)):
     with pytest.raises(InputError):
       buckets.prepare(bad, spec)
+
+
+
+def test_sam2_input_is_the_square_resize_with_its_table():
+  """sam.family = 'sam2': the SAM input is the image resized to the T x T square (no padding), the table gives
+  `zipjax.preprocess.sam2_input`'s values bit for bit, boxes scale by T / W and T / H."""
+  config = configs.zip()
+  config.boundary.input_size = 128
+  config.sam.family = "sam2"
+  spec = buckets.PrepSpec.from_config(config, (14, 14), 256)
+  assert spec.sam_family == "sam2"
+  img = np.random.default_rng(3).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+  item = buckets.prepare(img, spec)
+  np.testing.assert_array_equal(item.arrays["sam"], preprocess.sam2_resize(img, 256))
+  assert list(item.arrays["sam_size"]) == [256, 256]
+  np.testing.assert_allclose(item.arrays["sam_box_scale"], [256 / 130, 256 / 90])
+  pixels, input_size, original = preprocess.sam2_input(img, 256)
+  assert input_size == (256, 256) and original == (90, 130)
+  np.testing.assert_array_equal(buckets.pixel_tables()["sam2"][np.arange(3), item.arrays["sam"]], pixels)

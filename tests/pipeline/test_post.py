@@ -74,3 +74,22 @@ def test_postprocess_rle_and_bool_agree():
       assert a["instances"][0]["box"] == [1.0, 2.0, 30.0, 40.0]
   with pytest.raises(ValueError):
     post.postprocess(_out(), (45, 60), masks="png")
+
+
+@pytest.mark.parametrize("size", [(90, 130), (600, 450)])
+def test_sam2_direct_masks_match_a_single_bilinear_resize(size, monkeypatch):
+  """SAM 2's postprocessing (`direct`): the low-res logits resized straight to the image size, as
+  `zipjax.sam.postprocess_masks_direct` (and SAM2Transforms) does, up to float noise at the threshold."""
+  rng = np.random.default_rng(size[1])
+  low = np.stack([np.kron(rng.normal(0, 1, (8, 8)), np.ones((8, 8))) + 0.1 * rng.normal(0, 1, (64, 64))
+                  for _ in range(2)]).astype(np.float32)
+  logits = np.asarray(sam_lib.postprocess_masks_direct(low, size, return_logits=True))  # [2, H, W]
+  plan = post.sam_plan(64, 256, (256, 256), size, direct=True)
+  monkeypatch.setattr(post, "CHUNK_ELEMENTS", 1000)
+  for i in range(2):
+    got = post.sam_mask_t(low[i], plan, 0.0).T
+    want = logits[i] > 0
+    assert got.shape == size
+    bad = got != want
+    assert np.all(np.abs(logits[i][bad]) < 1e-5)
+    assert want.any() and (~want).any()

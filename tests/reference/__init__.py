@@ -2,7 +2,8 @@
 
 `openai-clip` and `segment-anything` import torchvision in their package `__init__`, and PyPI's torchvision
 does not import beside the CPU torch build used here, so their model modules are loaded without running the
-package `__init__`.
+package `__init__`. The same for `sam2` (its `__init__` starts hydra; scripts/_env.sh installs it, iopath and
+portalocker without dependencies).
 """
 from __future__ import annotations
 
@@ -37,3 +38,15 @@ def sam_modules():
   _bare_package("segment_anything")
   return (importlib.import_module("segment_anything.modeling"),
           importlib.import_module("segment_anything.build_sam"))
+
+
+def sam2_modules() -> dict:
+  """SAM 2's model modules from the `sam2` package, without its `__init__` (which starts hydra) and without
+  `sam2.utils.transforms` (torchvision): name -> module for 'hieradet', 'image_encoder', 'position_encoding',
+  'memory_attention', 'memory_encoder', 'transformer', 'sam2_base'."""
+  _bare_package("sam2")
+  names = {"hieradet": "sam2.modeling.backbones.hieradet", "image_encoder": "sam2.modeling.backbones.image_encoder",
+           "position_encoding": "sam2.modeling.position_encoding", "memory_attention": "sam2.modeling.memory_attention",
+           "memory_encoder": "sam2.modeling.memory_encoder", "transformer": "sam2.modeling.sam.transformer",
+           "sam2_base": "sam2.modeling.sam2_base", "sam2_utils": "sam2.modeling.sam2_utils"}
+  return {k: importlib.import_module(v) for k, v in names.items()}

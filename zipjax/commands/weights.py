@@ -24,8 +24,9 @@ def add_parser(sub):
   dl.add_argument("--all", action="store_true", help="every model of the manifest")
   dl.add_argument("--preset", choices=("reference", "zip"), help="the models that preset's config names")
   dl.add_argument("--config", metavar="FILE", help="the models a config file (get_config()) names")
-  dl.add_argument("--family", choices=("clip", "sam"), help="model family of hf: names (default: from the "
-                                                             "name: 'sam' when it contains 'sam', else clip)")
+  dl.add_argument("--family", choices=("clip", "sam", "sam2"),
+                  help="model family of hf: names (default: from the name: 'sam2' when it contains 'sam2', "
+                       "'sam' when it contains 'sam', else clip)")
   vf = ws.add_parser("verify", help="sha256 of the cached files")
   vf.add_argument("names", nargs="*", metavar="NAME", help="manifest names (default: all)")
   return p
@@ -36,8 +37,14 @@ def config_models(config) -> list[tuple[str, str]]:
   m = config.models
   need = [(str(m.semantic.checkpoint), "clip"), (str(m.boundary.checkpoint), "clip")]
   if config.sam.enabled:
-    need.append((str(m.sam.checkpoint), "sam"))
+    need.append((str(m.sam.checkpoint), str(config.sam.get("family", "sam"))))
   return need
+
+
+def hub_family(name: str) -> str:
+  """The family of an hf: name without --family: 'sam2' / 'sam' when its name says so, else 'clip'."""
+  low = name.lower()
+  return "sam2" if "sam2" in low else "sam" if "sam" in low else "clip"
 
 
 def _entries(names):
@@ -59,7 +66,7 @@ def run(args) -> int:
         continue
       where = ("converted" if st["converted"] else "downloaded" if st["downloaded"] else
                "in the Hugging Face cache" if st["hub_cached"] else "not cached")
-      print(f"{st['name']:<16} {st['family']:<5} {where:<26} {_mb(st['size']):>9}  from {st['url']}"
+      print(f"{st['name']:<20} {st['family']:<5} {where:<26} {_mb(st['size']):>9}  from {st['url']}"
             + (f" or {', '.join(st['hub'])}" if st["hub"] else ""))
     return 0
   if args.action == "download":
@@ -76,8 +83,7 @@ def run(args) -> int:
     for name, family in items:
       try:
         if family is None:
-          family = args.family or ("sam" if "sam" in name.lower() else "clip") if weights.is_hub_name(name) \
-              else weights.lookup(name)["family"]
+          family = args.family or hub_family(name) if weights.is_hub_name(name) else weights.lookup(name)["family"]
         out = weights.resolve(name, family)
         print(f"{name}: {out}")
       except CheckpointError as e:

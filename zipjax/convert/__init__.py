@@ -10,6 +10,7 @@ import importlib
 CONVERTERS = {
     "clip": "zipjax.convert.clip:convert_file",
     "sam": "zipjax.convert.sam:convert_file",
+    "sam2": "zipjax.convert.sam2:convert_file",
 }
 
 

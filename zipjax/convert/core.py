@@ -156,13 +156,16 @@ class Rename:
   array; DROP drops the key). `part=(i, n)`: the array is piece i of n concatenated along axis 0 into the
   target (e.g. q, k, v projections -> one in_proj_weight); all n pieces must be present. `tied`: the key is
   a tied copy of another that maps to the same target (e.g. transformers SamModel's shared positional
-  embedding, saved under two names): when both are present their values must be equal.
+  embedding, saved under two names): when both are present their values must be equal. `split=n`: the array
+  is n equal pieces along axis 0, piece i going to `target` with '{i}' replaced by i (e.g. transformers
+  Sam2Model's one point_embed [4, C] -> point_embeddings.0..3 [1, C]).
   """
   pattern: str
   target: str
   transform: Transform = IDENTITY
   part: tuple[int, int] | None = None
   tied: bool = False
+  split: int | None = None
 
   def match(self, key: str):
     m = re.fullmatch(self.pattern, key)
@@ -240,6 +243,18 @@ def translate(sd: Mapping[str, np.ndarray], renames: Iterable[Rename], source: s
       continue
     target = rule.match(key)
     arr = rule.transform.forward(np.asarray(value))
+    if rule.split is not None:
+      n = rule.split
+      if arr.ndim == 0 or arr.shape[0] % n:
+        errors.append(f"key '{key}' {tuple(arr.shape)} does not split into {n} equal pieces along axis 0")
+        continue
+      for i, piece in enumerate(np.split(arr, n, axis=0)):
+        t = target.replace("{i}", str(i))
+        if t in out:
+          errors.append(f"keys '{origin[t]}' and '{key}' both map to '{t}'")
+          continue
+        out[t], origin[t] = piece, key
+      continue
     if rule.part is None:
       if target in out and (rule.tied or origin.get(target + "#tied")):
         if np.shape(out[target]) != np.shape(arr) or not np.array_equal(out[target], arr):

@@ -29,6 +29,7 @@ from zipjax.models.sam_net.model import Sam, SamConfig
 from zipjax.models.tree import flatten
 
 FAMILY = "sam"
+_SAM2_PREFIXES = ("image_encoder.trunk.", "sam_mask_decoder.", "vision_encoder.backbone.")  # SAM 2's keys
 ORIGINAL = "segment_anything"
 TRANSFORMERS = "transformers SamModel"
 
@@ -157,6 +158,8 @@ LAYOUTS: tuple[Layout, ...] = (
 
 def detect(sd: Mapping[str, np.ndarray], source: str) -> Layout:
   """The SAM layout of a state dict (segment_anything's `.pth`, or transformers SamModel)."""
+  if any(k.startswith(_SAM2_PREFIXES) for k in sd):  # (transformers' Sam2Model also has vision_encoder.*)
+    raise CheckpointError(f"{source}: not a Segment Anything checkpoint: {_describe_foreign(sd)}")
   try:
     return detect_layout(sd, LAYOUTS, source, "SAM")
   except CheckpointError:
@@ -178,9 +181,9 @@ def _describe_foreign(sd: Mapping[str, np.ndarray]) -> str:
   keys = list(sd)
   if any(k.startswith("visual.") for k in keys) or "text_projection" in sd or "logit_scale" in sd:
     return "it looks like a CLIP checkpoint (visual.*, text_projection), not Segment Anything"
-  if any(k.startswith("image_encoder.trunk.") for k in keys) or any(k.startswith("sam_mask_decoder.")
-                                                                    for k in keys):
-    return "it looks like a SAM 2 checkpoint, which zipjax does not support (needs SAM v1 vit_b/l/h)"
+  if any(k.startswith(_SAM2_PREFIXES) for k in keys):
+    return ("it looks like a SAM 2 checkpoint: convert it with `zipjax convert sam2` (zipjax.load_sam reads "
+            "either family)")
   if any(k.startswith("model.") or k.startswith("module.") for k in keys):
     return "its keys carry a 'model.'/'module.' prefix; save the bare SAM state dict"
   shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
@@ -297,14 +300,32 @@ def _check_side_config(src: str, layout: str) -> None:
                               f"released SAM ({key}={want!r}) and would give wrong masks for this model")
 
 
-def load_file(src, **overrides):
-  """Reads (as data) and converts a SAM checkpoint file or model folder of any layout -> (SamConfig,
-  variables, layout name). `overrides`: compute options of SamConfig."""
+def _read(src) -> tuple[str, dict]:
   src = checkpoint_file(os.fspath(src), FAMILY)
-  sd = read_checkpoint(src).tensors
+  return src, read_checkpoint(src).tensors
+
+
+def _convert_v1(src: str, sd: dict, **overrides):
   layout = detect(sd, src).name
   _check_side_config(src, layout)
   return convert_state_dict(sd, src, with_layout=True, **overrides)
+
+
+def load_file(src, **overrides):
+  """Reads (as data) and converts a SAM checkpoint file or model folder of any layout -> (SamConfig,
+  variables, layout name). `overrides`: compute options of SamConfig."""
+  src, sd = _read(src)
+  return _convert_v1(src, sd, **overrides)
+
+
+def load_any(src, **overrides):
+  """A SAM or SAM 2 checkpoint file or model folder (the family is told by its keys) -> (SamConfig or
+  Sam2Config, variables, layout name); what `zipjax.load_sam` reads a file with."""
+  from zipjax.convert import sam2  # pylint: disable=import-outside-toplevel
+  src, sd = _read(src)
+  if sam2.looks_like_sam2(sd):
+    return sam2.convert_read(src, sd, **overrides)
+  return _convert_v1(src, sd, **overrides)
 
 
 def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:

@@ -28,6 +28,7 @@ HUB_FILES = {
     "clip": ("open_clip_model.safetensors", "model.safetensors", "model.safetensors.index.json",
              "open_clip_pytorch_model.bin", "pytorch_model.bin"),
     "sam": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+    "sam2": ("model.safetensors", "model.safetensors.index.json"),
 }
 
 
@@ -76,6 +77,23 @@ def is_converted(path) -> bool:
   """A converted directory, or a safetensors file written by `save_converted(..., fmt='safetensors')`."""
   path = os.fspath(path)
   return is_converted_dir(path) or (os.path.isfile(path) and _safetensors_meta(path) is not None)
+
+
+def converted_family(path) -> str | None:
+  """The family a converted checkpoint (directory or safetensors file) declares, None when it is not one or
+  its metadata cannot be read (reads config.json / the safetensors header only)."""
+  path = os.fspath(path)
+  if os.path.isfile(path):
+    meta = _safetensors_meta(path)
+    return None if meta is None else meta.get("family")
+  if not is_converted_dir(path):
+    return None
+  try:
+    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return meta.get("family") if isinstance(meta, dict) else None
 
 
 def check_destination(dst, family: str) -> None:

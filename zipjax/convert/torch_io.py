@@ -14,7 +14,7 @@ Formats:
     `torch.jit.load(path).state_dict()` (parameters, then buffers, then submodules, in attribute order). A
     class whose state is saved by its own `__getstate__` (restored by code, which is not run) is refused.
   * "torch-zip": a `torch.save` file (the zip format of torch >= 1.6): the same unpickler and storages,
-    without `__torch__` classes. A `{"state_dict": {...}}` wrapper is unwrapped.
+    without `__torch__` classes. A `{"state_dict": {...}}` or `{"model": {...}}` (SAM 2) wrapper is unwrapped.
   * "torch-legacy": an older `torch.save` file (a raw pickle stream, not a zip archive), read by
     `torch.load(weights_only=True)` (tensors and plain containers only; needs torch).
   * "safetensors": a safetensors file (recognised by its header: an 8-byte length, then a JSON table of
@@ -540,9 +540,7 @@ class _ZipReader:
     return Checkpoint({k: self.array(k, t) for k, t in entries.items()}, fmt)
 
   def _state_dict_entries(self, root) -> dict:
-    sd = root
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-      sd = sd["state_dict"]
+    sd = _unwrap(root)
     if not isinstance(sd, Mapping) or not all(isinstance(v, _Tensor) for v in sd.values()):
       what = type(sd).__name__ if not isinstance(sd, Mapping) else "dict with values other than tensors"
       raise CheckpointError(f"{self.path}: holds a {what}, not a state dict of tensors")
@@ -674,6 +672,19 @@ def _import_torch():
   return torch
 
 
+# wrappers around a state dict: {"state_dict": sd} (many trainers), {"model": sd} (SAM 2's checkpoints)
+_WRAPPERS = ("state_dict", "model")
+
+
+def _unwrap(sd):
+  """The state dict inside a `_WRAPPERS` wrapper (the first such key holding a dict), else `sd`."""
+  if isinstance(sd, Mapping):
+    for key in _WRAPPERS:
+      if key in sd and isinstance(sd[key], Mapping):
+        return sd[key]
+  return sd
+
+
 def _read_legacy(path: str, head: bytes) -> dict:
   """A pre-1.6 `torch.save` file (or a plain pickle) through `torch.load(weights_only=True)`."""
   try:
@@ -684,8 +695,7 @@ def _read_legacy(path: str, head: bytes) -> dict:
     sd = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"{path}: {_failure(path, e)}") from None
-  if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-    sd = sd["state_dict"]
+  sd = _unwrap(sd)
   if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
     raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a state dict of tensors")
   out = {}

@@ -121,7 +121,8 @@ def model_identity(config, random_init: bool) -> dict:
   runs in here ('auto' resolved for this platform: outputs differ between dtypes)."""
   m = config.models
   out = {}
-  for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", "sam"))):
+  sam_family = str(config.sam.get("family", "sam"))
+  for i, (field, family) in enumerate((("semantic", "clip"), ("boundary", "clip"), ("sam", sam_family))):
     if field == "sam" and not config.sam.enabled:
       continue
     if random_init:

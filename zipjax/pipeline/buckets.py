@@ -94,6 +94,7 @@ class PrepSpec:
     stage: ModifiedResNet stage of the boundary features (sets the feature grid).
     sam_size: SAM input side (0 = no SAM).
     swap_box_scale: the released code's swapped x / y box scales.
+    sam_family: 'sam' (longest side resized to sam_size, zero-padded) or 'sam2' (resized to the square).
   """
   semantic_size: int
   token_grid: tuple[int, int]
@@ -104,6 +105,7 @@ class PrepSpec:
   stage: int
   sam_size: int
   swap_box_scale: bool
+  sam_family: str = "sam"
 
   @classmethod
   def from_config(cls, config, token_grid: tuple[int, int], sam_size: int) -> "PrepSpec":
@@ -118,7 +120,8 @@ class PrepSpec:
     return cls(semantic_size=int(config.semantic.input_size), token_grid=tuple(token_grid),
                boundary_short=int(b.input_size), size_multiple=multiple, bucket_ratios=ratios,
                bucket_shapes=shapes, stage=int(b.stage), sam_size=int(sam_size),
-               swap_box_scale=bool(config.discover.swap_box_scale))
+               swap_box_scale=bool(config.discover.swap_box_scale),
+               sam_family=str(config.sam.get("family", "sam")))
 
   @property
   def exact(self) -> bool:
@@ -167,12 +170,15 @@ class Prepared:
 
 def pixel_tables() -> dict[str, np.ndarray]:
   """float32 [3, 256] lookup tables uint8 -> normalised value, per channel, with `zipjax.preprocess`'s exact
-  float32 arithmetic: 'clip' = (v / 255 - mean) / std, 'sam' = (v - mean) / std."""
+  float32 arithmetic: 'clip' = (v / 255 - mean) / std, 'sam' = (v - mean) / std, 'sam2' = (v / 255 - mean) /
+  std with SAM 2's (ImageNet) mean / std."""
   v = np.arange(256, dtype=np.float32)
   clip = (v[None, :] / np.float32(255) - preprocess.CLIP_MEAN[:, None]) / preprocess.CLIP_STD[:, None]
   sam_mean = np.asarray(preprocess.SAM_PIXEL_MEAN, np.float32)[:, None]
   sam_std = np.asarray(preprocess.SAM_PIXEL_STD, np.float32)[:, None]
-  return {"clip": clip.astype(np.float32), "sam": ((v[None, :] - sam_mean) / sam_std).astype(np.float32)}
+  sam2 = (v[None, :] / np.float32(255) - preprocess.SAM2_MEAN[:, None]) / preprocess.SAM2_STD[:, None]
+  return {"clip": clip.astype(np.float32), "sam": ((v[None, :] - sam_mean) / sam_std).astype(np.float32),
+          "sam2": sam2.astype(np.float32)}
 
 
 def _check_image(image) -> np.ndarray:
@@ -204,7 +210,8 @@ def prepare(image, spec: PrepSpec) -> Prepared:
     [w, gw] (bilinear rows / columns picked by the legacy nearest resize); box_scale float32 [2] (x, y scale
     from feature cells to pixels); image_size float32 [2] (W, H); pixel_rows int32 [h], pixel_cols int32
     [w] (pixels each feature row / column covers in the nearest upsampling); valid bool []; and with SAM:
-    sam uint8 [T, T, 3] (zero-padded), sam_size int32 [2] (h, w before padding), sam_box_scale float32 [2].
+    sam uint8 [T, T, 3] (zero-padded; SAM 2: the image resized to T x T), sam_size int32 [2] (h, w before
+    padding; T, T for SAM 2), sam_box_scale float32 [2].
 
   Raises:
     InputError: not a uint8 RGB image.
@@ -229,13 +236,18 @@ def prepare(image, spec: PrepSpec) -> Prepared:
   out["pixel_rows"] = np.bincount(nearest_indices(h, hh), minlength=h).astype(np.int32)
   out["pixel_cols"] = np.bincount(nearest_indices(w, ww), minlength=w).astype(np.int32)
   out["valid"] = np.asarray(True)
-  if spec.sam_size:
+  if spec.sam_size and spec.sam_family == "sam2":  # the whole image resized to the square (SAM2Transforms)
+    t = spec.sam_size
+    ih, iw = t, t
+    out["sam"] = preprocess.sam2_resize(pil, t)
+  elif spec.sam_size:
     t = spec.sam_size
     ih, iw = preprocess.get_preprocess_shape(hh, ww, t)
     resized = np.asarray(pil.resize((iw, ih), Image.BILINEAR), np.uint8)  # as preprocess.resize_longest_side
     sam = np.zeros((t, t, 3), np.uint8)
     sam[:ih, :iw] = resized
     out["sam"] = sam
+  if spec.sam_size:
     out["sam_size"] = np.asarray([ih, iw], np.int32)
     out["sam_box_scale"] = np.asarray([iw / ww, ih / hh], np.float32)
   return Prepared(bucket=bucket, size=(hh, ww), arrays=out)

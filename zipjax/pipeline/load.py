@@ -18,10 +18,9 @@ from zipjax.errors import InputError
 from zipjax.io.text_cache import TextFeatureCache, model_key, prompt_templates
 from zipjax.models import storage
 from zipjax.models.clip_net import CLIPConfig
-from zipjax.models.sam_net.model import SamConfig
 from zipjax.models.tokenizer import get_tokenizer
 from zipjax.pipeline import semantic
-from zipjax.sam import SamModel, load_sam
+from zipjax.sam import load_sam, model_class
 
 BOUNDARY_NOT_RESNET = f"models.boundary must be a CLIP ModifiedResNet, got a ViT; {NO_HF_RESNET}"
 
@@ -81,12 +80,18 @@ def _arch(spec, config_cls):
   return config_cls.from_dict(dict(spec.to_dict() if hasattr(spec, "to_dict") else spec))
 
 
-def build_sam(models_sam, random_init: bool, seed: int, leaf_filter=None) -> SamModel:
-  """SAM for `config.models.sam`: random weights of `arch` (a size name or a dict of SamConfig fields), or
-  the checkpoint resolved through `zipjax.weights`; `leaf_filter` holds kernels in a compute dtype."""
+def build_sam(models_sam, random_init: bool, seed: int, leaf_filter=None, family: str = "sam"):
+  """The SAM of `config.models.sam` for `config.sam.family` ('sam' or 'sam2'): random weights of `arch` (a size
+  name or a dict of SamConfig / Sam2Config fields), or the checkpoint resolved through `zipjax.weights`;
+  `leaf_filter` holds kernels in a compute dtype. A checkpoint of the other family is refused."""
+  cls = model_class(family)
   if random_init:
-    return SamModel.random(_arch(models_sam.arch, SamConfig), seed, leaf_filter=leaf_filter)
-  return load_sam(weights.resolve(models_sam.checkpoint, "sam"), leaf_filter=leaf_filter)
+    return cls.random(_arch(models_sam.arch, cls.CONFIG), seed, leaf_filter=leaf_filter)
+  model = load_sam(weights.resolve(models_sam.checkpoint, family), leaf_filter=leaf_filter)
+  if model.FAMILY != family:
+    raise InputError(f"models.sam.checkpoint {models_sam.checkpoint!r} holds a {model.FAMILY!r} model but "
+                     f"sam.family is {family!r}")
+  return model
 
 
 def build_models(config, random_init: bool = False):
@@ -109,7 +114,8 @@ def build_models(config, random_init: bool = False):
   sam = None
   if config.sam.enabled:
     sam = build_sam(m.sam, random_init, seed + 2,
-                    storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32")), device=True))
+                    storage.LeafFilter(dtype=storage.resolve_dtype(m.sam.get("dtype", "float32")), device=True),
+                    family=str(config.sam.get("family", "sam")))
   return sem, bnd, sam
 
 

@@ -5,7 +5,8 @@ full-size mask, one at a time, so host memory holds at most one full-size mask (
 number of instances:
 
 - with SAM: the low-res logits [l, l] go through SAM's postprocessing (bilinear upsampling to the T x T
-  frame, crop to the resized image, bilinear resize to the original size, `> mask_threshold`) as separable
+  frame, crop to the resized image, bilinear resize to the original size, `> mask_threshold`; SAM 2: one
+  bilinear resize straight to the original size) as separable
   two-tap passes (weights never cached), the last one in column chunks of bounded size, straight into the
   Fortran (column-major) layout that COCO RLE encodes. The box is the mask's tight box (the prompt box for an
   empty mask);
@@ -26,7 +27,7 @@ from zipjax.ops.resize import bilinear_taps, nearest_indices
 CHUNK_ELEMENTS = 1 << 22  # float32 elements of one upsampling chunk (16 MiB)
 
 
-def sam_plan(low: int, frame: int, sam_size, size) -> dict:
+def sam_plan(low: int, frame: int, sam_size, size, direct: bool = False) -> dict:
   """Bilinear taps of SAM's mask postprocessing for one image (O(H + W), never cached).
 
   Args:
@@ -34,11 +35,16 @@ def sam_plan(low: int, frame: int, sam_size, size) -> dict:
     frame: SAM input side T.
     sam_size: (ih, iw) of the resized image inside the frame.
     size: original (H, W).
+    direct: SAM 2's postprocessing, the logits resized straight to (H, W) (`SAM2Transforms`).
 
   Returns:
     {'frame_rows', 'frame_cols': taps l -> T cut to ih / iw; 'rows', 'cols': taps ih -> H / iw -> W, or None
-    when equal}, each taps = (i0, i1, w0, w1) as `ops.resize.bilinear_taps`.
+    when equal}, each taps = (i0, i1, w0, w1) as `ops.resize.bilinear_taps`. With `direct`: frame_rows l -> H,
+    cols l -> W, the others None.
   """
+  if direct:
+    return {"frame_rows": bilinear_taps(low, size[0]), "frame_cols": None, "rows": None,
+            "cols": bilinear_taps(low, size[1])}
   (ih, iw), (hh, ww) = (int(sam_size[0]), int(sam_size[1])), size
   cut = lambda t, n: tuple(a[:n] for a in t)  # noqa: E731
   return {"frame_rows": cut(bilinear_taps(low, frame), ih), "frame_cols": cut(bilinear_taps(low, frame), iw),
@@ -64,7 +70,7 @@ def sam_mask_t(logits: np.ndarray, plan: dict, threshold: float) -> np.ndarray:
     threshold: logit threshold.
   """
   x = _taps(np.asarray(logits, np.float32), plan["frame_rows"])  # [ih, l]
-  x = _taps(x.T, plan["frame_cols"])  # [iw, ih]
+  x = _taps(x.T, plan["frame_cols"]) if plan["frame_cols"] is not None else x.T  # [iw, ih] ([l, H] direct)
   if plan["rows"] is not None:
     x = _taps(x.T, plan["rows"]).T  # [iw, H]
   x = np.ascontiguousarray(x)
@@ -95,7 +101,7 @@ def box_of(mask_t: np.ndarray):
 
 
 def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_size=None,
-                mask_threshold: float = 0.0, masks: str = "bool") -> dict:
+                mask_threshold: float = 0.0, masks: str = "bool", sam_direct: bool = False) -> dict:
   """One image's step outputs (numpy, batch axis removed) -> the engine's result dict.
 
   Args:
@@ -105,6 +111,7 @@ def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_siz
     sam_size: (ih, iw) of the SAM input before padding.
     mask_threshold: SAM logit threshold.
     masks: 'bool' or 'rle'.
+    sam_direct: SAM 2's mask postprocessing (`sam_plan`).
 
   Returns:
     {instances: [{category, score, box, mask (+ area with RLE)}] by decreasing score, probs float32 [n],
@@ -121,7 +128,7 @@ def postprocess(out: dict, size: tuple[int, int], *, sam_frame: int = 0, sam_siz
             "grid": tuple(int(v) for v in np.asarray(out["labels"]).shape[1:]), "dropped": int(out["dropped"])}
   plan = None
   if sam_frame:
-    plan = sam_plan(np.asarray(out["keep_logits"]).shape[-1], sam_frame, sam_size, size)
+    plan = sam_plan(np.asarray(out["keep_logits"]).shape[-1], sam_frame, sam_size, size, direct=sam_direct)
   for j in np.flatnonzero(np.asarray(out["keep_valid"])):
     box = [float(v) for v in np.asarray(out["keep_box"][j], np.float32)]
     if sam_frame:

@@ -51,6 +51,7 @@ from zipjax.models.clip_net import CLIPConfig, image_tower
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
 from zipjax.models.sam_net.model import Sam
+from zipjax.models.sam2.sam2 import Sam2, Sam2Config
 from zipjax.ops import components
 from zipjax.ops import nms as nms_ops
 from zipjax.ops.resize import bilinear_matrix
@@ -231,7 +232,8 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
   resnet = vision_module(boundary_cfg)
   if spec.sam != (sam_cfg is not None):
     raise InputError("StepSpec.sam and the SAM config disagree")
-  sam_module = Sam(sam_cfg) if sam_cfg is not None else None
+  sam_cls = Sam2 if isinstance(sam_cfg, Sam2Config) else Sam  # the two families share embed_images / decode
+  sam_module = sam_cls(sam_cfg) if sam_cfg is not None else None
   if spec.classification_first:  # slots can be empty: loop over the present ones only
     slots_fn = discover_lib.discover_slots_fn(spec.discover)
     discover_fn = lambda f, a, valid: slots_fn(f, a, jnp.sum(valid.astype(jnp.int32), -1))  # noqa: E731
@@ -307,13 +309,13 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
       ih, iw = batch["sam_size"][:, 0], batch["sam_size"][:, 1]
       inside = (r[None, :, None] < ih[:, None, None]) & (r[None, None, :] < iw[:, None, None])  # [B, T, T]
       spix = jnp.where(inside[..., None], _normalise(batch["sam"], tables["sam"]), 0.0)  # [B, T, T, 3]
-      emb = sam_module.apply(params["sam"], spix, method=Sam.embed_images)  # [B, e, e, C]
+      emb = sam_module.apply(params["sam"], spix, method=sam_cls.embed_images)  # [B, e, e, C] (SAM 2: a dict)
       frame = cand["box"] * jnp.tile(batch["sam_box_scale"], 2)[:, None, :]  # [B, Mc, 4]
       frame = jnp.clip(frame, 0.0, float(t))
 
       def decode(e, bx):
         return sam_module.apply(params["sam"], e, boxes=bx, multimask_output=spec.multimask,
-                                method=Sam.decode)
+                                method=sam_cls.decode)
 
       logits, ious = jax.vmap(decode)(emb, frame)  # [B, Mc, K, 4e, 4e], [B, Mc, K]
       best = jnp.argmax(ious, axis=-1)  # [B, Mc]

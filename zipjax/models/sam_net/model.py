@@ -8,7 +8,7 @@ Attributes:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,7 @@ class SamConfig:
 
   # Fields that describe compute, not weights: not stored with converted checkpoints.
   COMPUTE_FIELDS = ("dtype", "fused_attention", "remat")
+  family: ClassVar[str] = "sam"
 
   def __post_init__(self):
     object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in
@@ -188,7 +189,7 @@ class Sam(nn.Module):
     """
     sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
     emb = image_embedding.reshape(1, *image_embedding.shape[-3:])  # [1, h, w, C]
-    return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+    return self.mask_decoder(emb, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)[:2]
 
   def __call__(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Touches every parameter (for `init` / `jax.eval_shape`): encoder, points + boxes + mask prompts."""

@@ -1,8 +1,10 @@
 """SAM's prompt encoder: points, boxes and masks -> sparse [N, T, C] and dense [N, h, w, C] embeddings.
 
-Equal to `segment_anything.modeling.prompt_encoder.PromptEncoder`. Coordinates are (x, y) pixels in the
-padded input frame (img_size x img_size); point labels are 1 (foreground), 0 (background), -1 (padding,
-"not a point").
+Equal to `segment_anything.modeling.prompt_encoder.PromptEncoder` and to SAM 2's
+`sam2.modeling.sam.prompt_encoder.PromptEncoder` (the same module, whose points also take labels 2 and 3: box
+top-left and bottom-right corners, as `SAM2ImagePredictor` passes boxes). Coordinates are (x, y) pixels in the
+input frame (img_size x img_size); point labels are 1 (foreground), 0 (background), -1 (padding, "not a
+point"), 2 / 3 (box corners).
 
 Attributes:
   PositionEmbeddingRandom: random Fourier features of (x, y) in [0, 1].
@@ -103,6 +105,9 @@ class PromptEncoder(nn.Module):
     emb = emb + jnp.where(lab == -1, self.not_a_point_embed.embedding[0], 0.0)
     emb = emb + jnp.where(lab == 0, self.point_embeddings[0].embedding[0], 0.0)
     emb = emb + jnp.where(lab == 1, self.point_embeddings[1].embedding[0], 0.0)
+    # labels 2 / 3: box corners given as points (SAM 2's image predictor; segment_anything never passes them)
+    emb = emb + jnp.where(lab == 2, self.point_embeddings[2].embedding[0], 0.0)
+    emb = emb + jnp.where(lab == 3, self.point_embeddings[3].embedding[0], 0.0)
     return emb
 
   def _embed_boxes(self, boxes: jax.Array) -> jax.Array:
