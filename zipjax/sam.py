@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax import weights
-from zipjax.convert.sam import expected_shapes, load_any
+from zipjax.convert.sam import expected_shapes
 from zipjax.convert.sam2 import expected_shapes as sam2_expected_shapes
+from zipjax.convert.sam2 import load_any
 from zipjax.convert.store import converted_family, is_converted, load_converted
 from zipjax.errors import CheckpointError, InputError
 from zipjax.models.random_init import random_variables as shared_random_variables

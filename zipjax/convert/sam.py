@@ -318,16 +318,6 @@ def load_file(src, **overrides):
   return _convert_v1(src, sd, **overrides)
 
 
-def load_any(src, **overrides):
-  """A SAM or SAM 2 checkpoint file or model folder (the family is told by its keys) -> (SamConfig or
-  Sam2Config, variables, layout name); what `zipjax.load_sam` reads a file with."""
-  from zipjax.convert import sam2  # pylint: disable=import-outside-toplevel
-  src, sd = _read(src)
-  if sam2.looks_like_sam2(sd):
-    return sam2.convert_read(src, sd, **overrides)
-  return _convert_v1(src, sd, **overrides)
-
-
 def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
   """`python -m zipjax convert sam SRC DST [--format dir|safetensors]`: a SAM checkpoint -> converted checkpoint."""
   config, variables, layout = load_file(src)

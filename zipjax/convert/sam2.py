@@ -28,8 +28,9 @@ import numpy as np
 
 from zipjax.convert import sam as sam_v1
 from zipjax.convert.core import (CONV, DROP, LINEAR, Layout, Rename, Rule, Transform, apply_rules,
-                                 detect_layout, flatten, translate)
+                                 detect_layout, translate)
 from zipjax.errors import CheckpointError
+from zipjax.models.tree import flatten
 
 FAMILY = "sam2"
 ORIGINAL = "sam2"
@@ -354,3 +355,12 @@ def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
   n = sum(int(np.prod(v.shape)) for v in flatten(variables).values())
   name = config.size_name() or f"custom (width {config.embed_dim}, stages {list(config.stages)})"
   return out, f"{layout} layout: SAM 2.1 hiera {name}, {n / 1e6:.1f}M parameters (image mode)"
+def load_any(src, **overrides):
+  """A SAM or SAM 2 checkpoint file or model folder (the family is told by its keys) -> (SamConfig or
+  Sam2Config, variables, layout name); what `zipjax.load_sam` reads a file with."""
+  src, sd = sam_v1._read(src)
+  if looks_like_sam2(sd):
+    return convert_read(src, sd, **overrides)
+  return sam_v1._convert_v1(src, sd, **overrides)
+
+
