@@ -277,11 +277,9 @@ def test_sam2_eight_devices_match_one_device(sam2_one, images):
 
 def test_sam2_matches_the_api_path(sam2_one, images):
   """The engine's SAM 2 stage (host resize, device tables, box scaling, direct mask resize on the host) ==
-  the per-stage path through the `Sam2Model` API (`zipjax.pipeline.refine.sam_masks`)."""
-  models, _, out = sam2_one
-  seg = Segmenter(_config_sam2(), *models)
-  seg.set_classes(NAMES)
-  old = seg.segment_per_stage(images[:1])
+  the host oracle through the `Sam2Model` API (`tests/reference/zip_host.sam_masks`)."""
+  models, eng, out = sam2_one
+  old = zip_host.segment(_config_sam2(), *models, eng.text_features(NAMES + [""]), images[:1])
   a, b = out[0], old[0]
   assert [i["category"] for i in a["instances"]] == [i["category"] for i in b["instances"]] and a["instances"]
   for x, y in zip(a["instances"], b["instances"]):

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from zipjax import preprocess
-from zipjax import sam as sam_lib
 from zipjax.ops import components, nms, resize
 from zipjax.pipeline import discover, semantic
 
@@ -72,20 +71,19 @@ def sam_masks(sam, image: np.ndarray, boxes: np.ndarray, sam_cfg):
   m = len(boxes)
   if m == 0:
     return [], np.zeros((0,), np.float32), np.zeros((0, 4), np.float32)
-  s = sam.config.img_size
-  pixels, input_size, original = sam_lib.preprocess_image(image, s)  # [S, S, 3]
-  emb = sam.image_embeddings(pixels[None])  # [1, S/16, S/16, C]
+  pixels, input_size, original = sam.prepare_image(image)  # [S, S, 3]
+  emb = sam.image_embeddings(pixels[None])  # [1, S/16, S/16, C] (SAM 2: a dict)
   chunk = int(sam_cfg.max_boxes)
   masks, ious = [], []
   for start in range(0, m, chunk):
     bx = np.asarray(boxes[start:start + chunk], np.float32)
     n = len(bx)
     padded = np.concatenate([bx, np.repeat(bx[:1], chunk - n, 0)], 0)  # [chunk, 4]
-    frame = sam_lib.apply_boxes(padded, original, s)[None]  # [1, chunk, 4]
+    frame = sam.frame_boxes(padded, original)[None]  # [1, chunk, 4]
     logits, iou = sam.predict_boxes(emb, frame, multimask=bool(sam_cfg.multimask))  # [1, c, K, h, w], [1, c, K]
     best = jnp.argmax(iou[0], axis=-1)  # [c]
     low = jnp.take_along_axis(logits[0], best[:, None, None, None], axis=1)[:, 0]  # [c, h, w]
-    up = sam_lib.postprocess_masks(low, tuple(input_size), tuple(original), s, return_logits=True)  # [c, H, W]
+    up = sam.masks_from_logits(low, input_size, original, return_logits=True)  # [c, H, W]
     masks.append(np.asarray(up[:n] > float(sam_cfg.mask_threshold)))
     ious.append(np.asarray(jnp.take_along_axis(iou[0], best[:, None], axis=1)[:n, 0]))
   stack = np.concatenate(masks, 0)  # [m, H, W]
