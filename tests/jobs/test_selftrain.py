@@ -3,7 +3,7 @@ jittered (real CLI subprocesses, tiny detector, 1 CPU device, a shared persisten
 
 - two rounds raise the class-agnostic mask AR100 and AP50 of the labels against the true annotations (the
   report's numbers, checked against pycocotools' COCOeval run here directly);
-- SIGKILL in round 1's training, in round 1's prediction and in round 2's merge, each followed by a rerun: the
+- (slow) SIGKILL in round 1's training, in round 1's prediction and in round 2's merge, each followed by a rerun: the
   labels, predictions, training metrics, evaluations and report equal the uninterrupted run's, byte for byte;
 - (slow) fine-tuning the self-trained detector on 10% of the true labels beats the same training from the same
   initialisation as round 0 (random weights here), same steps, on held-out images.
@@ -158,6 +158,7 @@ def _outputs(w):
   return {f: (w / f).read_bytes() for f in files}
 
 
+@pytest.mark.slow  # 90 s: three killed runs and their reruns (kept out of the default suite's 15 minutes)
 def test_kill_at_three_points_and_rerun_equals_uninterrupted(data, reference, tmp_path):
   ref, _ = reference
   w = tmp_path / "killed"

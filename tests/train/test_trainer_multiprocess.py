@@ -8,7 +8,7 @@ devices each) against one process with 8 devices:
 - preemption: SIGTERM to process 1 only; both processes finish the same step, save one checkpoint at it and exit
   143 (the stop is a collective decision, `trainer._Preemption`); rerunning both resumes there (each process its
   data iterator) and logs every remaining step once.
-The preemption and self-training tests are marked slow (about 2-4 minutes each on 2 busy cores: every process
+All three are marked slow (about 2-4 minutes each on 2 busy cores: every process
 starts JAX, compiles, and gloo spins while the others run).
 
 Floating-point sums over the 8 devices run in another order across processes (gloo) than within one process, so
@@ -146,6 +146,7 @@ def single(data):
   return w
 
 
+@pytest.mark.slow  # about 95 s with its one-process reference run
 def test_two_processes_train_like_one(data, single):
   w = data / "two"
   outs = _run(_train_args(data, w), data / "cache", 2)
