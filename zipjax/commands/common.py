@@ -3,8 +3,9 @@ overrides, class names from `--classes` / `--classes-file`, and the persistent X
 
 - `load_config_file(path)`: `get_config()` of a `configs/*.py` file, with one clear `InputError` for every way it
   can fail (missing, not a `.py` file, fails to run, no `get_config()`, not a ConfigDict).
-- `apply_overrides(config, items)`: `--config.a.b=value` items onto existing fields, values parsed by the old
-  value's type (booleans, ints, floats, strings; Python literals for lists and tuples).
+- `apply_overrides(config, items)`: `--config.a.b=value` items onto existing fields through ml_collections'
+  `config_flags` (values parsed by the field's type: booleans, ints, floats, strings, tuples; Python literals
+  for lists).
 - `class_names(args)`: the class list of `--classes a,b` or `--classes-file F` (local file or bucket URL; one
   name a line, '#' comments), checked by `zipjax.io.images.parse_class_names`.
 - `enable_compilation_cache()`: XLA executables persisted under the zipjax cache.
@@ -13,9 +14,12 @@ Each command validates its config after the overrides with `zipjax.config_check`
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib.util
 import os
+
+from absl import flags as absl_flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from zipjax.errors import InputError
 
@@ -58,58 +62,63 @@ def load_config_file(path: str):
   return config
 
 
-def _convert(old, text: str, key: str):
-  if isinstance(old, bool):
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-      return True
-    if low in ("0", "false", "no", "off"):
-      return False
-    raise InputError(f"--config.{key}: expected a boolean, got {text!r}")
-  try:
-    if isinstance(old, int):
-      return int(text)
-    if isinstance(old, float):
-      return float(text)
-  except ValueError:
-    raise InputError(f"--config.{key}: expected {type(old).__name__}, got {text!r}") from None
-  if isinstance(old, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+class _LiteralOrText(absl_flags.ArgumentParser):
+  """Parses the fields ml_collections has no parser for (lists, and fields that are None in the config): a Python
+  literal, else the text as given."""
+
+  def parse(self, argument):
+    try:
+      return ast.literal_eval(argument)
+    except (ValueError, SyntaxError):
+      return argument
 
 
-def apply_overrides(config, overrides: list[str]):
-  """Applies `--config.a.b=value` / `--config.a.b value` items to `config` (fields must exist)."""
-  items = list(overrides)
-  i = 0
-  while i < len(items):
-    arg = items[i]
+for _kind in (list, type(None)):
+  config_flags.register_flag_parser_for_type(_kind, _LiteralOrText())
+
+
+def _items(overrides: list[str]) -> list[tuple[str, str]]:
+  """`--config.a.b=value` / `--config.a.b value` items as (path, value) pairs."""
+  items, i = [], 0
+  while i < len(overrides):
+    arg = overrides[i]
     if not arg.startswith("--config."):
       raise InputError(f"unrecognised argument {arg!r}")
     key, eq, value = arg[len("--config."):].partition("=")
     if not eq:
-      if i + 1 >= len(items):
+      if i + 1 >= len(overrides):
         raise InputError(f"--config.{key}: missing value")
-      value = items[i + 1]
+      value = overrides[i + 1]
       i += 1
-    node = config
-    parts = key.split(".")
-    for part in parts[:-1]:
-      if part not in node:
-        raise InputError(f"--config.{key}: no field {part!r}")
-      node = node[part]
-    if parts[-1] not in node:
-      raise InputError(f"--config.{key}: no such config field")
-    old = node[parts[-1]]
+    items.append((key, value))
+    i += 1
+  return items
+
+
+def apply_overrides(config, overrides: list[str]):
+  """Applies `--config.a.b=value` / `--config.a.b value` items to `config`'s existing fields, in order, through
+  ml_collections' own override machinery (`config_flags`: each value parsed by the field's type: absl's
+  booleans, ints, floats and strings, ml_collections' tuples; a Python literal for lists). Returns `config`."""
+  for key, value in _items(overrides):
+    try:
+      old = config_path.get_value(key, config)
+    except (AttributeError, KeyError, IndexError, ValueError):
+      raise InputError(f"--config.{key}: no such config field") from None
     if hasattr(old, "keys"):
       raise InputError(f"--config.{key} is a group of fields; set its members")
-    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
-      node[parts[-1]] = _convert(old, value, key)
-    i += 1
+    argv = ["zipjax", f"--config.{key}={value}"]
+    flag_values = absl_flags.FlagValues()
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, sys_argv=argv, lock_config=False)
+    try:
+      flag_values(argv)
+    except absl_flags.Error as e:
+      kind = "a boolean" if isinstance(old, bool) else type(old).__name__
+      raise InputError(f"--config.{key}: expected {kind}, got {value!r} ({_last_part(e)})") from None
   return config
+
+
+def _last_part(e: Exception) -> str:
+  return str(e).splitlines()[0].split(": ", 1)[-1][:120] if str(e) else type(e).__name__
 
 
 def class_names(args) -> list[str]:
