@@ -9,8 +9,10 @@ import os
 
 import ml_collections
 import pytest
+from ml_collections.config_flags import config_path
 
 from zipjax import cli, config_check, configs
+from zipjax.commands.common import apply_overrides
 from zipjax.commands.segment import load_config_file
 from zipjax.errors import InputError
 
@@ -509,3 +511,47 @@ def test_sam_family_relation():
   config.models.sam.checkpoint = "sam2.1_hiera_tiny"
   with pytest.raises(InputError, match="is a 'sam2' checkpoint but sam.family = 'sam'"):
     config_check.check_config(config)
+
+
+# ------------------------------------------------------------------------------------------------- overrides
+@pytest.mark.parametrize("items, path, want", [
+    (["--config.batch_size=7"], "batch_size", 7),
+    (["--config.batch_size", "7"], "batch_size", 7),  # the space form
+    (["--config.discover.center_features=false"], "discover.center_features", False),
+    (["--config.discover.center_features", "0"], "discover.center_features", False),  # not `True` + a stray 0
+    (["--config.discover.atol=1"], "discover.atol", 1.0),  # an int for a float field
+    (["--config.boundary.bucket_ratios=(1, 2)"], "boundary.bucket_ratios", (1, 2)),
+    (["--config.boundary.bucket_ratios=1,2"], "boundary.bucket_ratios", (1, 2)),
+    (["--config.mesh=[1, 8]"], "mesh", [1, 8]),  # lists: ml_collections has no parser of its own
+    (["--config.batch_size=3", "--config.batch_size=5"], "batch_size", 5),  # in order, the last wins
+])
+def test_overrides_parse_by_the_field_type(items, path, want):
+  """`--config.KEY=VALUE` goes through ml_collections' config_flags machinery onto the existing field, in place."""
+  config = configs.zip()
+  assert apply_overrides(config, items) is config
+  got = config_path.get_value(path, config)
+  assert got == want and type(got) is type(want), (got, want)
+
+
+@pytest.mark.parametrize("items, message", [
+    (["--config.nosuch=1"], "--config.nosuch: no such config field"),
+    (["--config.discover.nosuch=1"], "--config.discover.nosuch: no such config field"),
+    (["--config.discover=1"], "--config.discover is a group of fields"),
+    (["--config.batch_size=x"], "--config.batch_size: expected int, got 'x'"),
+    (["--config.batch_size=1.5"], "--config.batch_size: expected int, got '1.5'"),
+    (["--config.discover.atol=small"], "--config.discover.atol: expected float, got 'small'"),
+    (["--config.discover.center_features=maybe"], "expected a boolean, got 'maybe'"),
+    (["--config.batch_size"], "--config.batch_size: missing value"),
+    (["--batch_size=1"], "unrecognised argument '--batch_size=1'"),
+])
+def test_bad_overrides_are_one_line_errors(items, message):
+  with pytest.raises(InputError) as e:
+    apply_overrides(configs.zip(), items)
+  assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_overrides_of_fields_that_are_none():
+  """A field that is None in a config file (e.g. `vision_patch_size` of configs/smoke.py) takes a literal or text."""
+  config = ml_collections.ConfigDict({"a": None, "b": None, "s": "x"})
+  apply_overrides(config, ["--config.a=16", "--config.b=/some/file.pt", "--config.s=two words"])
+  assert (config.a, config.b, config.s) == (16, "/some/file.pt", "two words")
