@@ -45,8 +45,10 @@ def test_instances_map_back_to_image_pixels():
 
 def test_refine_mask_box_window_and_contour():
   """box_source='mask': pieces of the mask outside the head's box widened by half its size are dropped; the box is
-  the extent of the logits above BOX_CONTOUR_LOGIT there (a faint thin part counts, a faint far blob does not);
-  an empty mask keeps the head's box; the quality is the mean probability of the mask's pixels."""
+  the extent of the regions of logits above BOX_CONTOUR_LOGIT there that hold the mask's largest piece (a faint
+  thin part joined to it counts; a smaller piece of the mask or a faint blob apart from it does not, though the
+  smaller piece stays in the mask); an empty mask keeps the head's box; the quality is the mean probability of
+  the mask's pixels."""
   logits = np.full((60, 80), -8.0, np.float32)
   logits[20:40, 20:40] = 4.0     # the object
   logits[28:31, 40:50] = -1.0    # a thin faint arm (p 0.27): below the mask threshold, above the contour's
@@ -58,6 +60,18 @@ def test_refine_mask_box_window_and_contour():
   np.testing.assert_allclose(q, 1 / (1 + np.exp(-4.0)), rtol=1e-6)
   box, mask, q = predict.refine(head, logits, "head")  # the head's box, the whole mask
   assert box == head and mask.sum() == 400 + 24
+  assert predict.BOX_CONTOUR_LOGIT < -2.5
+  apart = logits.copy()
+  apart[10:13, 12:16] = 4.0      # a smaller piece of the mask inside the window, apart from the object
+  apart[44:50, 30:34] = -2.5     # a faint blob apart from the object (a neighbour's halo)
+  apart[40:42, 24:28] = -2.5     # a faint edge joined to the object
+  box, mask, q = predict.refine(head, apart, "mask")
+  assert box == [20.0, 20.0, 50.0, 42.0], box
+  assert mask.sum() == 400 + 12 and mask[10:13, 12:16].all()
+  both = apart.copy()
+  both[13:20, 13:15] = -2.8      # a faint bridge joins the smaller piece to the object: its region counts
+  both[18:20, 13:21] = -2.8
+  assert predict.refine(head, both, "mask")[0] == [12.0, 10.0, 50.0, 42.0]
   box, mask, q = predict.refine(head, np.full((60, 80), -8.0, np.float32), "mask")
   assert box == head and not mask.any() and q == 0.0
   assert predict._window([0.0, 0.0, 10.0, 4.0], 60, 80) == (0, 6, 0, 15)

@@ -85,8 +85,8 @@ class DetectorConfig:
       quality, the mean probability of its pixels: Mask2Former's mask score; applied on the host by
       `zipjax.train.predict`, after `postprocess` picked the top-k by class).
     box_source: boxes of the detections (`zipjax.train.predict`): 'head' (the box head) or 'mask' (the extent of
-      the mask, see `zipjax.train.predict.refine`: the box of its low-confidence contour inside the head's box
-      widened by half its size; the head's box where that leaves no mask).
+      the mask, see `zipjax.train.predict.refine`: the box of the low-confidence region that holds the mask's
+      largest piece, inside the head's box widened by half its size; the head's box where that leaves no mask).
     box_param: how the box head's 4 outputs make a box: 'logit' (OWL-ViT: sigmoid of output + the logit of the
       token's cell, cxcywh) or 'ltrb' (the distances from the token's cell centre to the left, top, right and
       bottom edges, (0.5 / g) * exp(output): translation-equivariant, so a border token moves its box as far as a

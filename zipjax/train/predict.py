@@ -15,8 +15,10 @@ outputs are dropped):
           float box); then `refine` (the DetectorConfig's `box_source`, `score`, `mask_nms`): the mask is
           the logits above `mask_threshold` (logit 0 = p 0.5), with box_source='mask' only inside the head's
           box widened by half its size on each side (pieces far from the box are dropped) and the box is the
-          extent of the logits above `BOX_CONTOUR_LOGIT` in that window (the mask's faint thin parts count: a
-          mask trained on cells that are half covered loses them at p 0.5); score='class_mask' multiplies the
+          extent of the object's faint region: the connected regions (4-neighbour) of the logits above
+          `BOX_CONTOUR_LOGIT` in that window that hold the mask's largest piece (the mask's faint thin parts
+          count, as a mask trained on cells that are half covered loses them at p 0.5; a stray piece of the
+          mask or a neighbour's faint halo does not stretch the box); score='class_mask' multiplies the
           score by the square of the mean probability of the mask's pixels; mask_nms drops a candidate whose
           mask IoU with a better one of its category reaches it. Candidates scoring at least `score_threshold`
           are returned.
@@ -29,13 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from zipjax import parallel
 from zipjax.data import coco_train
 from zipjax.models.detector import Detector, postprocess
 from zipjax.train.task import class_queries, compiler_options, detector_config, text_encoder
 
-BOX_CONTOUR_LOGIT = -2.0  # box_source='mask': the box is the extent of the logits above this (p 0.12)
+BOX_CONTOUR_LOGIT = -3.0  # box_source='mask': the box is the extent of the object's logits above this (p 0.05)
 BOX_WINDOW = 0.5          # box_source='mask': the head's box widened by this times its size on each side
 
 
@@ -59,13 +62,16 @@ def refine(box, logits: np.ndarray, box_source: str, mask_threshold: float = 0.0
   """
   if box_source == "mask":
     y0, y1, x0, x1 = _window(box, *logits.shape)
-    inside = np.zeros(logits.shape, bool)
-    inside[y0:y1, x0:x1] = True
-    mask = (logits > mask_threshold) & inside
+    mask = np.zeros(logits.shape, bool)
+    win = logits[y0:y1, x0:x1]
+    mask[y0:y1, x0:x1] = win > mask_threshold
     if mask.any():
-      contour = (logits > min(BOX_CONTOUR_LOGIT, mask_threshold)) & inside
-      rows, cols = np.flatnonzero(contour.any(1)), np.flatnonzero(contour.any(0))
-      box = [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+      pieces, _ = ndimage.label(mask[y0:y1, x0:x1])                           # [h, w] 0 = background
+      main = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))   # the mask's largest piece
+      regions, _ = ndimage.label(win > min(BOX_CONTOUR_LOGIT, mask_threshold))  # each holds whole pieces
+      region = np.isin(regions, np.unique(regions[main]))
+      rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+      box = [float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[-1] + 1), float(y0 + rows[-1] + 1)]
   else:
     mask = logits > mask_threshold
   quality = float(np.mean(1.0 / (1.0 + np.exp(-np.clip(logits[mask], -30, 30))))) if mask.any() else 0.0
