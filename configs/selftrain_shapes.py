@@ -38,20 +38,22 @@ def get_config():
   config.checkpoint.keep = 1
   config.eval.every = 0
 
-  config.selftrain = ml_collections.ConfigDict()
-  config.selftrain.rounds = 2
-  config.selftrain.thresholds = [0.05, 0.05]   # floors under the calibrated thresholds
-  config.selftrain.max_dets = 30
-  config.selftrain.mode = "union"
-  config.selftrain.dedup_iou = 0.5
-  config.selftrain.min_area = 16
-  config.selftrain.steps = [3000, 1500, 1500]
-  config.selftrain.init = "previous"
-  config.selftrain.predict_min_score = 0.02
-  config.selftrain.predict_max_dets = 100
-  config.selftrain.predict_chunk = 64
-  config.selftrain.calibrate = 0.3
-  config.selftrain.support_quantile = 0.1
-  config.selftrain.rescore = True
-  config.selftrain.protect = True
+  st = ml_collections.ConfigDict()      # config.selftrain (added below)
+  st.rounds = 2
+  st.thresholds = [0.05, 0.05]   # floors under the calibrated thresholds
+  st.max_dets = 30
+  st.mode = "union"
+  st.dedup_iou = 0.5
+  st.min_area = 16
+  st.steps = [3000, 1500, 1500]
+  st.init = "previous"
+  st.predict_min_score = 0.02
+  st.predict_max_dets = 100
+  st.predict_chunk = 64
+  st.calibrate = 0.3
+  st.support_quantile = 0.1
+  st.rescore = True
+  st.protect = True
+  with config.unlocked():               # a loaded config is locked: a group of its own is added so
+    config.selftrain = st
   return config

@@ -81,8 +81,9 @@ def test_each_field_refuses_a_bad_value(path):
 
 def test_unknown_and_missing_fields():
   config = configs.reference()
-  config.scoring.nms_threshhold = 0.3  # typo
-  del config.output["overlays"]
+  with config.unlocked():  # what a config built without the presets (or an old run's config.json) can hold
+    config.scoring.nms_threshhold = 0.3  # typo
+    del config.output["overlays"]
   with pytest.raises(InputError) as e:
     config_check.check_config(config)
   msg = str(e.value)
@@ -110,10 +111,38 @@ def test_relations():
   config_check.check_config(config)
 
 
+def test_presets_and_config_files_are_locked(tmp_path):
+  """A misspelt field fails where it is set, naming the nearest field: in a preset (every group, also those
+  the zip preset replaces), and in a config file (one line, also for a group the file added); a config file
+  adds a group of its own inside `config.unlocked()`; changing a field stays allowed."""
+  for preset in (configs.zip(), configs.reference()):
+    with pytest.raises(AttributeError, match='Did you mean "max_instances"'):
+      preset.discover.max_instnces = 8
+    with pytest.raises(AttributeError):
+      preset.batch_sise = 2
+    preset.discover.max_instances = 8
+  good = tmp_path / "good.py"
+  good.write_text("import ml_collections\nfrom zipjax import configs\n\ndef get_config():\n"
+                  "  config = configs.zip()\n  config.batch_size = 2\n  group = ml_collections.ConfigDict()\n"
+                  "  group.workers = 1\n  with config.unlocked():\n    config.mine = group\n  return config\n")
+  config = load_config_file(str(good))
+  assert config.batch_size == 2 and config.mine.workers == 1
+  with pytest.raises(AttributeError):
+    config.mine.worker = 2   # the file's own group is locked once loaded
+  typo = tmp_path / "typo.py"
+  typo.write_text("from zipjax import configs\n\ndef get_config():\n  config = configs.zip()\n"
+                  "  config.scoring.nms_treshold = 0.3\n  return config\n")
+  with pytest.raises(InputError) as e:
+    load_config_file(str(typo))
+  msg = str(e.value)
+  assert "\n" not in msg and "no config field 'nms_treshold' (did you mean 'nms_threshold'?)" in msg, msg
+
+
 def test_register_extends_the_table(monkeypatch):
   monkeypatch.setattr(config_check, "RULES", dict(config_check.RULES))
   config = configs.zip()
-  config.extra = ml_collections.ConfigDict({"workers": 0})
+  with config.unlocked():
+    config.extra = ml_collections.ConfigDict({"workers": 0})
   with pytest.raises(InputError, match="config.extra.workers: unknown field"):
     config_check.check_config(config)
   config_check.register("extra.workers", config_check.Int(1))
@@ -159,8 +188,9 @@ def test_every_train_config_file_passes_the_train_rules(path):
 def test_a_train_field_without_a_rule_fails(train_config):
   """What the file test above catches: a field added to configs/train_*.py (or a typo) without a rule."""
   config = copy.deepcopy(train_config)
-  config.optim.lr_warmup = 3  # not a field
-  del config.loss["drop_loss"]
+  with config.unlocked():
+    config.optim.lr_warmup = 3  # not a field
+    del config.loss["drop_loss"]
   with pytest.raises(InputError) as e:
     config_check.check_train_config(config)
   msg = str(e.value)
@@ -194,7 +224,8 @@ def test_add_family_extends_a_base_family(train_config, monkeypatch):
   """A module's own group over the train rules, added at run time."""
   monkeypatch.setattr(config_check, "_EXTRA", {})
   config = copy.deepcopy(train_config)
-  config.experiment = ml_collections.ConfigDict({"rounds": 2, "mode": "union"})
+  with config.unlocked():
+    config.experiment = ml_collections.ConfigDict({"rounds": 2, "mode": "union"})
   with pytest.raises(InputError, match="config.experiment.rounds: unknown field"):
     config_check.check_train_config(config)
   config_check.add_family("experiment", {"experiment.rounds": config_check.Int(0),
@@ -207,7 +238,8 @@ def test_add_family_extends_a_base_family(train_config, monkeypatch):
   assert "config.experiment.rounds = -1" in str(e.value) and "config.optim.lr = nan" in str(e.value)
   config = copy.deepcopy(config)
   config.experiment.rounds, config.optim.lr = 1, 1e-3
-  del config.experiment["mode"]
+  with config.unlocked():
+    del config.experiment["mode"]
   with pytest.raises(InputError, match="config.experiment.mode: missing"):
     config_check.check_config(config, family="experiment")
 

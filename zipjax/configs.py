@@ -22,6 +22,10 @@ used by a kernel is a field here:
   prefetch. They never change an output, so they are not part of a run's identity and may differ on resume.
 - `config.mesh`, `config.sharding_rules`: the device mesh and parameter sharding of the labelling engine
   (`zipjax/parallel/`, `zipjax/engine.py`), big_vision style.
+
+Presets are locked (`ml_collections.ConfigDict.lock`): a field can be changed but not added, so a misspelt name
+fails where it is set (`config.discover.max_instnces = 8`: AttributeError naming the nearest field); a config
+file that adds a group of its own does it inside `with config.unlocked():`.
 """
 from __future__ import annotations
 
@@ -176,6 +180,10 @@ def reference() -> ml_collections.ConfigDict:
 
   Run: zipjax segment IMAGE --classes a,b --preset reference --out DIR
   """
+  return _reference().lock()
+
+
+def _reference() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = "reference"
   config.batch_size = 4           # images per step and data-parallel device group
@@ -208,7 +216,7 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
 
   Run: zipjax segment IMAGE --classes a,b --out DIR      (the default preset)
   """
-  config = reference()
+  config = _reference()
   config.preset = "zip"
   config.semantic.feature_norm = "channels"
   config.scoring.classification_first = True
@@ -226,7 +234,7 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   d.top_k_clusters = 24
   d.swap_box_scale = False
   config.discover = d
-  return config
+  return config.lock()
 
 
 PRESETS = {"reference": reference, "zip": zip}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 
 from absl import flags as absl_flags
 from ml_collections import config_flags
@@ -55,11 +56,27 @@ def load_config_file(path: str):
   try:
     config = get_config()
   except Exception as e:  # pylint: disable=broad-except
-    raise InputError(f"{where}: get_config() failed ({type(e).__name__}: {e})") from e
+    locked = locked_key_error(e)
+    raise InputError(f"{where}: get_config() failed: {locked}" if locked else
+                     f"{where}: get_config() failed ({type(e).__name__}: {e})") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise InputError(f"{where}: get_config() returned a {type(config).__name__}, expected an "
                      "ml_collections.ConfigDict")
-  return config
+  return config.unlock().lock()  # every group, also those the file added: a field can be changed, not added
+
+
+_LOCKED = re.compile(r'Key "([^"]+)" does not exist and cannot be added since the config is locked')
+_NEAREST = re.compile(r'Did you mean "([^"]+)" instead of')
+
+
+def locked_key_error(e: Exception) -> str | None:
+  """One line for ml_collections' error on setting a field a locked config does not have (None for others)."""
+  m = _LOCKED.search(str(e)) if isinstance(e, AttributeError) else None
+  if m is None:
+    return None
+  near = _NEAREST.search(str(e))
+  return (f"no config field {m.group(1)!r}" + (f" (did you mean {near.group(1)!r}?)" if near else "")
+          + "; configs are locked: a field can be changed, not added (add a group inside `with config.unlocked():`)")
 
 
 class _LiteralOrText(absl_flags.ArgumentParser):
