@@ -37,7 +37,7 @@ def get_config():
   config.selftrain.init = "previous"    # round r starts from round r-1 ('base': from the config's init)
   config.selftrain.predict_min_score = 0.05   # saved predictions (the detector's evaluation uses them)
   config.selftrain.predict_max_dets = 100
-  config.selftrain.predict_chunk = 64   # images per prediction part file (resume granularity)
+  config.selftrain.predict_chunk = 64   # images per prediction shard (resume granularity)
   config.selftrain.calibrate = 0.0      # 0: fixed thresholds; q: the q quantile of agreeing predictions' scores
   config.selftrain.support_quantile = 0.0   # > 0: drop previous labels no prediction agrees with at that quantile
   config.selftrain.rescore = False      # kept previous labels take their best-agreeing prediction's score
