@@ -37,7 +37,7 @@ def get_config():
   st.init = "previous"    # round r starts from round r-1 ('base': from the config's init)
   st.predict_min_score = 0.05   # saved predictions (the detector's evaluation uses them)
   st.predict_max_dets = 100
-  st.predict_chunk = 64   # images per prediction part file (resume granularity)
+  st.predict_chunk = 64   # images per prediction shard (resume granularity)
   st.calibrate = 0.0      # 0: fixed thresholds; q: the q quantile of agreeing predictions' scores
   st.support_quantile = 0.0   # > 0: drop previous labels no prediction agrees with at that quantile
   st.rescore = False      # kept previous labels take their best-agreeing prediction's score

@@ -470,7 +470,7 @@ BOUNDS = [
      "steps per round: each >= 1"),
     ("selftrain", "selftrain.predict_min_score", [-0.1, 1.1], [0.0, 1.0], "a score in [0, 1]"),
     ("selftrain", "selftrain.predict_max_dets", [0, -1], [1], "saved predictions per image"),
-    ("selftrain", "selftrain.predict_chunk", [0, -1], [1], "images per part file: 0 never finishes a part"),
+    ("selftrain", "selftrain.predict_chunk", [0, -1], [1], "images per prediction shard: 0 never finishes one"),
     ("selftrain", "selftrain.calibrate", [-0.1, 1.0], [0.0, 0.5], "a quantile < 1 of the agreeing scores (0: the "
      "fixed thresholds); 1 would keep only the single best prediction's score as the threshold"),
     ("selftrain", "selftrain.support_quantile", [-0.1, 1.0], [0.0, 0.1], "a quantile < 1 (0: no support needed)"),

@@ -56,7 +56,7 @@ def test_open_clip_repo_resolves_offline_and_converts_once(env, monkeypatch):
   hub_repo(env / "hub", "timm/tiny_clip.openai",
            {"open_clip_model.safetensors": data, "open_clip_config.json": b'{"model_cfg": {"quick_gelu": true}}'})
   assert weights.available("hf:timm/tiny_clip.openai", "clip")
-  from zipjax.jobs.label import checkpoint_identity  # pylint: disable=import-outside-toplevel
+  from zipjax.jobs.identity import checkpoint_identity  # pylint: disable=import-outside-toplevel
   assert checkpoint_identity("hf:timm/tiny_clip.openai", "clip") == {"name": "hf:timm/tiny_clip.openai",
                                                                      "commit": COMMIT}
   assert checkpoint_identity("hf:timm/absent", "clip") == {"name": "hf:timm/absent"}

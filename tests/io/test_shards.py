@@ -117,6 +117,23 @@ def test_merge_independent_of_shard_layout_fan_in_and_duplicates(tmp_path, monke
   assert outs[0] == outs[1] == outs[2]
 
 
+def test_records_stream_the_merged_records_in_key_order(tmp_path, monkeypatch):
+  """`RunDir.records`: every finished record once (duplicates dropped), decoded, in key order, whatever the shard
+  layout and fan-in; nothing for a directory without shards."""
+  assert list(RunDir(tmp_path / "none").records()) == []
+  recs = _records(17, seed=2)
+  want = sorted((json.loads(json.dumps(r)) for r in recs), key=lambda r: r["key"])  # as read back from a file
+  for fan_in in (128, 2):
+    monkeypatch.setattr(shards, "FAN_IN", fan_in)
+    rd = RunDir(tmp_path / f"f{fan_in}")
+    _write(rd, recs[:9], 2, process=0)
+    _write(rd, recs[9:], 3, process=1)
+    _write(rd, recs[2:6], 1, process=2)  # the same images twice: dropped
+    got = list(rd.records())
+    assert got == want
+    assert not rd.is_complete() and not (tmp_path / f"f{fan_in}" / "annotations.json").exists()  # reads only
+
+
 def test_results_json_and_fixed_ids(tmp_path):
   recs = _records(6)
   for r in recs:

@@ -178,7 +178,8 @@ def test_kill_at_three_points_and_rerun_equals_uninterrupted(data, reference, tm
   assert r.returncode == -9, r.stderr[-3000:]
   assert "resumed" in r.stderr
   assert (w / "round_1" / "train_done.json").exists()
-  assert os.listdir(w / "round_1" / "predictions") == ["part_000000.json"]
+  assert os.listdir(w / "round_1" / "predictions") == [".zipjax"]  # the shard run directory, nothing assembled
+  assert len(os.listdir(w / "round_1" / "predictions" / ".zipjax" / "shards")) == 1  # the first chunk's shard
 
   r = _zipjax(args, cache, **{selftrain.KILL_ENV: "selftrain.merge.2"})
   assert r.returncode == -9, r.stderr[-3000:]

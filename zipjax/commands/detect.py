@@ -17,7 +17,6 @@ static shapes; detections scoring at least `config.detect.score_threshold` are k
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -87,18 +86,15 @@ def build_detector(config, workdir: str, step: int, names) -> _Detector:
 
 
 def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dict:
-  """What a resumed `zipjax detect` run must share with the run it continues: the model (workdir, checkpoint
-  step, model and text config), the detection settings (all but the batch size), decoding limits, classes and
-  inputs."""
-  import zipjax  # pylint: disable=import-outside-toplevel
+  """What a resumed `zipjax detect` run must share with the run it continues (`zipjax.jobs.identity`): the model
+  (workdir, checkpoint step, model and text config), the detection settings (all but the batch size), decoding
+  limits, classes and inputs."""
+  from zipjax.jobs.identity import make_identity  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
   d = trainer.config_to_dict(config)
   result = {k: d.get(k) for k in ("model", "text", "input", "init_checkpoint", "init_workdir")}
   result["detect"] = {k: v for k, v in d["detect"].items() if k != "batch_size"}
-  return json.loads(json.dumps({
-      "command": "detect", "zipjax_version": zipjax.__version__, "classes": list(names),
-      "workdir": os.path.abspath(workdir), "checkpoint_step": int(step), "config": result, "inputs": inputs},
-      sort_keys=True))
+  return make_identity("detect", names, result, inputs, workdir=os.path.abspath(workdir), checkpoint_step=int(step))
 
 
 def run(args) -> int:

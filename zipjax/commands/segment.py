@@ -80,7 +80,7 @@ def build_engine(config, names, random_init: bool = False):
 def run(args) -> int:
   from zipjax.io.results import RANDOM_NOTE  # pylint: disable=import-outside-toplevel
   from zipjax.jobs.folder_run import FolderJob, run_folder  # pylint: disable=import-outside-toplevel
-  from zipjax.jobs.label import job_identity  # pylint: disable=import-outside-toplevel
+  from zipjax.jobs.identity import job_identity  # pylint: disable=import-outside-toplevel
 
   config = resolve_config(args)
   names = class_names(args)

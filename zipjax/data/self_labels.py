@@ -45,7 +45,7 @@ from pycocotools import mask as mask_utils
 
 from zipjax.errors import InputError
 from zipjax.io.coco import normalize_name
-from zipjax.io.geometry import to_compressed_rle
+from zipjax.io.geometry import rle_area, rle_bbox, to_compressed_rle
 
 MODES = ("replace", "union")
 ROUND_KEY = "self_round"  # the round whose merge added a label (absent on the original pseudo-labels)
@@ -70,7 +70,7 @@ def select_predictions(preds: list, threshold: float, max_dets: int, dedup_iou: 
   Args:
     preds: records with `score` and a compressed-RLE `segmentation`.
   """
-  cand = [p for p in preds if p["score"] >= threshold and _area(p["segmentation"]) >= min_area]
+  cand = [p for p in preds if p["score"] >= threshold and rle_area(p["segmentation"]) >= min_area]
   order = sorted(range(len(cand)), key=lambda i: -cand[i]["score"])  # stable: ties keep file order
   kept: list = []
   for i in order:
@@ -80,10 +80,6 @@ def select_predictions(preds: list, threshold: float, max_dets: int, dedup_iou: 
       continue
     kept.append(cand[i])
   return kept
-
-
-def _area(rle: dict) -> float:
-  return float(mask_utils.area(_rle_bytes(rle)))
 
 
 def _check(threshold, max_dets, mode, dedup_iou, min_area) -> None:
@@ -209,7 +205,7 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
     for p in kept:
       rle = to_compressed_rle(p["segmentation"], h, w)
       rec = {"id": 0, "image_id": img["id"], "category_id": pred_cat[p["category_id"]], "segmentation": rle,
-             "area": _area(rle), "bbox": [float(v) for v in mask_utils.toBbox(_rle_bytes(rle))],
+             "area": rle_area(rle), "bbox": rle_bbox(rle),
              "iscrowd": 0, "score": float(p["score"])}
       if round_index is not None:
         rec[ROUND_KEY] = int(round_index)

@@ -1,5 +1,6 @@
-"""Run directories of batch jobs (`zipjax label`, `zipjax segment`, `zipjax detect`): append-only shards, a
-ledger, one canonical merge, and a commit that a kill at any moment cannot tear.
+"""Run directories of batch jobs (`zipjax label`, `zipjax segment`, `zipjax detect`, the predictions of
+`zipjax self-train`): append-only shards, a ledger, one canonical merge, and a commit that a kill at any moment
+cannot tear.
 
 Layout of a run directory `OUT/` (local or `gs://...`, see `zipjax/io/fs.py`):
 
@@ -33,7 +34,8 @@ from the record, else 1, 2, ... in key order) and annotation ids (1, 2, ... in o
 `annotations.json` (`{"info", "images", "annotations", "categories"}`, images sorted by key), `errors.json`
 and optionally `results.json`, holding one record per shard in memory: host memory does not grow with the
 dataset. The same records give byte-identical files whatever the process count, shard boundaries or number
-of restarts.
+of restarts. `RunDir.records` is the same merged stream of records, decoded, for a job that assembles outputs
+of its own from them (`zipjax self-train`'s per-round predictions, zipjax/jobs/selftrain.py).
 
 **Commit.** Merged files are written into `.zipjax/commit/`, then the `COMMIT` marker; then (1) old outputs
 that have a staged replacement are deleted, (2) stale overlays are deleted and staged ones moved in, (3) the
@@ -355,6 +357,27 @@ class RunDir:
       paths, level = merged, level + 1
     return [_iter_lines(p, h) for p, h in paths]
 
+  def _merged_lines(self, tmp: str, stats: MergeStats | None = None):
+    """(key, record line) of every finished record in key order, duplicate keys dropped (counted in `stats`)."""
+    prev = None
+    for key, line in heapq.merge(*self._sorted_runs(tmp), key=lambda kv: kv[0]):
+      if key == prev:
+        if stats is not None:
+          stats.duplicates += 1
+        continue
+      prev = key
+      yield key, line
+
+  def records(self):
+    """Every finished record, decoded, in key order (duplicate keys dropped), streamed like `merge` (one record
+    per shard in memory): for jobs that assemble their own outputs from the shards."""
+    tmp = tempfile.mkdtemp(prefix="zipjax-merge-")
+    try:
+      for _, line in self._merged_lines(tmp):
+        yield json.loads(line)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+
   def merge(self, info: dict, names: list[str], run_info, *, results: bool = False, overlay_name=None,
             error_log_limit: int = 5) -> MergeStats:
     """Merges every shard into the final outputs and commits them (see the module docstring).
@@ -381,13 +404,8 @@ class RunDir:
     try:
       parts = {k: open(os.path.join(tmp, k), "w", encoding="ascii") for k in ("images", "annotations", "errors",
                                                                                   "results")}
-      prev = None
       next_image = 1
-      for key, line in heapq.merge(*self._sorted_runs(tmp), key=lambda kv: kv[0]):
-        if key == prev:
-          stats.duplicates += 1
-          continue
-        prev = key
+      for _, line in self._merged_lines(tmp, stats):
         rec = json.loads(line)
         fault("merge.record")
         if "error" in rec:

@@ -61,7 +61,7 @@ class FolderJob:
     verb: past participle for the summary and run.json's count ('segmented', 'detected').
     out: the output directory.
     names: class names (category id = 1 + index).
-    identity: `inputs dict -> run identity` (stored as .zipjax/job.json; `zipjax.jobs.label.job_identity`).
+    identity: `inputs dict -> run identity` (stored as .zipjax/job.json; `zipjax.jobs.identity`).
     info: the `info` block of annotations.json (nothing that varies between runs).
     config: the config as a dict (run.json).
     build: `() -> model` (see the module docstring), called only when an image is left to do.

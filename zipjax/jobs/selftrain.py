@@ -29,7 +29,9 @@ Rounds r = 0 .. R (`R = config.selftrain.rounds`), each in its own folder `W/rou
            class-agnostic when the config trains class-agnostic): `round_<r>/predictions/annotations.json`
            (COCO dataset with scores, at most `predict_max_dets` per image scoring at least `predict_min_score`,
            boxes from the detector, masks thresholded at logit 0). Done in chunks of `predict_chunk` images,
-           each an atomic part file (a rerun skips finished chunks), then assembled. Skipped for the last
+           each one shard file of the shared shard writer (`zipjax.io.shards.RunDir` in
+           `round_<r>/predictions/.zipjax/`; a rerun skips finished chunks), then assembled and the shards
+           deleted; images that cannot be read are listed in `predictions/errors.json`. Skipped for the last
            round unless `--gt-json` asks for its evaluation.
   eval     with `--gt-json`: the round's labels and its detector's predictions against the ground truth of the
            training images, class-agnostic and (where the category names allow) class-aware, box and mask
@@ -48,7 +50,7 @@ another model / loss / data / optimizer / self-training config is refused.
 
 Tests (`zipjax.io.faults`): `ZIPJAX_FAULT=selftrain.<phase>.<round>` SIGKILLs the process at a fixed point:
 `train` once the round's first checkpoint exists (training goes on until then), `predict` after the round's
-first part file, `merge` after round r's labels are computed and before they are written.
+first chunk's shard file, `merge` after round r's labels are computed and before they are written.
 
 Multi-host (`config.distributed=True`, one process per host, W on a filesystem all hosts share): every process
 trains; prediction chunks are split round-robin over the processes (each uses its local devices); process 0
@@ -75,10 +77,12 @@ from zipjax.eval import evaluate
 from zipjax.eval.rounds import label_regressions, write_rounds_report
 from zipjax.io import coco as coco_io
 from zipjax.io import faults
+from zipjax.io import fs
 from zipjax.io import images as images_io
 from zipjax.io.atomic import atomic_write_json
 from zipjax.io.coco import normalize_name
 from zipjax.io.geometry import encode_rle
+from zipjax.io.shards import RunDir
 from zipjax.jobs.comm import Comm
 from zipjax.train import trainer as tr
 from zipjax.train.metrics import read_metrics
@@ -115,7 +119,7 @@ class Settings:
       config's initialisation: init_checkpoint / init_workdir / random).
     predict_min_score: smallest score of a saved prediction.
     predict_max_dets: most saved predictions per image.
-    predict_chunk: images per prediction part file.
+    predict_chunk: images per prediction shard file (the resume granularity of prediction).
     calibrate: 0: round r's threshold is `thresholds[r - 1]`; q in (0, 1): the q quantile of the scores of round
       r-1's predictions that agree with round r-1's labels (mask IoU >= dedup_iou), at least
       `thresholds[r - 1]` (`zipjax.data.self_labels.calibrate`): the detector's own scale, each round.
@@ -339,9 +343,34 @@ def _local_params(rd: str, cfg, mesh):
   return jax.device_put(host, parallel.replicated(mesh))
 
 
+def _prediction_annotations(img: dict, insts, max_dets: int) -> list:
+  """The saved predictions of one image: at most `max_dets` non-empty instances, best first, as COCO annotations
+  (without ids: those are assigned when the round's predictions are assembled)."""
+  anns = []
+  for inst in insts:
+    if len(anns) >= max_dets:
+      break
+    rle = encode_rle(inst["mask"])
+    area = int(inst["mask"].sum())
+    if area == 0:
+      continue
+    x0, y0, x1, y1 = inst["box"]
+    anns.append({"image_id": img["id"], "category_id": int(inst["category"]) + 1, "segmentation": rle,
+                 "area": float(area), "bbox": [float(x0), float(y0), float(max(x1 - x0, 0.0)),
+                                               float(max(y1 - y0, 0.0))],
+                 "iscrowd": 0, "score": round(float(inst["score"]), 6)})
+  return anns
+
+
 def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: str, r: int, progress: bool = True,
                   log: Callable = print) -> str:
-  """Round r's detector on the labels' images -> `rd/predictions/annotations.json` (see the module docstring)."""
+  """Round r's detector on the labels' images -> `rd/predictions/annotations.json` (see the module docstring).
+
+  The predictions go through a shard run directory (`zipjax.io.shards.RunDir` in `rd/predictions`): one record
+  per image (key: its position in the labels' `images`; its annotations, or its error), one shard file per chunk
+  of `predict_chunk` images, chunk k on process k % count. A chunk whose images the ledger lists is not redone;
+  the run directory's identity (the round and the images) keeps shards of other images from being reused. Process
+  0 assembles the records in key order into annotations.json and errors.json, then deletes the shards."""
 
   out_dir = os.path.join(rd, PREDICTIONS_DIR)
   final = os.path.join(out_dir, LABELS_FILE)
@@ -349,18 +378,18 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
   images = labels["images"]
   chunk = settings.predict_chunk
   n_chunks = -(-len(images) // chunk)
-  mine = [k for k in range(n_chunks) if k % pcount == pindex]
-  part = lambda k: os.path.join(out_dir, f"part_{k:06d}.json")  # noqa: E731
-
-  def part_done(k):
-    if not os.path.exists(part(k)):
-      return False
-    try:
-      return _read_json(part(k))["image_ids"] == [img["id"] for img in images[k * chunk:(k + 1) * chunk]]
-    except (OSError, ValueError, KeyError):
-      return False
-
-  todo = [k for k in mine if not part_done(k)]
+  keys = [f"{i:09d}" for i in range(len(images))]
+  run = RunDir(out_dir)
+  if pindex == 0:
+    run.recover()  # temporary files of a killed write
+    identity = {"command": "self-train predict", "round": r, "images_sha256": hashlib.sha256(json.dumps(
+        [[img["id"], img["file_name"]] for img in images]).encode("utf-8")).hexdigest()}
+    if run.read_job() != identity:  # shards of other images (or none): start afresh
+      run.reset(outputs=False)
+      run.write_job(identity)
+  _barrier(f"selftrain_predict_start_{r}")
+  done = {k for k, _ in run.iter_ledger()}
+  todo = [k for k in range(n_chunks) if k % pcount == pindex and not done.issuperset(keys[k * chunk:(k + 1) * chunk])]
   agnostic = bool(cfg.data.class_agnostic)
   names = _train_names(rd)
   if todo:
@@ -369,54 +398,48 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
     predictor = Inference(cfg, mesh, names, int(cfg.eval.batch_size), settings.predict_min_score)
     lim = cfg.input
     bs = predictor.batch_size
+    writer = run.writer(shard_size=1 << 30, process_index=pindex)  # flushed once per chunk
     bar = tqdm(total=sum(len(images[k * chunk:(k + 1) * chunk]) for k in todo), unit="img",
                desc=f"predict round {r}", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for k in todo:
-      chunk_images = images[k * chunk:(k + 1) * chunk]
-      anns, errors = [], []
-      for s in range(0, len(chunk_images), bs):
+      for s in range(k * chunk, min((k + 1) * chunk, len(images)), bs):
         batch = []
-        for img in chunk_images[s:s + bs]:
+        for i in range(s, min(s + bs, (k + 1) * chunk, len(images))):
+          img = images[i]
           path = os.path.join(images_root, img["file_name"])
           try:
             arr = images_io.load_image(path, int(lim.min_side), int(lim.max_side), float(lim.max_aspect))
           except InputError as e:
-            errors.append({"image_id": img["id"], "file_name": img["file_name"], "reason": str(e)})
+            writer.add({"key": keys[i], "error": {"image_id": img["id"], "file_name": img["file_name"],
+                                                  "reason": str(e)}})
             continue
           if arr.shape[:2] != (int(img["height"]), int(img["width"])):
-            errors.append({"image_id": img["id"], "file_name": img["file_name"],
-                           "reason": f"decoded size {arr.shape[1]}x{arr.shape[0]} differs from the labels' "
-                                     f"{img['width']}x{img['height']}"})
+            writer.add({"key": keys[i], "error": {
+                "image_id": img["id"], "file_name": img["file_name"],
+                "reason": f"decoded size {arr.shape[1]}x{arr.shape[0]} differs from the labels' "
+                          f"{img['width']}x{img['height']}"}})
             continue
-          batch.append((img, arr))
+          batch.append((i, arr))
         outs = predictor(params, [a for _, a in batch], class_agnostic=agnostic) if batch else []
-        for (img, _), insts in zip(batch, outs):
-          kept = 0
-          for inst in insts:
-            if kept >= settings.predict_max_dets:
-              break
-            rle = encode_rle(inst["mask"])
-            area = int(inst["mask"].sum())
-            if area == 0:
-              continue
-            x0, y0, x1, y1 = inst["box"]
-            anns.append({"image_id": img["id"], "category_id": int(inst["category"]) + 1, "segmentation": rle,
-                         "area": float(area), "bbox": [float(x0), float(y0), float(max(x1 - x0, 0.0)),
-                                                       float(max(y1 - y0, 0.0))],
-                         "iscrowd": 0, "score": round(float(inst["score"]), 6)})
-            kept += 1
-        bar.update(len(chunk_images[s:s + bs]))
-      _write_compact(part(k), {"chunk": k, "image_ids": [img["id"] for img in chunk_images],
-                               "annotations": anns, "errors": errors})
+        for (i, _), insts in zip(batch, outs):
+          writer.add({"key": keys[i], "annotations": _prediction_annotations(images[i], insts,
+                                                                              settings.predict_max_dets)})
+        bar.update(min(s + bs, (k + 1) * chunk, len(images)) - s)
+      writer.flush()
       faults.fault(f"selftrain.predict.{r}")
     bar.close()
   _barrier(f"selftrain_predict_{r}")
   if pindex == 0:
-    anns, errors = [], []
-    for k in range(n_chunks):
-      p = _read_json(part(k))
-      anns.extend(p["annotations"])
-      errors.extend(p["errors"])
+    anns, errors, seen = [], [], 0
+    for rec in run.records():
+      seen += 1
+      if "error" in rec:
+        errors.append(rec["error"])
+      else:
+        anns.extend(rec["annotations"])
+    if seen != len(images):
+      raise RuntimeError(f"{out_dir}: predictions of {seen} of {len(images)} images found after every process "
+                         "finished its chunks")
     for i, a in enumerate(anns):
       a["id"] = i + 1
     info = {"description": f"zipjax self-train round {r}: the detector's predictions on the training images",
@@ -426,11 +449,7 @@ def predict_round(cfg, settings: Settings, rd: str, labels: dict, images_root: s
     cats = [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(names)]
     atomic_write_json(os.path.join(out_dir, "errors.json"), errors)
     _write_compact(final, {"info": info, "images": images, "annotations": anns, "categories": cats})
-    for k in range(n_chunks):
-      try:
-        os.unlink(part(k))
-      except FileNotFoundError:
-        pass
+    fs.rmtree(run.state)  # the shards: annotations.json is the phase's done-marker
     if errors:
       log(f"round {r}: {len(errors)} image(s) skipped in prediction, see {os.path.join(out_dir, 'errors.json')}")
   _barrier(f"selftrain_predicted_{r}")
