@@ -132,10 +132,19 @@ def _same_metrics(a, b):
 
 
 def _same_params(a, b):
+  """Equal to atol 1e-4, except the key third of each attention's in_proj_bias (q | k | v): its gradient is zero
+  in exact arithmetic (it adds the same q . b_k to every logit of a query, which softmax ignores), so Adam turns
+  each run's rounding noise into steps of up to the learning rate in a random direction; it is only bounded."""
   fa, fb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
   assert [p for p, _ in fa] == [p for p, _ in fb]
   for (path, x), (_, y) in zip(fa, fb):
-    np.testing.assert_allclose(x, y, rtol=0, atol=1e-4, err_msg=jax.tree_util.keystr(path))
+    name = jax.tree_util.keystr(path)
+    x, y = np.asarray(x), np.asarray(y)
+    if name.endswith("in_proj_bias']"):
+      d = x.shape[-1] // 3
+      np.testing.assert_allclose(x[..., d:2 * d], y[..., d:2 * d], rtol=0, atol=1e-2, err_msg=name + " (keys)")
+      x, y = np.concatenate([x[..., :d], x[..., 2 * d:]], -1), np.concatenate([y[..., :d], y[..., 2 * d:]], -1)
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-4, err_msg=name)
 
 
 @pytest.fixture(scope="module")
