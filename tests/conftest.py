@@ -29,6 +29,7 @@ QUICK = (
     "tests/models/test_tokenizer.py", "tests/tpu/test_train_scripts.py", "tests/test_preprocess.py",
     "tests/test_config_check.py", "tests/parallel/test_parallel.py", "tests/ops/test_nms.py",
     "tests/ops/test_box_ops.py", "tests/gallery/test_build.py", "tests/convert/test_torch_io.py",
+    "tests/test_schema.py",
     "tests/convert/test_safetensors.py", "tests/train/test_matcher.py", "tests/ops/test_kmeans.py",
 )
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

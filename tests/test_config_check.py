@@ -209,7 +209,7 @@ def test_each_train_field_refuses_a_bad_value(train_config, path):
     ("optim.warmup_steps", 500, "optim.warmup_steps = 500 must be <= total_steps = 300"),
     ("data.min_scale", 2.0, "data.max_scale = 1.4 must be >= data.min_scale = 2.0"),
     ("model.patch_size", 24, "config.model: detector config: input_size 128 is not a multiple of patch_size 24"),
-    ("model.drop_path", 1.0, "config.model: detector config: drop_path must be in [0, 1)"),
+    ("model.width", 63, "config.model: detector config: width 63 is not a multiple of heads 2"),
     ("text.arch.transformer_heads", 3, "transformer_width = 64 must be a multiple of text.arch.transformer_heads"),
     ("input.min_side", 9000, "input.max_side = 8192 must be >= input.min_side = 9000"),
 ])

@@ -12,7 +12,9 @@ The checks are tables, one per config family:
   plus the `selftrain` group; `zipjax self-train`), checked by `check_selftrain_config`. The rounds' workdirs
   hold plain train configs (no `selftrain` group), which `zipjax detect` checks as the train family.
 
-A rule table maps each field's dotted path to a `Rule` (type and range); the relations are the checks that
+A rule table maps each field's dotted path to a `Rule` (type and range; `zipjax.schema`); the groups that a typed
+dataclass describes (`model`: DetectorConfig, `loss`: LossConfig) take their rules from it, where each field's
+rule is declared beside its default and also checks a group built in Python. The relations are the checks that
 involve several fields (e.g. `input.max_side >= input.min_side`; for the detector, the model and loss configs'
 own consistency checks). `check_config(config, family=...)` walks every leaf of the config and
 
@@ -29,106 +31,19 @@ and reports every problem at once in one `InputError`. Rules whose kind is `arch
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from zipjax import weights
 from zipjax.errors import InputError
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """What one config field may hold.
-
-  Attributes:
-    kind: 'int', 'float', 'bool', 'str' (non-empty), 'choice' (one of `choices`) or 'arch' (a non-empty
-      architecture name, or a dict of architecture fields; the whole subtree is this rule's).
-    lo: smallest allowed value (numbers), or None.
-    hi: largest allowed value (numbers), or None.
-    lo_open: `lo` itself is not allowed.
-    choices: the allowed values of a 'choice' field.
-    hi_open: `hi` itself is not allowed.
-  """
-  kind: str
-  lo: float | None = None
-  hi: float | None = None
-  lo_open: bool = False
-  choices: tuple = ()
-  custom: Callable[[Any], bool] | None = None
-  text: str = ""
-  hi_open: bool = False
-
-  def describe(self) -> str:
-    if self.kind == "custom":
-      return self.text
-    if self.kind == "choice":
-      return "one of " + ", ".join(repr(c) for c in self.choices)
-    if self.kind == "bool":
-      return "a boolean"
-    if self.kind == "str":
-      return "a non-empty string"
-    if self.kind == "arch":
-      return "an architecture name or a dict of architecture fields"
-    what = "an integer" if self.kind == "int" else "a finite number"
-    if self.lo is not None and self.hi is not None:
-      return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-    if self.lo is not None:
-      return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
-    if self.hi is not None:
-      return f"{what} {'<' if self.hi_open else '<='} {self.hi:g}"
-    return what
-
-  def problem(self, value: Any) -> str | None:
-    """Why `value` does not fit, or None."""
-    if self.kind == "custom":
-      try:
-        ok = bool(self.custom(value))
-      except (TypeError, ValueError, KeyError, IndexError):
-        ok = False
-      return None if ok else f"must be {self.describe()}"
-    if self.kind == "bool":
-      return None if isinstance(value, bool) else f"must be {self.describe()}"
-    if self.kind == "str":
-      return None if isinstance(value, str) and value.strip() else f"must be {self.describe()}"
-    if self.kind == "choice":
-      ok = any(value == c and type(value) is type(c) for c in self.choices)  # 4.0 is not the choice 4
-      return None if ok else f"must be {self.describe()}"
-    if self.kind == "arch":
-      if isinstance(value, str) and value.strip():
-        return None
-      if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-        return None
-      return f"must be {self.describe()}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      return f"must be {self.describe()}"
-    if self.kind == "int" and not isinstance(value, int):
-      return f"must be {self.describe()}"
-    if not math.isfinite(value):
-      return f"must be {self.describe()} (NaN and infinities are refused)"
-    if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-      return f"must be {self.describe()}"
-    if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-      return f"must be {self.describe()}"
-    return None
-
-
-def Int(lo: int | None = None, hi: int | None = None) -> Rule:  # pylint: disable=invalid-name
-  return Rule("int", lo, hi)
-
-
-def Float(lo: float | None = None, hi: float | None = None,  # pylint: disable=invalid-name
-          lo_open: bool = False, hi_open: bool = False) -> Rule:
-  return Rule("float", lo, hi, lo_open, hi_open=hi_open)
-
-
-def Choice(*choices) -> Rule:  # pylint: disable=invalid-name
-  return Rule("choice", choices=tuple(choices))
-
-
-def Custom(text: str, check: Callable[[Any], bool]) -> Rule:  # pylint: disable=invalid-name
-  """A field checked by `check(value) -> bool`; `text` says what it must be."""
-  return Rule("custom", custom=check, text=text)
+from zipjax.jobs.selftrain import Settings
+from zipjax.models.detector import DetectorConfig
+from zipjax.models.sam2.sam2 import SAM2_SIZES, size_key
+from zipjax.models.sam_net.model import SAM_SIZES
+from zipjax.schema import BOOL, PROBABILITY, Choice, Custom, Float, Int, Rule, rules_of
+from zipjax.train.losses import LossConfig
 
 
 def _is_number(v) -> bool:
@@ -160,7 +75,6 @@ def _sharding_action(a) -> bool:
 
 def _regex_pairs(v, second: Callable[[Any], bool]) -> bool:
   """A list of (regex, x) pairs whose regexes compile and whose x pass `second`."""
-  import re  # pylint: disable=import-outside-toplevel
   if not isinstance(v, (list, tuple)):
     return False
   for rule in v:
@@ -181,10 +95,8 @@ def _sharding_rules(v) -> bool:
 MESH = Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh)
 SHARDING_RULES = Custom("a list of (regex, action) pairs; action: a PartitionSpec tuple of axis names / None, "
                         "'fsdp', 'fsdp:AXIS' or 'replicate' (zipjax/parallel)", _sharding_rules)
-BOOL = Rule("bool")
 TEXT = Rule("str")
 ARCH = Rule("arch")
-PROBABILITY = Float(0.0, 1.0)
 
 # Every field of the presets in zipjax/configs.py (see the comments there for what each one does).
 RULES: dict[str, Rule] = {
@@ -307,18 +219,15 @@ def _sam_family(config) -> str | None:
   family, arch = _get(config, "sam.family"), _get(config, "models.sam.arch")
   if isinstance(arch, str):
     if family == "sam2":
-      from zipjax.models.sam2.sam2 import SAM2_SIZES, size_key  # pylint: disable=import-outside-toplevel
       try:
         size_key(arch)
       except ValueError:
         return (f"models.sam.arch = {arch!r} is not a SAM 2 size ({', '.join(SAM2_SIZES)}) for sam.family = "
                 "'sam2'")
     else:
-      from zipjax.models.sam_net.model import SAM_SIZES  # pylint: disable=import-outside-toplevel
       if (arch if arch.startswith("vit_") else f"vit_{arch}") not in SAM_SIZES:
         return f"models.sam.arch = {arch!r} is not a SAM size ({', '.join(SAM_SIZES)}) for sam.family = 'sam'"
   checkpoint = _get(config, "models.sam.checkpoint")
-  from zipjax import weights  # pylint: disable=import-outside-toplevel
   try:
     entry = weights.lookup(str(checkpoint))
   except Exception:  # pylint: disable=broad-except
@@ -355,46 +264,9 @@ TRAIN_RULES: dict[str, Rule] = {
     "init_workdir": OPTIONAL_TEXT,      # "" = none
     "distributed": BOOL,
     "xla_opt_level": Int(-1, 3),        # -1: XLA's default
-    # the detector (DetectorConfig)
-    "model.input_size": Int(1),
-    "model.patch_size": Int(1),
-    "model.width": Int(1),
-    "model.layers": Int(1),
-    "model.heads": Int(1),
-    "model.embed_dim": Int(1),
-    "model.mask_stride": Int(1),
-    "model.mask_dim": Int(1),
-    "model.pixel_width": Int(1),
-    "model.stem_width": Int(0),
-    "model.prior_prob": Float(0.0, 1.0, lo_open=True),
-    "model.drop_path": PROBABILITY,
-    "model.remat": BOOL,
-    "model.dtype": Choice("float32", "bfloat16"),
-    "model.merge_class_token": Choice("mul-ln", "drop"),
-    "model.top_k": Int(1),
-    "model.score": Choice("class", "class_objectness", "class_mask"),
-    "model.box_source": Choice("head", "mask"),
-    "model.box_param": Choice("logit", "ltrb"),
-    "model.mask_nms": PROBABILITY,
-    # the set loss (LossConfig)
-    "loss.focal_alpha": PROBABILITY,
-    "loss.focal_gamma": Float(0.0),
-    "loss.cost_class": Float(0.0),
-    "loss.cost_l1": Float(0.0),
-    "loss.cost_giou": Float(0.0),
-    "loss.cost_mask": Float(0.0),
-    "loss.cost_mask_points": Int(1),
-    "loss.cost_center": Float(0.0),
-    "loss.class_weight": Float(0.0),
-    "loss.l1_weight": Float(0.0),
-    "loss.giou_weight": Float(0.0),
-    "loss.dice_weight": Float(0.0),
-    "loss.mask_bce_weight": Float(0.0),
-    "loss.objectness_weight": Float(0.0),
-    "loss.objectness_loss": Choice("focal", "bce"),
-    "loss.mask_points": Int(0),
-    "loss.drop_loss": BOOL,
-    "loss.drop_loss_iou": PROBABILITY,
+    # the detector and the set loss: the rules declared with DetectorConfig's and LossConfig's fields
+    **rules_of(DetectorConfig, "model."),
+    **rules_of(LossConfig, "loss."),
     # the frozen text tower (used without init_checkpoint)
     "text.arch.context_length": Int(1),
     "text.arch.vocab_size": Int(1),
@@ -466,16 +338,6 @@ def _from_dataclass(group: str, build) -> Callable[[Any], str | None]:
   return check
 
 
-def _detector_config(model):
-  from zipjax.models.detector import DetectorConfig  # pylint: disable=import-outside-toplevel
-  return DetectorConfig.from_config(model)
-
-
-def _loss_config(loss):
-  from zipjax.train.losses import LossConfig  # pylint: disable=import-outside-toplevel
-  return LossConfig.from_config(loss)
-
-
 def _scales(config) -> str | None:
   lo, hi = _get(config, "data.min_scale"), _get(config, "data.max_scale")
   if hi < lo:
@@ -498,54 +360,24 @@ def _text_heads(config) -> str | None:
 
 
 TRAIN_RELATIONS: list[Callable[[Any], str | None]] = [
-    _input_sides, _scales, _warmup, _text_heads, _from_dataclass("model", _detector_config),
-    _from_dataclass("loss", _loss_config)]
+    _input_sides, _scales, _warmup, _text_heads, _from_dataclass("model", DetectorConfig.from_config),
+    _from_dataclass("loss", LossConfig.from_config)]
 
 
-def _probabilities(v) -> bool:
-  return isinstance(v, (list, tuple)) and all(_is_number(t) and 0.0 <= t <= 1.0 for t in v)
-
-
-def _round_steps(v) -> bool:
-  if isinstance(v, int) and not isinstance(v, bool):
-    return v >= 1
-  return isinstance(v, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)
-
-
-# The `selftrain` group of configs/selftrain_*.py (zipjax/jobs/selftrain.py `Settings`) over the train rules.
-SELFTRAIN_GROUP_RULES: dict[str, Rule] = {
-    "selftrain.rounds": Int(0),
-    "selftrain.thresholds": Custom("a list of score thresholds in [0, 1], one per round 1..rounds", _probabilities),
-    "selftrain.max_dets": Int(1),
-    "selftrain.mode": Choice("union", "replace"),
-    "selftrain.dedup_iou": Float(0.0, 1.0, lo_open=True),
-    "selftrain.min_area": Float(0.0),
-    "selftrain.steps": Custom("[] (total_steps each round), N, [N] or one positive step count per round 0..rounds",
-                              _round_steps),
-    "selftrain.init": Choice("previous", "base"),
-    "selftrain.predict_min_score": PROBABILITY,
-    "selftrain.predict_max_dets": Int(1),
-    "selftrain.predict_chunk": Int(1),
-    "selftrain.calibrate": Float(0.0, 1.0, hi_open=True),
-    "selftrain.support_quantile": Float(0.0, 1.0, hi_open=True),
-    "selftrain.rescore": BOOL,
-    "selftrain.protect": BOOL,
-}
-
-
-def _selftrain_rounds(config) -> str | None:
-  rounds, thresholds, steps = (_get(config, "selftrain." + k) for k in ("rounds", "thresholds", "steps"))
-  if len(thresholds) < rounds:
-    return (f"selftrain.thresholds has {len(thresholds)} value(s) for selftrain.rounds = {rounds}: give one "
-            "threshold per round")
-  if not isinstance(steps, int) and len(steps) not in (0, 1, rounds + 1):
-    return (f"selftrain.steps has {len(steps)} values: give [] , [N] or one per round 0..{rounds} "
-            f"(selftrain.rounds = {rounds})")
+def _selftrain_consistent(config) -> str | None:
+  """The self-training settings' own relations (thresholds per round, steps per round)."""
+  try:
+    Settings.from_config(config)
+  except InputError as e:
+    return str(e)
   return None
 
 
+# The `selftrain` group of configs/selftrain_*.py over the train rules: the rules declared with the fields of
+# zipjax/jobs/selftrain.py `Settings`.
+SELFTRAIN_GROUP_RULES: dict[str, Rule] = rules_of(Settings, "selftrain.")
 SELFTRAIN_RULES: dict[str, Rule] = {**TRAIN_RULES, **SELFTRAIN_GROUP_RULES}
-SELFTRAIN_RELATIONS: list[Callable[[Any], str | None]] = TRAIN_RELATIONS + [_selftrain_rounds]
+SELFTRAIN_RELATIONS: list[Callable[[Any], str | None]] = TRAIN_RELATIONS + [_selftrain_consistent]
 
 # family name -> (name of its rule table global, name of its relations global, hint for a missing field);
 # tables are looked up by name at call time, so a test may swap a table for a copy

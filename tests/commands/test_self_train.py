@@ -48,14 +48,14 @@ def test_defaults_are_cutlers():
 
 @pytest.mark.parametrize("overrides,msg", [
     (["--config.selftrain.rounds=3"], "give one threshold per round"),
-    (["--config.selftrain.thresholds=[0.7,1.5]"], "thresholds must be in [0, 1]"),
+    (["--config.selftrain.thresholds=[0.7,1.5]"], "thresholds = [0.7, 1.5]: must be a list"),
     (["--config.selftrain.steps=[10,20]"], "one positive value per round 0..2"),
-    (["--config.selftrain.steps=[10,0,5]"], "one positive value per round"),
+    (["--config.selftrain.steps=[10,0,5]"], "steps = [10, 0, 5]: must be"),
     (["--config.selftrain.mode=intersect"], "selftrain.mode"),
     (["--config.selftrain.init=latest"], "selftrain.init"),
     (["--config.selftrain.dedup_iou=0"], "dedup_iou"),
     (["--config.selftrain.max_dets=0"], "max_dets"),
-    (["--config.selftrain.rounds=-1"], "rounds must be >= 0"),
+    (["--config.selftrain.rounds=-1"], "rounds = -1: must be an integer >= 0"),
 ])
 def test_bad_settings(overrides, msg):
   with pytest.raises(InputError, match=msg.replace("[", r"\[").replace("]", r"\]")):

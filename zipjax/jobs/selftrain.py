@@ -84,6 +84,7 @@ from zipjax.io.coco import normalize_name
 from zipjax.io.geometry import encode_rle
 from zipjax.io.shards import RunDir
 from zipjax.jobs.comm import Comm
+from zipjax.schema import BOOL, PROBABILITY, Choice, Custom, Float, Int, check, from_mapping, setting
 from zipjax.train import trainer as tr
 from zipjax.train.metrics import read_metrics
 from zipjax.train.predict import Inference
@@ -97,6 +98,11 @@ TRAIN_DONE = "train_done.json"
 EVAL_FILE = "eval.json"
 STATE_FILE = "selftrain.json"
 INITS = ("previous", "base")
+THRESHOLDS = Custom("a list of score thresholds in [0, 1], one per round 1..rounds",
+                    lambda v: isinstance(v, (list, tuple)) and all(PROBABILITY.problem(t) is None for t in v))
+ROUND_STEPS = Custom("[] (total_steps each round), N, [N] or one positive step count per round 0..rounds",
+                     lambda v: Int(1).problem(v) is None if not isinstance(v, (list, tuple)) else
+                     all(Int(1).problem(n) is None for n in v))
 # config groups a rerun must share with the run that started the workdir (runtime settings may change)
 FIXED_KEYS = ("model", "loss", "text", "data", "optim", "batch_size", "seed", "total_steps", "init_checkpoint",
               "init_workdir", "selftrain")
@@ -105,7 +111,8 @@ FIXED_KEYS = ("model", "loss", "text", "data", "optim", "batch_size", "seed", "t
 # -------------------------------------------------------------------------------------------- settings
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """`config.selftrain`, validated.
+  """`config.selftrain`, validated: each field's rule (type and range) is declared with it (`zipjax.schema.
+  setting`), and the config check of the `selftrain` group uses the same rules.
 
   Attributes:
     rounds: self-training rounds R after round 0 (R + 1 detectors are trained).
@@ -130,63 +137,44 @@ class Settings:
       (union mode; predictions agreeing with a protected label confirm it and add nothing): a detector trained on
       its own labels does not redo them, which drifts (`zipjax.data.self_labels`).
   """
-  rounds: int
-  thresholds: tuple
-  max_dets: int
-  mode: str
-  dedup_iou: float
-  min_area: float
-  steps: tuple
-  init: str
-  predict_min_score: float
-  predict_max_dets: int
-  predict_chunk: int
-  calibrate: float = 0.0
-  support_quantile: float = 0.0
-  rescore: bool = False
-  protect: bool = False
+  rounds: int = setting(2, Int(0))
+  thresholds: tuple = setting((), THRESHOLDS)
+  max_dets: int = setting(30, Int(1))
+  mode: str = setting("union", Choice(*MODES))
+  dedup_iou: float = setting(0.5, Float(0.0, 1.0, lo_open=True))
+  min_area: float = setting(0.0, Float(0.0))
+  steps: tuple = setting((), ROUND_STEPS)
+  init: str = setting("previous", Choice(*INITS))
+  predict_min_score: float = setting(0.05, PROBABILITY)
+  predict_max_dets: int = setting(100, Int(1))
+  predict_chunk: int = setting(64, Int(1))
+  calibrate: float = setting(0.0, Float(0.0, 1.0, hi_open=True))
+  support_quantile: float = setting(0.0, Float(0.0, 1.0, hi_open=True))
+  rescore: bool = setting(False, BOOL)
+  protect: bool = setting(False, BOOL)
+
+  def __post_init__(self):
+    check(self, "selftrain.")
 
   @classmethod
   def from_config(cls, config) -> "Settings":
+    """`config.selftrain` (every field's rule, then the relations), with `thresholds` one per round and `steps`
+    one per round 0..rounds (`[]`: config.total_steps each; `N` or `[N]`: N each)."""
     if "selftrain" not in config:
       raise InputError("the config has no 'selftrain' group (use configs/selftrain_*.py)")
-    s = config.selftrain
-    rounds = int(s.rounds)
-    if rounds < 0:
-      raise InputError(f"selftrain.rounds must be >= 0, got {rounds}")
-    thresholds = tuple(float(t) for t in s.thresholds)
-    if len(thresholds) < rounds:
-      raise InputError(f"selftrain.thresholds has {len(thresholds)} value(s) for {rounds} rounds: give one "
-                       "threshold per round")
-    if any(not 0.0 <= t <= 1.0 for t in thresholds):
-      raise InputError(f"selftrain.thresholds must be in [0, 1], got {list(thresholds)}")
-    steps = s.steps
-    if isinstance(steps, int) and not isinstance(steps, bool):
-      steps = [steps]
-    steps = [int(v) for v in steps] or [int(config.total_steps)]
+    s = from_mapping(cls, config.selftrain, "selftrain config")
+    if len(s.thresholds) < s.rounds:
+      raise InputError(f"selftrain.thresholds has {len(s.thresholds)} value(s) for selftrain.rounds = {s.rounds}: "
+                       "give one threshold per round")
+    steps = [s.steps] if isinstance(s.steps, int) else list(s.steps)
+    steps = steps or [int(config.total_steps)]
     if len(steps) == 1:
-      steps = steps * (rounds + 1)
-    if len(steps) != rounds + 1 or min(steps) < 1:
-      raise InputError(f"selftrain.steps must be [] (config.total_steps each round), [N] or one positive value per "
-                       f"round 0..{rounds}, got {list(s.steps) if not isinstance(s.steps, int) else s.steps}")
-    steps = tuple(steps)
-    if s.mode not in MODES:
-      raise InputError(f"selftrain.mode must be one of {', '.join(MODES)}, got {s.mode!r}")
-    if s.init not in INITS:
-      raise InputError(f"selftrain.init must be one of {', '.join(INITS)}, got {s.init!r}")
-    out = cls(rounds=rounds, thresholds=thresholds[:rounds], max_dets=int(s.max_dets), mode=str(s.mode),
-              dedup_iou=float(s.dedup_iou), min_area=float(s.min_area), steps=steps, init=str(s.init),
-              predict_min_score=float(s.predict_min_score), predict_max_dets=int(s.predict_max_dets),
-              predict_chunk=int(s.predict_chunk), calibrate=float(s.get("calibrate", 0.0)),
-              support_quantile=float(s.get("support_quantile", 0.0)), rescore=bool(s.get("rescore", False)),
-              protect=bool(s.get("protect", False)))
-    if out.max_dets < 1 or out.predict_max_dets < 1 or out.predict_chunk < 1:
-      raise InputError("selftrain.max_dets, predict_max_dets and predict_chunk must be >= 1")
-    if not 0.0 < out.dedup_iou <= 1.0:
-      raise InputError(f"selftrain.dedup_iou must be in (0, 1], got {out.dedup_iou}")
-    if not (0.0 <= out.calibrate < 1.0 and 0.0 <= out.support_quantile < 1.0):
-      raise InputError("selftrain.calibrate and selftrain.support_quantile must be in [0, 1)")
-    return out
+      steps = steps * (s.rounds + 1)
+    if len(steps) != s.rounds + 1:
+      raise InputError(f"selftrain.steps has {len(steps)} values: give [], [N] or one positive value per round "
+                       f"0..{s.rounds} (selftrain.rounds = {s.rounds})")
+    return dataclasses.replace(s, thresholds=tuple(float(t) for t in s.thresholds[:s.rounds]),
+                               steps=tuple(int(n) for n in steps))
 
 
 def round_dir(workdir: str, r: int) -> str:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -50,6 +50,7 @@ from zipjax.models.tree import flatten, unflatten
 from zipjax.ops.box_ops import cxcywh_to_xyxy
 from zipjax.ops.resize import resize_bilinear
 from zipjax.preprocess import CLIP_MEAN, CLIP_STD
+from zipjax.schema import BOOL, PROBABILITY, Choice, Float, Int, check, from_mapping, setting
 
 QUERY_PAD_LOGIT = -1e6
 BOX_PARAMS = ("logit", "ltrb")
@@ -59,7 +60,9 @@ SCORES = ("class", "class_objectness", "class_mask")
 # ------------------------------------------------------------------------------------------------ config
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
-  """Architecture and compute options of the detector (hashable: usable as a static jit argument).
+  """Architecture and compute options of the detector (hashable: usable as a static jit argument). Each field's
+  rule (type and range) is declared with it (`zipjax.schema.setting`): the config check of `config.model` uses
+  the same rules.
 
   Attributes:
     input_size: square input side S (images are padded to it); a multiple of patch_size and mask_stride.
@@ -93,31 +96,30 @@ class DetectorConfig:
       central one; an untrained head predicts its own cell either way).
     mask_nms: greedy mask-IoU suppression of the detections at this IoU (`zipjax.train.predict`; 0: off).
   """
-  input_size: int = 768
-  patch_size: int = 16
-  width: int = 768
-  layers: int = 12
-  heads: int = 12
-  embed_dim: int = 512
-  mask_stride: int = 4
-  mask_dim: int = 64
-  pixel_width: int = 128
-  stem_width: int = 32
-  prior_prob: float = 0.01
-  drop_path: float = 0.0
-  remat: bool = False
-  dtype: str = "float32"
-  merge_class_token: str = "mul-ln"
-  top_k: int = 100
-  score: str = "class"
-  box_source: str = "head"
-  box_param: str = "logit"
-  mask_nms: float = 0.0
+  input_size: int = setting(768, Int(1))
+  patch_size: int = setting(16, Int(1))
+  width: int = setting(768, Int(1))
+  layers: int = setting(12, Int(1))
+  heads: int = setting(12, Int(1))
+  embed_dim: int = setting(512, Int(1))
+  mask_stride: int = setting(4, Int(1))
+  mask_dim: int = setting(64, Int(1))
+  pixel_width: int = setting(128, Int(1))
+  stem_width: int = setting(32, Int(0))
+  prior_prob: float = setting(0.01, Float(0.0, 1.0, lo_open=True, hi_open=True))  # its logit is a bias
+  drop_path: float = setting(0.0, Float(0.0, 1.0, hi_open=True))                  # 1 drops every block
+  remat: bool = setting(False, BOOL)
+  dtype: str = setting("float32", Choice("float32", "bfloat16"))
+  merge_class_token: str = setting("mul-ln", Choice("mul-ln", "drop"))
+  top_k: int = setting(100, Int(1))
+  score: str = setting("class", Choice(*SCORES))
+  box_source: str = setting("head", Choice("head", "mask"))
+  box_param: str = setting("logit", Choice(*BOX_PARAMS))
+  mask_nms: float = setting(0.0, PROBABILITY)
 
   def __post_init__(self):
+    check(self, "detector config")  # every field's rule, then the relations between fields
     s, p, m = self.input_size, self.patch_size, self.mask_stride
-    if min(s, p, m, self.width, self.layers, self.heads, self.embed_dim, self.mask_dim, self.pixel_width) <= 0:
-      raise InputError(f"detector config: sizes must be positive: {self}")
     if s % p:
       raise InputError(f"detector config: input_size {s} is not a multiple of patch_size {p}")
     if p % m or (p // m) & (p // m - 1):
@@ -126,23 +128,6 @@ class DetectorConfig:
       raise InputError(f"detector config: mask_stride must be a power of two, got {m}")
     if self.width % self.heads:
       raise InputError(f"detector config: width {self.width} is not a multiple of heads {self.heads}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise InputError(f"detector config: dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-    if self.merge_class_token not in ("mul-ln", "drop"):
-      raise InputError(f"detector config: merge_class_token must be 'mul-ln' or 'drop', got "
-                       f"{self.merge_class_token!r}")
-    if self.score not in SCORES:
-      raise InputError(f"detector config: score must be one of {', '.join(SCORES)}, got {self.score!r}")
-    if not 0.0 <= self.mask_nms <= 1.0:
-      raise InputError(f"detector config: mask_nms must be in [0, 1], got {self.mask_nms}")
-    if self.box_source not in ("head", "mask"):
-      raise InputError(f"detector config: box_source must be 'head' or 'mask', got {self.box_source!r}")
-    if self.box_param not in BOX_PARAMS:
-      raise InputError(f"detector config: box_param must be one of {', '.join(BOX_PARAMS)}, got {self.box_param!r}")
-    if not 0.0 < self.prior_prob < 1.0:
-      raise InputError(f"detector config: prior_prob must be in (0, 1), got {self.prior_prob}")
-    if not 0.0 <= self.drop_path < 1.0:
-      raise InputError(f"detector config: drop_path must be in [0, 1), got {self.drop_path}")
 
   @property
   def grid(self) -> int:
@@ -161,12 +146,7 @@ class DetectorConfig:
   @classmethod
   def from_config(cls, config: Mapping[str, Any] | Any) -> "DetectorConfig":
     """From a dict or ml_collections ConfigDict (`config.model`); unknown keys are an error."""
-    d = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise InputError(f"unknown detector config keys: {unknown}; known: {sorted(names)}")
-    return cls(**d)
+    return from_mapping(cls, config, "detector config")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

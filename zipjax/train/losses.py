@@ -43,12 +43,16 @@ import jax.numpy as jnp
 from zipjax.errors import InputError
 from zipjax.models.detector import cell_centres, mask_logits
 from zipjax.ops import box_ops
+from zipjax.schema import BOOL, PROBABILITY, Choice, Float, Int, check, from_mapping, setting
 from zipjax.train import matcher
+
+NON_NEGATIVE = Float(0.0)  # a cost or loss weight (< 0 would reward the error)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """Weights and options of the set loss.
+  """Weights and options of the set loss; each field's rule (type and range) is declared with it
+  (`zipjax.schema.setting`), and the config check of `config.loss` uses the same rules.
 
   Attributes:
     focal_alpha: sigmoid focal alpha (class loss, class cost, focal objectness).
@@ -72,42 +76,32 @@ class LossConfig:
     drop_loss: CutLER's DropLoss on the class and objectness losses.
     drop_loss_iou: IoU threshold of DropLoss.
   """
-  focal_alpha: float = 0.25
-  focal_gamma: float = 2.0
-  cost_class: float = 2.0
-  cost_l1: float = 5.0
-  cost_giou: float = 2.0
-  cost_mask: float = 0.0
-  cost_mask_points: int = 1024
-  cost_center: float = 0.0
-  class_weight: float = 2.0
-  l1_weight: float = 5.0
-  giou_weight: float = 2.0
-  dice_weight: float = 2.0
-  mask_bce_weight: float = 2.0
-  objectness_weight: float = 1.0
-  objectness_loss: str = "focal"
-  mask_points: int = 0
-  drop_loss: bool = False
-  drop_loss_iou: float = 0.01
+  focal_alpha: float = setting(0.25, PROBABILITY)
+  focal_gamma: float = setting(2.0, NON_NEGATIVE)
+  cost_class: float = setting(2.0, NON_NEGATIVE)
+  cost_l1: float = setting(5.0, NON_NEGATIVE)
+  cost_giou: float = setting(2.0, NON_NEGATIVE)
+  cost_mask: float = setting(0.0, NON_NEGATIVE)
+  cost_mask_points: int = setting(1024, Int(1))
+  cost_center: float = setting(0.0, NON_NEGATIVE)
+  class_weight: float = setting(2.0, NON_NEGATIVE)
+  l1_weight: float = setting(5.0, NON_NEGATIVE)
+  giou_weight: float = setting(2.0, NON_NEGATIVE)
+  dice_weight: float = setting(2.0, NON_NEGATIVE)
+  mask_bce_weight: float = setting(2.0, NON_NEGATIVE)
+  objectness_weight: float = setting(1.0, NON_NEGATIVE)
+  objectness_loss: str = setting("focal", Choice("focal", "bce"))
+  mask_points: int = setting(0, Int(0))
+  drop_loss: bool = setting(False, BOOL)
+  drop_loss_iou: float = setting(0.01, PROBABILITY)
 
   def __post_init__(self):
-    if self.objectness_loss not in ("focal", "bce"):
-      raise InputError(f"loss.objectness_loss must be 'focal' or 'bce', got {self.objectness_loss!r}")
-    if self.mask_points < 0 or self.cost_mask_points <= 0:
-      raise InputError("loss.mask_points must be >= 0 and loss.cost_mask_points > 0")
+    check(self, "loss config")
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any] | Any) -> "LossConfig":
     """From a LossConfig, dict or ml_collections ConfigDict (`config.loss`); unknown keys are an error."""
-    if isinstance(config, cls):
-      return config
-    d = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise InputError(f"unknown loss config keys: {unknown}; known: {sorted(names)}")
-    return cls(**d)
+    return config if isinstance(config, cls) else from_mapping(cls, config, "loss config")
 
 
 # ------------------------------------------------------------------------------------------------ pieces

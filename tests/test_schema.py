@@ -1,0 +1,65 @@
+"""Typed config groups (zipjax/schema.py): a field's rule is declared once, beside its default, and both the
+dataclass built in Python and the config check of a config file's group apply it."""
+import copy
+import dataclasses
+
+import pytest
+
+from zipjax import config_check, schema
+from zipjax.commands.segment import load_config_file
+from zipjax.errors import InputError
+from zipjax.jobs.selftrain import Settings
+from zipjax.models.detector import DetectorConfig
+from zipjax.train.losses import LossConfig
+
+GROUPS = ((DetectorConfig, "model."), (LossConfig, "loss."), (Settings, "selftrain."))
+
+
+@pytest.mark.parametrize("cls,prefix", GROUPS)
+def test_every_field_has_a_rule_and_the_check_uses_it(cls, prefix):
+  rules = schema.rules_of(cls, prefix)
+  assert list(rules) == [prefix + f.name for f in dataclasses.fields(cls)]
+  table = config_check.SELFTRAIN_RULES
+  assert {k: table[k] for k in table if k.startswith(prefix)} == rules  # no second rule for a field
+  for f in dataclasses.fields(cls):  # the defaults pass their own rules
+    assert f.metadata["rule"].problem(f.default) is None, f.name
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("drop_path", 1.0, "drop_path = 1.0: must be a finite number in [0, 1)"),
+    ("prior_prob", 1.0, "prior_prob = 1.0: must be a finite number in (0, 1)"),
+    ("stem_width", -1, "stem_width = -1: must be an integer >= 0"),
+    ("box_source", "tight", "box_source = 'tight': must be one of 'head', 'mask'"),
+    ("layers", 2.0, "layers = 2.0: must be an integer >= 1"),
+    ("remat", 1, "remat = 1: must be a boolean"),
+])
+def test_python_and_config_file_refuse_alike(field, value, why):
+  """The same bad value, given to the dataclass in Python and to a config file's group, is refused by the same
+  rule with the same words."""
+  with pytest.raises(InputError, match="detector config: " + why.replace("(", r"\(").replace(")", r"\)")
+                     .replace("[", r"\[")):
+    DetectorConfig(**{field: value})
+  config = copy.deepcopy(load_config_file("configs/train_smoke.py"))
+  config.model.unlock()
+  del config.model[field]
+  config.model[field] = value
+  with pytest.raises(InputError) as e:
+    config_check.check_train_config(config)
+  assert f"config.model.{why}" in str(e.value)
+
+
+def test_every_problem_of_a_group_at_once_and_the_relations_after():
+  with pytest.raises(InputError) as e:
+    LossConfig(focal_alpha=2.0, mask_points=-1)
+  assert str(e.value).count("must be") == 2 and "focal_alpha = 2.0" in str(e.value)
+  with pytest.raises(InputError, match="width 30 is not a multiple of heads 4"):
+    DetectorConfig(width=30, heads=4)
+
+
+def test_from_mapping_refuses_unknown_keys_and_takes_floats_as_floats():
+  with pytest.raises(InputError, match=r"unknown loss config keys: \['cost_clas'\]"):
+    LossConfig.from_config({"cost_clas": 1.0})
+  loss = LossConfig.from_config({"cost_class": 3})
+  assert loss.cost_class == 3.0 and isinstance(loss.cost_class, float)
+  with pytest.raises(InputError, match="mask_points = 1.5: must be an integer"):
+    LossConfig.from_config({"mask_points": 1.5})  # an int field is not rounded

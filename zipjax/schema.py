@@ -1,0 +1,162 @@
+"""Typed config groups: the rule of each field (type and range) declared once, beside its default.
+
+A config group that a frozen dataclass describes (the detector's `DetectorConfig`, the loss's `LossConfig`)
+declares each field with `setting(default, rule)`; from that one declaration
+
+- the dataclass validates itself (`check(self, "detector config")` in `__post_init__`: every field's rule, then
+  its own relations between fields), so a group built in Python is checked like one read from a config file;
+- `zipjax.config_check` takes the group's rules (`rules_of(DetectorConfig, "model.")`) into its tables, so a
+  config file's group is checked before anything runs, with every other problem, by the same rules;
+- `from_mapping(cls, group, what)` builds the dataclass from a config group (a dict or ConfigDict), refusing
+  unknown keys.
+
+`Rule` (and the shorthands `Int`, `Float`, `Choice`, `Custom`, `BOOL`, `PROBABILITY`) is what one field may hold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from zipjax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What one config field may hold.
+
+  Attributes:
+    kind: 'int', 'float', 'bool', 'str' (non-empty), 'choice' (one of `choices`) or 'arch' (a non-empty
+      architecture name, or a dict of architecture fields; the whole subtree is this rule's).
+    lo: smallest allowed value (numbers), or None.
+    hi: largest allowed value (numbers), or None.
+    lo_open: `lo` itself is not allowed.
+    choices: the allowed values of a 'choice' field.
+    hi_open: `hi` itself is not allowed.
+  """
+  kind: str
+  lo: float | None = None
+  hi: float | None = None
+  lo_open: bool = False
+  choices: tuple = ()
+  custom: Callable[[Any], bool] | None = None
+  text: str = ""
+  hi_open: bool = False
+
+  def describe(self) -> str:
+    if self.kind == "custom":
+      return self.text
+    if self.kind == "choice":
+      return "one of " + ", ".join(repr(c) for c in self.choices)
+    if self.kind == "bool":
+      return "a boolean"
+    if self.kind == "str":
+      return "a non-empty string"
+    if self.kind == "arch":
+      return "an architecture name or a dict of architecture fields"
+    what = "an integer" if self.kind == "int" else "a finite number"
+    if self.lo is not None and self.hi is not None:
+      return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+    if self.lo is not None:
+      return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+    if self.hi is not None:
+      return f"{what} {'<' if self.hi_open else '<='} {self.hi:g}"
+    return what
+
+  def problem(self, value: Any) -> str | None:
+    """Why `value` does not fit, or None."""
+    if self.kind == "custom":
+      try:
+        ok = bool(self.custom(value))
+      except (TypeError, ValueError, KeyError, IndexError):
+        ok = False
+      return None if ok else f"must be {self.describe()}"
+    if self.kind == "bool":
+      return None if isinstance(value, bool) else f"must be {self.describe()}"
+    if self.kind == "str":
+      return None if isinstance(value, str) and value.strip() else f"must be {self.describe()}"
+    if self.kind == "choice":
+      ok = any(value == c and type(value) is type(c) for c in self.choices)  # 4.0 is not the choice 4
+      return None if ok else f"must be {self.describe()}"
+    if self.kind == "arch":
+      if isinstance(value, str) and value.strip():
+        return None
+      if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+        return None
+      return f"must be {self.describe()}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return f"must be {self.describe()}"
+    if self.kind == "int" and not isinstance(value, int):
+      return f"must be {self.describe()}"
+    if not math.isfinite(value):
+      return f"must be {self.describe()} (NaN and infinities are refused)"
+    if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+      return f"must be {self.describe()}"
+    if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+      return f"must be {self.describe()}"
+    return None
+
+
+def Int(lo: int | None = None, hi: int | None = None) -> Rule:  # pylint: disable=invalid-name
+  return Rule("int", lo, hi)
+
+
+def Float(lo: float | None = None, hi: float | None = None,  # pylint: disable=invalid-name
+          lo_open: bool = False, hi_open: bool = False) -> Rule:
+  return Rule("float", lo, hi, lo_open, hi_open=hi_open)
+
+
+def Choice(*choices) -> Rule:  # pylint: disable=invalid-name
+  return Rule("choice", choices=tuple(choices))
+
+
+def Custom(text: str, check: Callable[[Any], bool]) -> Rule:  # pylint: disable=invalid-name
+  """A field checked by `check(value) -> bool`; `text` says what it must be."""
+  return Rule("custom", custom=check, text=text)
+
+
+BOOL = Rule("bool")
+PROBABILITY = Float(0.0, 1.0)
+
+
+def setting(default: Any, rule: Rule):
+  """A dataclass field with its default and its rule (see the module docstring)."""
+  return dataclasses.field(default=default, metadata={"rule": rule})
+
+
+def rules_of(cls, prefix: str = "") -> dict[str, Rule]:
+  """{prefix + field name: rule} of a dataclass's `setting` fields, in declaration order."""
+  return {prefix + f.name: f.metadata["rule"] for f in dataclasses.fields(cls) if "rule" in f.metadata}
+
+
+def check(obj, what: str) -> None:
+  """Raises InputError naming every field of `obj` (a dataclass instance) that breaks its rule; `what` names the
+  group: 'detector config' ("detector config: width = 0: ...") or a dotted prefix ('selftrain.': "selftrain.mode
+  = ...")."""
+  bad = []
+  for f in dataclasses.fields(obj):
+    rule = f.metadata.get("rule")
+    why = rule.problem(getattr(obj, f.name)) if rule is not None else None
+    if why:
+      bad.append(f"{what if what.endswith('.') else ''}{f.name} = {getattr(obj, f.name)!r}: {why}")
+  if bad:
+    raise InputError(("" if what.endswith(".") else f"{what}: ") + "; ".join(bad))
+
+
+def from_mapping(cls, group: Mapping[str, Any] | Any, what: str):
+  """`cls(**group)` of a dict or ml_collections ConfigDict (an integer given for a `float` field becomes a float;
+  missing keys take their defaults); keys that are not fields of `cls` are an error."""
+  d = dict(group.to_dict() if hasattr(group, "to_dict") else group)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - set(fields))
+  if unknown:
+    raise InputError(f"unknown {what} keys: {unknown}; known: {sorted(fields)}")
+  for k, v in d.items():
+    if fields[k].type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+      d[k] = float(v)
+  return cls(**d)
+
+
+__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "PROBABILITY", "setting", "rules_of", "check",
+           "from_mapping"]
