@@ -10,7 +10,8 @@ minutes on 2 CPU cores for 200 images (bench/selftrain_quality.py, which measure
 How a round's labels are made (zipjax/data/self_labels.py, zipjax/jobs/selftrain.py):
 - a new label is a prediction of the previous round's detector: its mask is the predicted mask inside the box
   head's box widened by half its size (box_source='mask' in train_shapes: pieces far from the object dropped),
-  its box the tight box of that mask (what training recomputes from it), its score the detector's (class times
+  its box the detection's own (the extent of the object's faint region around the mask's largest
+  piece, so a stray piece of the mask does not stretch it; training recomputes box targets from the mask), its score the detector's (class times
   mask quality squared);
 - thresholds are calibrated on the previous labels, not fixed: the predictions that agree with a previous label
   (mask IoU >= 0.5) show the scores this detector gives real objects; new labels need their 30% quantile

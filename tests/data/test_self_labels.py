@@ -269,3 +269,22 @@ def test_protect_keeps_labels_made_by_an_earlier_round():
   assert kept == dict(labels["annotations"][0], id=2)  # the earlier round's label, untouched
   data, stats = merge_labels(labels, preds, threshold=0.5, dedup_iou=0.5)
   assert stats["replaced"] == 2 and "confirmed" not in stats and all("self_round" not in a for a in data["annotations"])
+
+
+def test_a_new_label_keeps_its_predictions_box():
+  """A new label's box is the prediction's own (the detector's final box, e.g. without a stray piece of the mask);
+  a prediction without a usable box (missing, not 4 finite numbers, zero size) gets its mask's tight box."""
+  h, w = 20, 30
+  m = np.zeros((h, w), bool)
+  m[2:8, 3:12] = True
+  m[15:17, 25:27] = True   # a stray piece: the mask's tight box spans it
+  labels = {"images": [{"id": 1, "height": h, "width": w, "file_name": "a.png"}], "annotations": [],
+            "categories": [{"id": 1, "name": "object"}]}
+  boxes = [[3.0, 2.0, 9.0, 6.0], None, [1.0, 1.0, 0.0, 5.0], [1.0, float("nan"), 2.0, 2.0], [1, 2, 3]]
+  want = [[3.0, 2.0, 9.0, 6.0]] + [[3.0, 2.0, 24.0, 15.0]] * 4
+  for box, expect in zip(boxes, want):
+    p = {"image_id": 1, "category_id": 1, "segmentation": encode_rle(m), "score": 0.9}
+    if box is not None:
+      p["bbox"] = box
+    out, _ = merge_labels(labels, {"annotations": [p], "categories": [{"id": 1, "name": "object"}]}, threshold=0.5)
+    assert out["annotations"][0]["bbox"] == expect, (box, out["annotations"][0]["bbox"])

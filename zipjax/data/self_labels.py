@@ -32,13 +32,18 @@ a quantile of them is the threshold of new labels, a lower one the support a pre
 
 Output records: the image's kept predictions first (best first), then its surviving previous labels in their
 previous order; annotation ids 1..N in that order. A new label is `{id, image_id, category_id, segmentation
-(compressed RLE), area, bbox (the mask's box: what training recomputes from it), iscrowd 0, score}`; a previous
+(compressed RLE), area, bbox (the prediction's own box, the detector's final one: with box_source='mask' the
+extent of the object's region around its mask's largest piece, so a stray piece of the mask does not stretch
+it; the mask's tight box where the prediction has no usable box; training recomputes its box targets from the
+mask either way), iscrowd 0, score}`; a previous
 label keeps every field but `id` (and its score, with `rescore`).
 Categories: the previous labels' categories, then (new ids, in order of appearance) any prediction category
 whose name is not among them (e.g. `object` of a class-agnostic detector). Images and category order are those
 of `labels`, so the same inputs give the same output, byte for byte once serialised.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -143,6 +148,15 @@ def calibrate(labels: dict, predictions: dict, *, quantile: float, support_quant
           "agreeing": len(scores), "predictions": total}
 
 
+def _prediction_box(p: dict, rle: dict) -> list:
+  """A new label's box: the prediction's xywh box if it is 4 finite numbers of positive size, else its mask's."""
+  b = p.get("bbox")
+  if (isinstance(b, (list, tuple)) and len(b) == 4 and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b) and min(b[2:]) > 0):
+    return [float(v) for v in b]
+  return rle_bbox(rle)
+
+
 def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets: int = 30, mode: str = "union",
                  dedup_iou: float = 0.5, min_area: float = 1.0, support: float | None = None, rescore: bool = False,
                  protect: bool = False, round_index: int | None = None, info: dict | None = None) -> tuple:
@@ -205,7 +219,7 @@ def merge_labels(labels: dict, predictions: dict, *, threshold: float, max_dets:
     for p in kept:
       rle = to_compressed_rle(p["segmentation"], h, w)
       rec = {"id": 0, "image_id": img["id"], "category_id": pred_cat[p["category_id"]], "segmentation": rle,
-             "area": rle_area(rle), "bbox": rle_bbox(rle),
+             "area": rle_area(rle), "bbox": _prediction_box(p, rle),
              "iscrowd": 0, "score": float(p["score"])}
       if round_index is not None:
         rec[ROUND_KEY] = int(round_index)
