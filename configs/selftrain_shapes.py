@@ -10,9 +10,9 @@ minutes on 2 CPU cores for 200 images (bench/selftrain_quality.py, which measure
 How a round's labels are made (zipjax/data/self_labels.py, zipjax/jobs/selftrain.py):
 - a new label is a prediction of the previous round's detector: its mask is the predicted mask inside the box
   head's box widened by half its size (box_source='mask' in train_shapes: pieces far from the object dropped),
-  its box the detection's own (the extent of the object's faint region around the mask's largest
-  piece, so a stray piece of the mask does not stretch it; training recomputes box targets from the mask), its score the detector's (class times
-  mask quality squared);
+  its box the detection's own (the extent of the object's faint region around the mask's largest piece, so a
+  stray piece of the mask does not stretch it; training recomputes box targets from the mask), its score the
+  detector's (class times mask quality squared);
 - thresholds are calibrated on the previous labels, not fixed: the predictions that agree with a previous label
   (mask IoU >= 0.5) show the scores this detector gives real objects; new labels need their 30% quantile
   (`calibrate=0.3`), a previous label is replaced by an agreeing prediction above it;
