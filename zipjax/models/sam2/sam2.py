@@ -20,12 +20,13 @@ Attributes:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipjax.models.sam_net.common import SamConfigBase
 from zipjax.models.sam_net.mask_decoder import MaskDecoder
 from zipjax.models.sam_net.prompt_encoder import PromptEncoder
 from zipjax.models.sam2.image_encoder import Hiera, ImageEncoder
@@ -44,8 +45,6 @@ SAM2_SIZES = {
 }
 _ALIASES = {"t": "tiny", "s": "small", "b+": "base_plus", "base+": "base_plus", "l": "large"}
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 def size_key(name: str) -> str:
   """'sam2.1_hiera_base_plus', 'hiera_b+', 'b+', 'base_plus' ... -> 'base_plus' (ValueError if unknown)."""
@@ -59,7 +58,7 @@ def size_key(name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sam2Config:
+class Sam2Config(SamConfigBase):
   """SAM 2 architecture (what the converter infers from a checkpoint) and compute options.
 
   Attributes:
@@ -133,19 +132,13 @@ class Sam2Config:
   fused_attention: bool | str = False
   remat: bool = False
 
-  # Fields that describe compute, not weights: not stored with converted checkpoints.
-  COMPUTE_FIELDS: ClassVar[tuple[str, ...]] = ("dtype", "fused_attention", "remat")
   family: ClassVar[str] = "sam2"
+  _TITLE: ClassVar[str] = "SAM 2"
   _TUPLES: ClassVar[tuple[str, ...]] = ("stages", "global_att_blocks", "window_spec",
                                         "window_pos_embed_bkg_spatial_size", "q_stride", "fpn_top_down_levels")
 
   def __post_init__(self):
-    for name in self._TUPLES:
-      object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
-    if self.fused_attention not in (False, True, "xla", "cudnn"):
-      raise ValueError(f"fused_attention must be a bool, 'xla' or 'cudnn', got {self.fused_attention!r}")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    self._check_compute()
     n = len(self.stages)
     if len(self.window_spec) != n or min(self.stages, default=0) < 1:
       raise ValueError(f"stages {self.stages} and window_spec {self.window_spec} must have the same length, "
@@ -192,10 +185,6 @@ class Sam2Config:
   def prompt_embed_dim(self) -> int:
     return self.d_model
 
-  @property
-  def compute_dtype(self):
-    return _DTYPES[self.dtype]
-
   def size_name(self) -> str | None:
     """'tiny' / 'small' / 'base_plus' / 'large' when the trunk matches a sam2.1 size at 1024, else None."""
     default = Sam2Config(dtype=self.dtype)
@@ -207,26 +196,6 @@ class Sam2Config:
              for k, v in arch.items()):
         return name
     return None
-
-  def to_dict(self, with_compute: bool = True) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    for name in self._TUPLES:
-      d[name] = list(d[name])
-    if not with_compute:
-      for k in self.COMPUTE_FIELDS:
-        d.pop(k)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any], **overrides) -> "Sam2Config":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown SAM 2 config fields {sorted(unknown)}")
-    return cls(**{**d, **overrides})
-
-  def replace(self, **changes) -> "Sam2Config":
-    return dataclasses.replace(self, **changes)
 
   def trunk(self, name: str | None = None) -> Hiera:
     """The Hiera of this config (a Flax module)."""

@@ -8,12 +8,13 @@ Attributes:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipjax.models.sam_net.common import SamConfigBase
 from zipjax.models.sam_net.image_encoder import ImageEncoderViT
 from zipjax.models.sam_net.mask_decoder import MaskDecoder
 from zipjax.models.sam_net.prompt_encoder import PromptEncoder
@@ -25,11 +26,9 @@ SAM_SIZES = {
     "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
 }
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 @dataclasses.dataclass(frozen=True)
-class SamConfig:
+class SamConfig(SamConfigBase):
   """SAM architecture (what the converter infers from a checkpoint) and compute options.
 
   Attributes:
@@ -75,17 +74,11 @@ class SamConfig:
   fused_attention: bool | str = False
   remat: bool = False
 
-  # Fields that describe compute, not weights: not stored with converted checkpoints.
-  COMPUTE_FIELDS = ("dtype", "fused_attention", "remat")
   family: ClassVar[str] = "sam"
+  _TUPLES: ClassVar[tuple[str, ...]] = ("encoder_global_attn_indexes",)
 
   def __post_init__(self):
-    object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in
-                                                                  self.encoder_global_attn_indexes))
-    if self.fused_attention not in (False, True, "xla", "cudnn"):
-      raise ValueError(f"fused_attention must be a bool, 'xla' or 'cudnn', got {self.fused_attention!r}")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    self._check_compute()
     if self.img_size % self.patch_size:
       raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
     if self.encoder_embed_dim % self.encoder_num_heads:
@@ -116,10 +109,6 @@ class SamConfig:
   def embedding_size(self) -> int:
     return self.img_size // self.patch_size
 
-  @property
-  def compute_dtype(self):
-    return _DTYPES[self.dtype]
-
   def size_name(self) -> str | None:
     """'vit_b' / 'vit_l' / 'vit_h' when the encoder matches an official size at 1024, else None."""
     for name, (dim, depth, heads, glob) in SAM_SIZES.items():
@@ -127,22 +116,6 @@ class SamConfig:
           self.encoder_global_attn_indexes, self.img_size) == (dim, depth, heads, glob, 1024):
         return name
     return None
-
-  def to_dict(self, with_compute: bool = True) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
-    if not with_compute:
-      for k in self.COMPUTE_FIELDS:
-        d.pop(k)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any], **overrides) -> "SamConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown SAM config fields {sorted(unknown)}")
-    return cls(**{**d, **overrides})
 
 
 class Sam(nn.Module):
