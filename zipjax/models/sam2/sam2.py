@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from zipjax.models.sam_net.common import SamConfigBase
-from zipjax.models.sam_net.mask_decoder import MaskDecoder
-from zipjax.models.sam_net.prompt_encoder import PromptEncoder
+from zipjax.models.sam_net.model import init_prompts, prompt_and_mask_decoder
 from zipjax.models.sam2.image_encoder import Hiera, ImageEncoder
 
 # name -> Hiera hyper-parameters of sam2.1_hiera_{t,s,b+,l}.yaml (the others are Hiera's defaults there:
@@ -218,21 +217,13 @@ class Sam2(nn.Module):
     cfg = self.config
     dt = cfg.compute_dtype
     self.image_encoder = ImageEncoder(cfg.trunk(), cfg.d_model, cfg.fpn_top_down_levels, cfg.scalp, dtype=dt)
-    e = cfg.embedding_size
-    self.sam_prompt_encoder = PromptEncoder(embed_dim=cfg.d_model, image_embedding_size=(e, e),
-                                            input_image_size=(cfg.img_size,) * 2, mask_in_chans=cfg.mask_in_chans,
-                                            dtype=dt)
-    self.sam_mask_decoder = MaskDecoder(
-        transformer_dim=cfg.d_model, num_multimask_outputs=cfg.num_multimask_outputs,
-        iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
-        transformer_mlp_dim=cfg.decoder_mlp_dim, use_high_res_features=cfg.use_high_res_features,
+    self.sam_prompt_encoder, self.sam_mask_decoder = prompt_and_mask_decoder(
+        cfg, use_high_res_features=cfg.use_high_res_features,
         iou_prediction_use_sigmoid=cfg.iou_prediction_use_sigmoid, pred_obj_scores=cfg.pred_obj_scores,
         pred_obj_scores_mlp=cfg.pred_obj_scores_mlp,
         dynamic_multimask_via_stability=cfg.dynamic_multimask_via_stability,
         dynamic_multimask_stability_delta=cfg.dynamic_multimask_stability_delta,
-        dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh, dtype=dt,
-        fused_attention=bool(cfg.fused_attention))
+        dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh)
     if cfg.directly_add_no_mem_embed:
       self.no_mem_embed = self.param("no_mem_embed", nn.initializers.zeros, (1, 1, cfg.d_model), jnp.float32)
 
@@ -299,10 +290,7 @@ class Sam2(nn.Module):
   def __call__(self, pixels: jax.Array):
     """Touches every parameter (for `init` / `jax.eval_shape`): encoder, points + boxes + mask prompts."""
     emb = self.embed_images(pixels)
-    e = self.config.embedding_size
-    points = (jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
-    boxes = jnp.zeros((1, 4), jnp.float32)
-    masks = jnp.zeros((1, 4 * e, 4 * e, 1), jnp.float32)
+    points, boxes, masks = init_prompts(self.config.embedding_size)
     one = jax.tree_util.tree_map(lambda x: x[:1], emb)
     _, dense = self.sam_prompt_encoder(boxes=boxes)  # the no-mask embedding
     one["image_embed"] = one["image_embed"] + 0.0 * dense[:1]

@@ -118,6 +118,26 @@ class SamConfig(SamConfigBase):
     return None
 
 
+def prompt_and_mask_decoder(cfg, **decoder_options) -> tuple[PromptEncoder, MaskDecoder]:
+  """The prompt encoder and mask decoder of a SamConfig or Sam2Config (for `setup`; SAM 2 passes its
+  decoder options)."""
+  e, dt = cfg.embedding_size, cfg.compute_dtype
+  return (PromptEncoder(embed_dim=cfg.prompt_embed_dim, image_embedding_size=(e, e),
+                        input_image_size=(cfg.img_size,) * 2, mask_in_chans=cfg.mask_in_chans, dtype=dt),
+          MaskDecoder(transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
+                      iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+                      transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
+                      transformer_mlp_dim=cfg.decoder_mlp_dim, dtype=dt, fused_attention=bool(cfg.fused_attention),
+                      **decoder_options))
+
+
+def init_prompts(e: int):
+  """One point, one box and one mask prompt (zeros) for an e x e embedding: what `__call__` touches every
+  parameter with."""
+  points = (jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
+  return points, jnp.zeros((1, 4), jnp.float32), jnp.zeros((1, 4 * e, 4 * e, 1), jnp.float32)
+
+
 class Sam(nn.Module):
   """Segment Anything: `embed_images` (heavy, once per image) and `decode` (light, per prompt set).
 
@@ -135,15 +155,7 @@ class Sam(nn.Module):
         global_attn_indexes=cfg.encoder_global_attn_indexes, window_size=cfg.window_size,
         mlp_ratio=cfg.mlp_ratio, out_chans=cfg.prompt_embed_dim, dtype=dt,
         fused_attention=cfg.fused_attention, remat=cfg.remat)
-    e = cfg.embedding_size
-    self.prompt_encoder = PromptEncoder(
-        embed_dim=cfg.prompt_embed_dim, image_embedding_size=(e, e), input_image_size=(cfg.img_size,) * 2,
-        mask_in_chans=cfg.mask_in_chans, dtype=dt)
-    self.mask_decoder = MaskDecoder(
-        transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
-        iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
-        transformer_mlp_dim=cfg.decoder_mlp_dim, dtype=dt, fused_attention=bool(cfg.fused_attention))
+    self.prompt_encoder, self.mask_decoder = prompt_and_mask_decoder(cfg)
 
   def embed_images(self, pixels: jax.Array) -> jax.Array:
     """Normalised, padded pixels [B, S, S, 3] -> image embeddings [B, S/16, S/16, C] float32."""
@@ -167,10 +179,7 @@ class Sam(nn.Module):
   def __call__(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Touches every parameter (for `init` / `jax.eval_shape`): encoder, points + boxes + mask prompts."""
     emb = self.embed_images(pixels)
-    e = self.config.embedding_size
-    points = (jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
-    boxes = jnp.zeros((1, 4), jnp.float32)
-    masks = jnp.zeros((1, 4 * e, 4 * e, 1), jnp.float32)
+    points, boxes, masks = init_prompts(self.config.embedding_size)
     _, dense = self.prompt_encoder(boxes=boxes)  # the no-mask embedding
     emb = emb + 0.0 * dense[:1]
     return self.decode(emb[0], points=points, boxes=boxes, masks=masks, multimask_output=True)
