@@ -14,7 +14,6 @@ otherwise is refused.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Mapping
@@ -23,7 +22,7 @@ import numpy as np
 
 from zipjax.convert.core import (CONV, DROP, IDENTITY, LINEAR, TRANSPOSE, Layout, Rename, Rule, apply_rules,
                                  detect_layout, flax_path, translate)
-from zipjax.convert.store import checkpoint_file, save_converted
+from zipjax.convert.store import checkpoint_file, save_converted, side_json
 from zipjax.convert.torch_io import read_checkpoint
 from zipjax.errors import CheckpointError
 from zipjax.models.clip_net import CLIPConfig, variable_shapes
@@ -196,9 +195,8 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], source: str = "checkpoint",
 
 def _check_side_config(src: str, layout: Layout) -> None:
   """Refuses a transformers / open_clip model whose config (beside the file) zipjax would compute wrongly."""
-  folder = os.path.dirname(os.path.abspath(src))
   if layout.name == TRANSFORMERS:
-    cfg = _side_json(os.path.join(folder, "config.json"))
+    cfg = side_json(src, "config.json")
     if cfg is None:
       return
     for tower in ("text_config", "vision_config"):
@@ -211,24 +209,13 @@ def _check_side_config(src: str, layout: Layout) -> None:
             f"width {width}; zipjax's CLIP computes OpenAI's architecture (quick_gelu, eps 1e-5, 64-wide "
             "heads) and would give wrong embeddings for this model")
   else:
-    cfg = _side_json(os.path.join(folder, "open_clip_config.json"))
+    cfg = side_json(src, "open_clip_config.json")
     model_cfg = (cfg or {}).get("model_cfg") or {}
     if cfg is not None and not model_cfg.get("quick_gelu", False):
       raise CheckpointError(
           f"{src}: its open_clip_config.json does not set quick_gelu: this open_clip model uses nn.GELU, "
           "while zipjax's CLIP computes OpenAI's QuickGELU (it reads the OpenAI-trained weights, e.g. "
           "hf:timm/vit_base_patch16_clip_224.openai, hf:timm/resnet50x64_clip.openai)")
-
-
-def _side_json(path: str) -> dict | None:
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      out = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return out if isinstance(out, dict) else None
 
 
 def load_file(src, with_layout: bool = False):

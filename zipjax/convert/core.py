@@ -147,6 +147,24 @@ def _guess_torch_key(target: str, rules: Iterable[Rule]) -> str:
   return target
 
 
+def key_shape(sd: Mapping[str, np.ndarray], key: str, source: str, family: str) -> tuple:
+  """The shape of `sd[key]`, read to infer the architecture; CheckpointError if the key is missing."""
+  if key not in sd:
+    raise CheckpointError(f"{source}: missing key '{key}', needed to infer the {family} architecture")
+  return tuple(np.shape(sd[key]))
+
+
+def count_indices(sd: Mapping[str, np.ndarray], prefix: str) -> int:
+  """How many `prefix`N.* entries (N = 0, 1, ...) the keys hold: the largest N + 1, 0 for none."""
+  idx = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+  return max(idx) + 1 if idx else 0
+
+
+def same_setting(got, want) -> bool:
+  """A side config's value equals the one zipjax computes with (floats within 1e-12)."""
+  return got == want or (isinstance(want, float) and isinstance(got, (int, float)) and abs(got - want) < 1e-12)
+
+
 # ------------------------------------------------------------------------------------------ other layouts
 @dataclasses.dataclass(frozen=True)
 class Rename:

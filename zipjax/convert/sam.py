@@ -11,18 +11,16 @@ Attributes:
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zipjax.convert.core import (CONV, CONV_TRANSPOSE, IDENTITY, LINEAR, Layout, Rename, Rule, apply_rules,
-                                 detect_layout, translate)
-from zipjax.convert.store import checkpoint_file, save_converted
+from zipjax.convert.core import (CONV, CONV_TRANSPOSE, LINEAR, Layout, Rename, Rule, apply_rules, count_indices,
+                                 detect_layout, key_shape, same_setting, translate)
+from zipjax.convert.store import checkpoint_file, save_converted, side_json
 from zipjax.convert.torch_io import read_checkpoint
 from zipjax.errors import CheckpointError
 from zipjax.models.sam_net.model import Sam, SamConfig
@@ -101,9 +99,44 @@ SAM_RULES = [
 ]
 
 
+_V, _M = r"vision_encoder\.", r"mask_decoder\."
+
+
+def hf_head_renames(pe: str, md: str, tokens: str, mlps: str, out_proj: str,
+                    mlp: tuple[tuple[str, str], ...]) -> tuple[Rename, ...]:
+  """The rows of transformers' SamModel and Sam2Model for the prompt encoder and mask decoder (the same
+  modules in both families) but the point embeddings: their key -> the official key, under the official
+  module names `pe` and `md` ('prompt_encoder' / 'mask_decoder', SAM 2's 'sam_prompt_encoder' /
+  'sam_mask_decoder'). `tokens`: the decoder's token embeddings, `mlps`: its 3-layer MLPs (SamFeedForward:
+  proj_in, layers.0, proj_out), as regex alternatives; `out_proj`: transformers' name of the attention output
+  projection; `mlp`: the two-way transformer's MLP layers, (transformers' name, official name)."""
+  pe_key, tr = pe + ".pe_layer.positional_encoding_gaussian_matrix", _M + r"transformer\."
+  qkv, out = r"\.(q_proj|k_proj|v_proj)\.(weight|bias)", rf"\.{out_proj}\.(weight|bias)"
+  return (
+      # one positional embedding, saved twice (the model ties the prompt encoder's to its own)
+      Rename(r"shared_image_embedding\.positional_embedding", pe_key, tied=True),
+      Rename(r"prompt_encoder\.shared_embedding\.positional_embedding", pe_key, tied=True),
+      Rename(r"prompt_encoder\.(not_a_point_embed|no_mask_embed)\.weight", rf"{pe}.\1.weight"),
+      *(Rename(rf"prompt_encoder\.mask_embed\.{hf}\.(weight|bias)", rf"{pe}.mask_downscaling.{i}.\1")
+        for hf, i in (("conv1", 0), ("layer_norm1", 1), ("conv2", 3), ("layer_norm2", 4), ("conv3", 6))),
+      Rename(rf"{_M}({tokens})\.weight", rf"{md}.\1.weight"),
+      *(Rename(rf"{_M}{hf}\.(weight|bias)", rf"{md}.output_upscaling.{i}.\1")
+        for hf, i in (("upscale_conv1", 0), ("upscale_layer_norm", 1), ("upscale_conv2", 3))),
+      *(Rename(rf"{_M}({mlps})\.{hf}\.(weight|bias)", rf"{md}.\1.layers.{i}.\2")
+        for hf, i in (("proj_in", 0), (r"layers\.0", 1), ("proj_out", 2))),
+      Rename(rf"{tr}layers\.(\d+)\.{_ATTN}{qkv}", rf"{md}.transformer.layers.\1.\2.\3.\4"),
+      Rename(rf"{tr}layers\.(\d+)\.{_ATTN}{out}", rf"{md}.transformer.layers.\1.\2.out_proj.\3"),
+      Rename(rf"{tr}layers\.(\d+)\.layer_norm([1-4])\.(weight|bias)", rf"{md}.transformer.layers.\1.norm\2.\3"),
+      *(Rename(rf"{tr}layers\.(\d+)\.mlp\.{hf}\.(weight|bias)", rf"{md}.transformer.layers.\1.mlp.{official}.\2")
+        for hf, official in mlp),
+      Rename(rf"{tr}final_attn_token_to_image{qkv}", rf"{md}.transformer.final_attn_token_to_image.\1.\2"),
+      Rename(rf"{tr}final_attn_token_to_image{out}", rf"{md}.transformer.final_attn_token_to_image.out_proj.\1"),
+      Rename(rf"{tr}layer_norm_final_attn\.(weight|bias)", rf"{md}.transformer.norm_final_attn.\1"),
+  )
+
+
 # transformers SamModel key (full match) -> segment_anything key (then read by SAM_RULES, which checks shapes).
 # The decoder MLPs (SamFeedForward: proj_in, layers.0, proj_out) have 3 layers in every released SAM, as here.
-_V, _M = r"vision_encoder\.", r"mask_decoder\."
 HF_RENAMES: tuple[Rename, ...] = (
     Rename(_V + r"patch_embed\.projection\.(weight|bias)", r"image_encoder.patch_embed.proj.\1"),
     Rename(_V + r"pos_embed", "image_encoder.pos_embed"),
@@ -115,38 +148,10 @@ HF_RENAMES: tuple[Rename, ...] = (
     Rename(_V + r"neck\.layer_norm1\.(weight|bias)", r"image_encoder.neck.1.\1"),
     Rename(_V + r"neck\.conv2\.weight", "image_encoder.neck.2.weight"),
     Rename(_V + r"neck\.layer_norm2\.(weight|bias)", r"image_encoder.neck.3.\1"),
-    # one positional embedding, saved twice (SamModel ties the prompt encoder's to the model's)
-    Rename(r"shared_image_embedding\.positional_embedding",
-           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
-    Rename(r"prompt_encoder\.shared_embedding\.positional_embedding",
-           "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
     Rename(r"prompt_encoder\.point_embed\.([0-3])\.weight", r"prompt_encoder.point_embeddings.\1.weight"),
-    Rename(r"prompt_encoder\.(not_a_point_embed|no_mask_embed)\.weight", r"prompt_encoder.\1.weight"),
-    Rename(r"prompt_encoder\.mask_embed\.conv1\.(weight|bias)", r"prompt_encoder.mask_downscaling.0.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.layer_norm1\.(weight|bias)", r"prompt_encoder.mask_downscaling.1.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.conv2\.(weight|bias)", r"prompt_encoder.mask_downscaling.3.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.layer_norm2\.(weight|bias)", r"prompt_encoder.mask_downscaling.4.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.conv3\.(weight|bias)", r"prompt_encoder.mask_downscaling.6.\1"),
-    Rename(_M + r"(iou_token|mask_tokens)\.weight", r"mask_decoder.\1.weight"),
-    Rename(_M + r"upscale_conv1\.(weight|bias)", r"mask_decoder.output_upscaling.0.\1"),
-    Rename(_M + r"upscale_layer_norm\.(weight|bias)", r"mask_decoder.output_upscaling.1.\1"),
-    Rename(_M + r"upscale_conv2\.(weight|bias)", r"mask_decoder.output_upscaling.3.\1"),
-    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.proj_in\.(weight|bias)",
-           r"mask_decoder.\1.layers.0.\2"),
-    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.0\.(weight|bias)",
-           r"mask_decoder.\1.layers.1.\2"),
-    Rename(_M + r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.proj_out\.(weight|bias)",
-           r"mask_decoder.\1.layers.2.\2"),
-    Rename(_M + r"transformer\.layers\.(\d+)\." + _ATTN + r"\." + _PROJ + r"\.(weight|bias)",
-           r"mask_decoder.transformer.layers.\1.\2.\3.\4"),
-    Rename(_M + r"transformer\.layers\.(\d+)\.layer_norm([1-4])\.(weight|bias)",
-           r"mask_decoder.transformer.layers.\1.norm\2.\3"),
-    Rename(_M + r"transformer\.layers\.(\d+)\.mlp\.(lin1|lin2)\.(weight|bias)",
-           r"mask_decoder.transformer.layers.\1.mlp.\2.\3"),
-    Rename(_M + r"transformer\.final_attn_token_to_image\." + _PROJ + r"\.(weight|bias)",
-           r"mask_decoder.transformer.final_attn_token_to_image.\1.\2"),
-    Rename(_M + r"transformer\.layer_norm_final_attn\.(weight|bias)",
-           r"mask_decoder.transformer.norm_final_attn.\1"),
+    *hf_head_renames("prompt_encoder", "mask_decoder", tokens="iou_token|mask_tokens",
+                     mlps=r"output_hypernetworks_mlps\.\d+|iou_prediction_head", out_proj="out_proj",
+                     mlp=(("lin1", "lin1"), ("lin2", "lin2"))),
 )
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -191,14 +196,7 @@ def _describe_foreign(sd: Mapping[str, np.ndarray]) -> str:
 
 
 def _shape(sd, key, source):
-  if key not in sd:
-    raise CheckpointError(f"{source}: missing key '{key}', needed to infer the SAM architecture")
-  return tuple(np.shape(sd[key]))
-
-
-def _count(sd, prefix: str) -> int:
-  idx = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
-  return max(idx) + 1 if idx else 0
+  return key_shape(sd, key, source, "SAM")
 
 
 def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
@@ -211,7 +209,7 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
     raise CheckpointError(f"{source}: key 'image_encoder.pos_embed' has shape {pos}, expected "
                           f"(1, G, G, {d}) for patch_embed width {d}")
   grid = pos[1]
-  depth = _count(sd, "image_encoder.blocks.")
+  depth = count_indices(sd, "image_encoder.blocks.")
   if depth == 0:
     raise CheckpointError(f"{source}: no 'image_encoder.blocks.N.*' keys")
   glob, windows, head_dims = [], set(), set()
@@ -235,10 +233,10 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
   out_chans = _shape(sd, "image_encoder.neck.0.weight", source)[0]
   mlp_ratio = _shape(sd, "image_encoder.blocks.0.mlp.lin1.weight", source)[0] / d
   mask_in = _shape(sd, "prompt_encoder.mask_downscaling.3.weight", source)[0]
-  dec_depth = _count(sd, "mask_decoder.transformer.layers.")
+  dec_depth = count_indices(sd, "mask_decoder.transformer.layers.")
   dec_mlp = _shape(sd, "mask_decoder.transformer.layers.0.mlp.lin1.weight", source)[0]
   num_tokens = _shape(sd, "mask_decoder.mask_tokens.weight", source)[0]
-  iou_depth = _count(sd, "mask_decoder.iou_prediction_head.layers.")
+  iou_depth = count_indices(sd, "mask_decoder.iou_prediction_head.layers.")
   iou_hidden = _shape(sd, "mask_decoder.iou_prediction_head.layers.0.weight", source)[0]
   try:
     return SamConfig(
@@ -251,11 +249,12 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, **overrides):
     raise CheckpointError(f"{source}: inferred an impossible SAM architecture: {e}") from e
 
 
-def expected_shapes(config) -> dict[str, tuple]:
-  """Flax path -> shape of every variable of `Sam(config)`, by `jax.eval_shape` (nothing is computed)."""
+def expected_shapes(config, model=Sam) -> dict[str, tuple]:
+  """Flax path -> shape of every variable of `model(config)` (Sam; SAM 2's converter passes Sam2), by
+  `jax.eval_shape` (nothing is computed)."""
   s = config.img_size
-  shapes = jax.eval_shape(Sam(config).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, s, s, 3),
-                                                                                         jnp.float32))
+  shapes = jax.eval_shape(model(config).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, s, s, 3),
+                                                                                          jnp.float32))
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
@@ -280,22 +279,14 @@ _HF_FIXED = {"vision_config": {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "qk
 
 def _check_side_config(src: str, layout: str) -> None:
   """Refuses a transformers SamModel whose config.json (beside the file) zipjax would compute wrongly."""
-  if layout != TRANSFORMERS:
-    return
-  path = os.path.join(os.path.dirname(os.path.abspath(src)), "config.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      cfg = json.load(f)
-  except (OSError, ValueError):
-    return
-  if not isinstance(cfg, dict):
+  cfg = side_json(src, "config.json") if layout == TRANSFORMERS else None
+  if cfg is None:
     return
   for part, fixed in _HF_FIXED.items():
     sub = cfg.get(part) or {}
     for key, want in fixed.items():
       got = sub.get(key, want)
-      if got != want and not (isinstance(want, float) and isinstance(got, (int, float))
-                              and abs(got - want) < 1e-12):
+      if not same_setting(got, want):
         raise CheckpointError(f"{src}: its config.json has {part}.{key}={got!r}; zipjax's SAM computes the "
                               f"released SAM ({key}={want!r}) and would give wrong masks for this model")
 

@@ -17,18 +17,16 @@ Attributes:
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from zipjax.convert import sam as sam_v1
-from zipjax.convert.core import (CONV, DROP, LINEAR, Layout, Rename, Rule, Transform, apply_rules,
-                                 detect_layout, translate)
+from zipjax.convert.core import (CONV, DROP, LINEAR, Layout, Rename, Rule, Transform, apply_rules, count_indices,
+                                 detect_layout, key_shape, same_setting, translate)
+from zipjax.convert.store import checkpoint_file, save_converted, side_json
+from zipjax.convert.torch_io import read_checkpoint
 from zipjax.errors import CheckpointError
 from zipjax.models.tree import flatten
 
@@ -103,8 +101,6 @@ SAM2_RULES = [
 
 # transformers Sam2Model / Sam2VideoModel keys -> official keys (then read by SAM2_RULES, which checks shapes).
 _V, _B, _M = r"vision_encoder\.", r"vision_encoder\.backbone\.", r"mask_decoder\."
-_ATTN = r"(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
-_MLP3 = r"(output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head)"
 # the video model's weights in the Hub checkpoints (what Sam2Model itself ignores on load): skipped, by name
 HF_VIDEO_ONLY = (r"memory_.*", r"mask_downsample\..*", r"object_pointer_proj\..*",
                  r"temporal_positional_encoding_projection_layer\..*", r"no_memory_positional_encoding",
@@ -119,42 +115,11 @@ HF_RENAMES: tuple[Rename, ...] = (
     Rename(_B + r"blocks\.(\d+)\.proj\.(weight|bias)", r"image_encoder.trunk.blocks.\1.proj.\2"),
     Rename(_V + r"neck\.convs\.(\d+)\.(weight|bias)", r"image_encoder.neck.convs.\1.conv.\2"),
     Rename(r"no_memory_embedding", "no_mem_embed"),
-    # one positional embedding, saved twice (Sam2Model ties the prompt encoder's to the model's)
-    Rename(r"shared_image_embedding\.positional_embedding",
-           "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
-    Rename(r"prompt_encoder\.shared_embedding\.positional_embedding",
-           "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", tied=True),
     Rename(r"prompt_encoder\.point_embed\.weight", "sam_prompt_encoder.point_embeddings.{i}.weight", split=4),
-    Rename(r"prompt_encoder\.(not_a_point_embed|no_mask_embed)\.weight", r"sam_prompt_encoder.\1.weight"),
-    Rename(r"prompt_encoder\.mask_embed\.conv1\.(weight|bias)", r"sam_prompt_encoder.mask_downscaling.0.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.layer_norm1\.(weight|bias)", r"sam_prompt_encoder.mask_downscaling.1.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.conv2\.(weight|bias)", r"sam_prompt_encoder.mask_downscaling.3.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.layer_norm2\.(weight|bias)", r"sam_prompt_encoder.mask_downscaling.4.\1"),
-    Rename(r"prompt_encoder\.mask_embed\.conv3\.(weight|bias)", r"sam_prompt_encoder.mask_downscaling.6.\1"),
-    Rename(_M + r"(iou_token|mask_tokens|obj_score_token)\.weight", r"sam_mask_decoder.\1.weight"),
-    Rename(_M + r"upscale_conv1\.(weight|bias)", r"sam_mask_decoder.output_upscaling.0.\1"),
-    Rename(_M + r"upscale_layer_norm\.(weight|bias)", r"sam_mask_decoder.output_upscaling.1.\1"),
-    Rename(_M + r"upscale_conv2\.(weight|bias)", r"sam_mask_decoder.output_upscaling.3.\1"),
     Rename(_M + r"(conv_s0|conv_s1)\.(weight|bias)", r"sam_mask_decoder.\1.\2"),
-    Rename(_M + _MLP3 + r"\.proj_in\.(weight|bias)", r"sam_mask_decoder.\1.layers.0.\2"),
-    Rename(_M + _MLP3 + r"\.layers\.0\.(weight|bias)", r"sam_mask_decoder.\1.layers.1.\2"),
-    Rename(_M + _MLP3 + r"\.proj_out\.(weight|bias)", r"sam_mask_decoder.\1.layers.2.\2"),
-    Rename(_M + r"transformer\.layers\.(\d+)\." + _ATTN + r"\.(q_proj|k_proj|v_proj)\.(weight|bias)",
-           r"sam_mask_decoder.transformer.layers.\1.\2.\3.\4"),
-    Rename(_M + r"transformer\.layers\.(\d+)\." + _ATTN + r"\.o_proj\.(weight|bias)",
-           r"sam_mask_decoder.transformer.layers.\1.\2.out_proj.\3"),
-    Rename(_M + r"transformer\.layers\.(\d+)\.layer_norm([1-4])\.(weight|bias)",
-           r"sam_mask_decoder.transformer.layers.\1.norm\2.\3"),
-    Rename(_M + r"transformer\.layers\.(\d+)\.mlp\.proj_in\.(weight|bias)",
-           r"sam_mask_decoder.transformer.layers.\1.mlp.layers.0.\2"),
-    Rename(_M + r"transformer\.layers\.(\d+)\.mlp\.proj_out\.(weight|bias)",
-           r"sam_mask_decoder.transformer.layers.\1.mlp.layers.1.\2"),
-    Rename(_M + r"transformer\.final_attn_token_to_image\.(q_proj|k_proj|v_proj)\.(weight|bias)",
-           r"sam_mask_decoder.transformer.final_attn_token_to_image.\1.\2"),
-    Rename(_M + r"transformer\.final_attn_token_to_image\.o_proj\.(weight|bias)",
-           r"sam_mask_decoder.transformer.final_attn_token_to_image.out_proj.\1"),
-    Rename(_M + r"transformer\.layer_norm_final_attn\.(weight|bias)",
-           r"sam_mask_decoder.transformer.norm_final_attn.\1"),
+    *sam_v1.hf_head_renames("sam_prompt_encoder", "sam_mask_decoder", tokens="iou_token|mask_tokens|obj_score_token",
+                            mlps=r"output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head",
+                            out_proj="o_proj", mlp=(("proj_in", "layers.0"), ("proj_out", "layers.1"))),
     *(Rename(p, "", DROP) for p in HF_VIDEO_ONLY),
 )
 
@@ -184,14 +149,7 @@ def to_original(sd: Mapping[str, np.ndarray], source: str) -> tuple[dict, str]:
 
 
 def _shape(sd, key, source):
-  if key not in sd:
-    raise CheckpointError(f"{source}: missing key '{key}', needed to infer the SAM 2 architecture")
-  return tuple(np.shape(sd[key]))
-
-
-def _count(sd, prefix: str) -> int:
-  idx = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
-  return max(idx) + 1 if idx else 0
+  return key_shape(sd, key, source, "SAM 2")
 
 
 def trunk_geometry(sd: Mapping[str, np.ndarray], source: str) -> dict:
@@ -199,7 +157,7 @@ def trunk_geometry(sd: Mapping[str, np.ndarray], source: str) -> dict:
   c = _shape(sd, "image_encoder.trunk.patch_embed.proj.weight", source)[0]
   bkg = _shape(sd, "image_encoder.trunk.pos_embed", source)
   win = _shape(sd, "image_encoder.trunk.pos_embed_window", source)
-  depth = _count(sd, "image_encoder.trunk.blocks.")
+  depth = count_indices(sd, "image_encoder.trunk.blocks.")
   if depth == 0:
     raise CheckpointError(f"{source}: no 'image_encoder.trunk.blocks.N.*' keys")
   if len(bkg) != 4 or len(win) != 4 or win[2] != win[3]:
@@ -244,10 +202,10 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, arch=None, **overrid
   decoder = dict(
       d_model=d_model,
       mask_in_chans=_shape(sd, "sam_prompt_encoder.mask_downscaling.3.weight", source)[0],
-      decoder_depth=_count(sd, "sam_mask_decoder.transformer.layers."),
+      decoder_depth=count_indices(sd, "sam_mask_decoder.transformer.layers."),
       decoder_mlp_dim=_shape(sd, "sam_mask_decoder.transformer.layers.0.mlp.layers.0.weight", source)[0],
       num_multimask_outputs=_shape(sd, "sam_mask_decoder.mask_tokens.weight", source)[0] - 1,
-      iou_head_depth=_count(sd, "sam_mask_decoder.iou_prediction_head.layers."),
+      iou_head_depth=count_indices(sd, "sam_mask_decoder.iou_prediction_head.layers."),
       iou_head_hidden_dim=_shape(sd, "sam_mask_decoder.iou_prediction_head.layers.0.weight", source)[0],
       use_high_res_features="sam_mask_decoder.conv_s0.weight" in sd,
       pred_obj_scores="sam_mask_decoder.obj_score_token.weight" in sd,
@@ -261,10 +219,7 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str, arch=None, **overrid
 def expected_shapes(config) -> dict[str, tuple]:
   """Flax path -> shape of every variable of `Sam2(config)`, by `jax.eval_shape` (nothing is computed)."""
   from zipjax.models.sam2.sam2 import Sam2  # pylint: disable=import-outside-toplevel
-  s = config.img_size
-  shapes = jax.eval_shape(Sam2(config).init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
-  return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
+  return sam_v1.expected_shapes(config, Sam2)
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], source: str, with_layout: bool = False,
@@ -293,15 +248,8 @@ def check_side_config(src: str, layout: str, config) -> None:
   """Refuses a transformers Sam2Model whose config.json (beside the file) declares an architecture other than
   the one converted (heads, windows, global blocks are not in the weights) or settings zipjax does not
   compute."""
-  if layout != TRANSFORMERS:
-    return
-  path = os.path.join(os.path.dirname(os.path.abspath(src)), "config.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      cfg = json.load(f)
-  except (OSError, ValueError):
-    return
-  if not isinstance(cfg, dict):
+  cfg = side_json(src, "config.json") if layout == TRANSFORMERS else None
+  if cfg is None:
     return
 
   def sub(keys):
@@ -323,7 +271,7 @@ def check_side_config(src: str, layout: str, config) -> None:
     node = sub(keys)
     for key, want in fixed.items():
       got = node.get(key, want)
-      if got != want and not (isinstance(want, float) and isinstance(got, (int, float)) and abs(got - want) < 1e-12):
+      if not same_setting(got, want):
         raise CheckpointError(f"{src}: its config.json has {'.'.join(keys)}.{key}={got!r}; zipjax's SAM 2 "
                               f"computes the released models ({key}={want!r})")
 
@@ -338,8 +286,6 @@ def convert_read(src: str, sd: Mapping[str, np.ndarray], arch=None, **overrides)
 def load_file(src, arch=None, **overrides):
   """Reads (as data) and converts a SAM 2 checkpoint file or model folder of either layout -> (Sam2Config,
   variables, layout name). `overrides`: compute options (or img_size) of Sam2Config."""
-  from zipjax.convert.torch_io import read_checkpoint  # pylint: disable=import-outside-toplevel
-  from zipjax.convert.store import checkpoint_file  # pylint: disable=import-outside-toplevel
   src = checkpoint_file(os.fspath(src), FAMILY)
   sd = read_checkpoint(src).tensors
   return convert_read(src, sd, arch=arch, **overrides)
@@ -348,7 +294,6 @@ def load_file(src, arch=None, **overrides):
 def convert_file(src, dst, fmt: str = "dir") -> tuple[str, str]:
   """A SAM 2 checkpoint -> converted checkpoint (`python -m zipjax convert sam SRC DST` routes SAM 2 files
   here)."""
-  from zipjax.convert.store import save_converted  # pylint: disable=import-outside-toplevel
   config, variables, layout = load_file(src)
   out = save_converted(dst, FAMILY, config.to_dict(with_compute=False), variables,
                        source=os.path.basename(os.fspath(src)), fmt=fmt)

@@ -44,6 +44,20 @@ def checkpoint_file(src: str, family: str) -> str:
                         f"nor a model folder holding one of {', '.join(HUB_FILES[family])}")
 
 
+def side_json(src: str, name: str) -> dict | None:
+  """The JSON object `name` beside the checkpoint file `src` (a model folder's config.json), or None when it is
+  absent, unreadable or not an object."""
+  path = os.path.join(os.path.dirname(os.path.abspath(src)), name)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      out = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return out if isinstance(out, dict) else None
+
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.npz"

@@ -20,14 +20,14 @@ Attributes:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipjax.models.sam_net.mask_decoder import MaskDecoder
-from zipjax.models.sam_net.prompt_encoder import PromptEncoder
+from zipjax.models.sam_net.common import SamConfigBase
+from zipjax.models.sam_net.model import init_prompts, prompt_and_mask_decoder
 from zipjax.models.sam2.image_encoder import Hiera, ImageEncoder
 
 # name -> Hiera hyper-parameters of sam2.1_hiera_{t,s,b+,l}.yaml (the others are Hiera's defaults there:
@@ -44,8 +44,6 @@ SAM2_SIZES = {
 }
 _ALIASES = {"t": "tiny", "s": "small", "b+": "base_plus", "base+": "base_plus", "l": "large"}
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 def size_key(name: str) -> str:
   """'sam2.1_hiera_base_plus', 'hiera_b+', 'b+', 'base_plus' ... -> 'base_plus' (ValueError if unknown)."""
@@ -59,7 +57,7 @@ def size_key(name: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sam2Config:
+class Sam2Config(SamConfigBase):
   """SAM 2 architecture (what the converter infers from a checkpoint) and compute options.
 
   Attributes:
@@ -133,19 +131,13 @@ class Sam2Config:
   fused_attention: bool | str = False
   remat: bool = False
 
-  # Fields that describe compute, not weights: not stored with converted checkpoints.
-  COMPUTE_FIELDS: ClassVar[tuple[str, ...]] = ("dtype", "fused_attention", "remat")
   family: ClassVar[str] = "sam2"
+  _TITLE: ClassVar[str] = "SAM 2"
   _TUPLES: ClassVar[tuple[str, ...]] = ("stages", "global_att_blocks", "window_spec",
                                         "window_pos_embed_bkg_spatial_size", "q_stride", "fpn_top_down_levels")
 
   def __post_init__(self):
-    for name in self._TUPLES:
-      object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
-    if self.fused_attention not in (False, True, "xla", "cudnn"):
-      raise ValueError(f"fused_attention must be a bool, 'xla' or 'cudnn', got {self.fused_attention!r}")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    self._check_compute()
     n = len(self.stages)
     if len(self.window_spec) != n or min(self.stages, default=0) < 1:
       raise ValueError(f"stages {self.stages} and window_spec {self.window_spec} must have the same length, "
@@ -192,10 +184,6 @@ class Sam2Config:
   def prompt_embed_dim(self) -> int:
     return self.d_model
 
-  @property
-  def compute_dtype(self):
-    return _DTYPES[self.dtype]
-
   def size_name(self) -> str | None:
     """'tiny' / 'small' / 'base_plus' / 'large' when the trunk matches a sam2.1 size at 1024, else None."""
     default = Sam2Config(dtype=self.dtype)
@@ -207,26 +195,6 @@ class Sam2Config:
              for k, v in arch.items()):
         return name
     return None
-
-  def to_dict(self, with_compute: bool = True) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    for name in self._TUPLES:
-      d[name] = list(d[name])
-    if not with_compute:
-      for k in self.COMPUTE_FIELDS:
-        d.pop(k)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any], **overrides) -> "Sam2Config":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown SAM 2 config fields {sorted(unknown)}")
-    return cls(**{**d, **overrides})
-
-  def replace(self, **changes) -> "Sam2Config":
-    return dataclasses.replace(self, **changes)
 
   def trunk(self, name: str | None = None) -> Hiera:
     """The Hiera of this config (a Flax module)."""
@@ -249,21 +217,13 @@ class Sam2(nn.Module):
     cfg = self.config
     dt = cfg.compute_dtype
     self.image_encoder = ImageEncoder(cfg.trunk(), cfg.d_model, cfg.fpn_top_down_levels, cfg.scalp, dtype=dt)
-    e = cfg.embedding_size
-    self.sam_prompt_encoder = PromptEncoder(embed_dim=cfg.d_model, image_embedding_size=(e, e),
-                                            input_image_size=(cfg.img_size,) * 2, mask_in_chans=cfg.mask_in_chans,
-                                            dtype=dt)
-    self.sam_mask_decoder = MaskDecoder(
-        transformer_dim=cfg.d_model, num_multimask_outputs=cfg.num_multimask_outputs,
-        iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
-        transformer_mlp_dim=cfg.decoder_mlp_dim, use_high_res_features=cfg.use_high_res_features,
+    self.sam_prompt_encoder, self.sam_mask_decoder = prompt_and_mask_decoder(
+        cfg, use_high_res_features=cfg.use_high_res_features,
         iou_prediction_use_sigmoid=cfg.iou_prediction_use_sigmoid, pred_obj_scores=cfg.pred_obj_scores,
         pred_obj_scores_mlp=cfg.pred_obj_scores_mlp,
         dynamic_multimask_via_stability=cfg.dynamic_multimask_via_stability,
         dynamic_multimask_stability_delta=cfg.dynamic_multimask_stability_delta,
-        dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh, dtype=dt,
-        fused_attention=bool(cfg.fused_attention))
+        dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh)
     if cfg.directly_add_no_mem_embed:
       self.no_mem_embed = self.param("no_mem_embed", nn.initializers.zeros, (1, 1, cfg.d_model), jnp.float32)
 
@@ -330,10 +290,7 @@ class Sam2(nn.Module):
   def __call__(self, pixels: jax.Array):
     """Touches every parameter (for `init` / `jax.eval_shape`): encoder, points + boxes + mask prompts."""
     emb = self.embed_images(pixels)
-    e = self.config.embedding_size
-    points = (jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
-    boxes = jnp.zeros((1, 4), jnp.float32)
-    masks = jnp.zeros((1, 4 * e, 4 * e, 1), jnp.float32)
+    points, boxes, masks = init_prompts(self.config.embedding_size)
     one = jax.tree_util.tree_map(lambda x: x[:1], emb)
     _, dense = self.sam_prompt_encoder(boxes=boxes)  # the no-mask embedding
     one["image_embed"] = one["image_embed"] + 0.0 * dense[:1]

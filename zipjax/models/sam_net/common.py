@@ -1,12 +1,15 @@
-"""Layers shared by SAM's image encoder, prompt encoder and mask decoder.
+"""Layers shared by SAM's image encoder, prompt encoder and mask decoder; what SAM's and SAM 2's configs share.
 
 Attributes:
+  SamConfigBase: the compute options' checks, `compute_dtype`, `to_dict` / `from_dict` / `replace` of
+    SamConfig and Sam2Config.
   LN_EPS_ENCODER: epsilon of the image encoder's LayerNorms and of every LayerNorm2d (1e-6).
   LN_EPS_DEFAULT: epsilon of the two-way transformer's nn.LayerNorm (PyTorch default, 1e-5).
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -16,6 +19,50 @@ LN_EPS_ENCODER = 1e-6
 LN_EPS_DEFAULT = 1e-5
 
 Dtype = Any
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class SamConfigBase:
+  """What the frozen config dataclasses of SAM and SAM 2 share. A subclass names its tuple fields
+  (`_TUPLES`: made tuples of ints, lists in `to_dict`) and its family's name in messages (`_TITLE`), and calls
+  `_check_compute` first in `__post_init__`."""
+  # Fields that describe compute, not weights: not stored with converted checkpoints.
+  COMPUTE_FIELDS: ClassVar[tuple[str, ...]] = ("dtype", "fused_attention", "remat")
+  _TUPLES: ClassVar[tuple[str, ...]] = ()
+  _TITLE: ClassVar[str] = "SAM"
+
+  def _check_compute(self):
+    for name in self._TUPLES:
+      object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+    if self.fused_attention not in (False, True, "xla", "cudnn"):
+      raise ValueError(f"fused_attention must be a bool, 'xla' or 'cudnn', got {self.fused_attention!r}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  def to_dict(self, with_compute: bool = True) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    for name in self._TUPLES:
+      d[name] = list(d[name])
+    if not with_compute:
+      for k in self.COMPUTE_FIELDS:
+        d.pop(k)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any], **overrides):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown {cls._TITLE} config fields {sorted(unknown)}")
+    return cls(**{**d, **overrides})
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:

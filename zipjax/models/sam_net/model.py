@@ -8,12 +8,13 @@ Attributes:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipjax.models.sam_net.common import SamConfigBase
 from zipjax.models.sam_net.image_encoder import ImageEncoderViT
 from zipjax.models.sam_net.mask_decoder import MaskDecoder
 from zipjax.models.sam_net.prompt_encoder import PromptEncoder
@@ -25,11 +26,9 @@ SAM_SIZES = {
     "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
 }
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 @dataclasses.dataclass(frozen=True)
-class SamConfig:
+class SamConfig(SamConfigBase):
   """SAM architecture (what the converter infers from a checkpoint) and compute options.
 
   Attributes:
@@ -75,17 +74,11 @@ class SamConfig:
   fused_attention: bool | str = False
   remat: bool = False
 
-  # Fields that describe compute, not weights: not stored with converted checkpoints.
-  COMPUTE_FIELDS = ("dtype", "fused_attention", "remat")
   family: ClassVar[str] = "sam"
+  _TUPLES: ClassVar[tuple[str, ...]] = ("encoder_global_attn_indexes",)
 
   def __post_init__(self):
-    object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in
-                                                                  self.encoder_global_attn_indexes))
-    if self.fused_attention not in (False, True, "xla", "cudnn"):
-      raise ValueError(f"fused_attention must be a bool, 'xla' or 'cudnn', got {self.fused_attention!r}")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+    self._check_compute()
     if self.img_size % self.patch_size:
       raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
     if self.encoder_embed_dim % self.encoder_num_heads:
@@ -116,10 +109,6 @@ class SamConfig:
   def embedding_size(self) -> int:
     return self.img_size // self.patch_size
 
-  @property
-  def compute_dtype(self):
-    return _DTYPES[self.dtype]
-
   def size_name(self) -> str | None:
     """'vit_b' / 'vit_l' / 'vit_h' when the encoder matches an official size at 1024, else None."""
     for name, (dim, depth, heads, glob) in SAM_SIZES.items():
@@ -128,21 +117,25 @@ class SamConfig:
         return name
     return None
 
-  def to_dict(self, with_compute: bool = True) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
-    if not with_compute:
-      for k in self.COMPUTE_FIELDS:
-        d.pop(k)
-    return d
 
-  @classmethod
-  def from_dict(cls, d: dict[str, Any], **overrides) -> "SamConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown SAM config fields {sorted(unknown)}")
-    return cls(**{**d, **overrides})
+def prompt_and_mask_decoder(cfg, **decoder_options) -> tuple[PromptEncoder, MaskDecoder]:
+  """The prompt encoder and mask decoder of a SamConfig or Sam2Config (for `setup`; SAM 2 passes its
+  decoder options)."""
+  e, dt = cfg.embedding_size, cfg.compute_dtype
+  return (PromptEncoder(embed_dim=cfg.prompt_embed_dim, image_embedding_size=(e, e),
+                        input_image_size=(cfg.img_size,) * 2, mask_in_chans=cfg.mask_in_chans, dtype=dt),
+          MaskDecoder(transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
+                      iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+                      transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
+                      transformer_mlp_dim=cfg.decoder_mlp_dim, dtype=dt, fused_attention=bool(cfg.fused_attention),
+                      **decoder_options))
+
+
+def init_prompts(e: int):
+  """One point, one box and one mask prompt (zeros) for an e x e embedding: what `__call__` touches every
+  parameter with."""
+  points = (jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
+  return points, jnp.zeros((1, 4), jnp.float32), jnp.zeros((1, 4 * e, 4 * e, 1), jnp.float32)
 
 
 class Sam(nn.Module):
@@ -162,15 +155,7 @@ class Sam(nn.Module):
         global_attn_indexes=cfg.encoder_global_attn_indexes, window_size=cfg.window_size,
         mlp_ratio=cfg.mlp_ratio, out_chans=cfg.prompt_embed_dim, dtype=dt,
         fused_attention=cfg.fused_attention, remat=cfg.remat)
-    e = cfg.embedding_size
-    self.prompt_encoder = PromptEncoder(
-        embed_dim=cfg.prompt_embed_dim, image_embedding_size=(e, e), input_image_size=(cfg.img_size,) * 2,
-        mask_in_chans=cfg.mask_in_chans, dtype=dt)
-    self.mask_decoder = MaskDecoder(
-        transformer_dim=cfg.prompt_embed_dim, num_multimask_outputs=cfg.num_multimask_outputs,
-        iou_head_depth=cfg.iou_head_depth, iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        transformer_depth=cfg.decoder_depth, transformer_heads=cfg.decoder_num_heads,
-        transformer_mlp_dim=cfg.decoder_mlp_dim, dtype=dt, fused_attention=bool(cfg.fused_attention))
+    self.prompt_encoder, self.mask_decoder = prompt_and_mask_decoder(cfg)
 
   def embed_images(self, pixels: jax.Array) -> jax.Array:
     """Normalised, padded pixels [B, S, S, 3] -> image embeddings [B, S/16, S/16, C] float32."""
@@ -194,10 +179,7 @@ class Sam(nn.Module):
   def __call__(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Touches every parameter (for `init` / `jax.eval_shape`): encoder, points + boxes + mask prompts."""
     emb = self.embed_images(pixels)
-    e = self.config.embedding_size
-    points = (jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
-    boxes = jnp.zeros((1, 4), jnp.float32)
-    masks = jnp.zeros((1, 4 * e, 4 * e, 1), jnp.float32)
+    points, boxes, masks = init_prompts(self.config.embedding_size)
     _, dense = self.prompt_encoder(boxes=boxes)  # the no-mask embedding
     emb = emb + 0.0 * dense[:1]
     return self.decode(emb[0], points=points, boxes=boxes, masks=masks, multimask_output=True)
