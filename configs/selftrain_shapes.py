@@ -27,9 +27,8 @@ How a round's labels are made (zipjax/data/self_labels.py, zipjax/jobs/selftrain
 """
 import os
 
-import ml_collections
-
 from zipjax.commands.common import load_config_file
+from zipjax.jobs import selftrain
 
 
 def get_config():
@@ -39,22 +38,9 @@ def get_config():
   config.checkpoint.keep = 1
   config.eval.every = 0
 
-  st = ml_collections.ConfigDict()      # config.selftrain (added below)
-  st.rounds = 2
-  st.thresholds = [0.05, 0.05]   # floors under the calibrated thresholds
-  st.max_dets = 30
-  st.mode = "union"
-  st.dedup_iou = 0.5
-  st.min_area = 16
-  st.steps = [3000, 1500, 1500]
-  st.init = "previous"
-  st.predict_min_score = 0.02
-  st.predict_max_dets = 100
-  st.predict_chunk = 64
-  st.calibrate = 0.3
-  st.support_quantile = 0.1
-  st.rescore = True
-  st.protect = True
   with config.unlocked():               # a loaded config is locked: a group of its own is added so
-    config.selftrain = st
+    config.selftrain = selftrain.config_group(
+        thresholds=[0.05, 0.05],        # floors under the calibrated thresholds
+        steps=[3000, 1500, 1500], predict_min_score=0.02,
+        calibrate=0.3, support_quantile=0.1, rescore=True, protect=True)  # the guards (see above)
   return config

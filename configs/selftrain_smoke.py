@@ -15,9 +15,8 @@ zipjax/jobs/selftrain.py (`Settings`).
 """
 import os
 
-import ml_collections
-
 from zipjax.commands.common import load_config_file
+from zipjax.jobs import selftrain
 
 
 def get_config():
@@ -26,22 +25,6 @@ def get_config():
   config.loss.drop_loss = True          # no background loss where no label is near (missing objects)
   config.checkpoint.keep = 1
 
-  st = ml_collections.ConfigDict()      # config.selftrain (added below)
-  st.rounds = 2           # rounds after round 0
-  st.thresholds = [0.2, 0.25]    # score threshold of round 1, 2, ...
-  st.max_dets = 30        # new labels per image and round (CutLER)
-  st.mode = "union"       # 'union' (mask-IoU de-duplication) or 'replace'
-  st.dedup_iou = 0.5      # mask IoU at which a new label replaces an old one / two are one object
-  st.min_area = 16        # smallest mask of a new label (pixels)
-  st.steps = []           # steps of round 0..rounds: [] total_steps each, [N] N each, or one per round
-  st.init = "previous"    # round r starts from round r-1 ('base': from the config's init)
-  st.predict_min_score = 0.05   # saved predictions (the detector's evaluation uses them)
-  st.predict_max_dets = 100
-  st.predict_chunk = 64   # images per prediction shard (resume granularity)
-  st.calibrate = 0.0      # 0: fixed thresholds; q: the q quantile of agreeing predictions' scores
-  st.support_quantile = 0.0   # > 0: drop previous labels no prediction agrees with at that quantile
-  st.rescore = False      # kept previous labels take their best-agreeing prediction's score
-  st.protect = False      # True: labels made by an earlier round are not replaced
   with config.unlocked():               # a loaded config is locked: a group of its own is added so
-    config.selftrain = st
+    config.selftrain = selftrain.config_group(thresholds=[0.2, 0.25])  # tiny detectors score low
   return config

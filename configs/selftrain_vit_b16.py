@@ -10,13 +10,12 @@ CutLER: class-agnostic training with DropLoss; then rounds that keep the predict
 0.65, at most 30 per image, merged with the previous labels; each round initialised from the previous one. Set
 `--config.data.class_agnostic=False` to self-train the open-vocabulary detector on the Zip classes instead.
 The steps of a round default to train_vit_b16's total_steps (160k at batch 16, CutLER's schedule; set
-`--st.steps=[160000,80000,80000]` for shorter later rounds). On a TPU slice: tpu/self_train.sh.
+`--config.selftrain.steps=[160000,80000,80000]` for shorter later rounds). On a TPU slice: tpu/self_train.sh.
 """
 import os
 
-import ml_collections
-
 from zipjax.commands.common import load_config_file
+from zipjax.jobs import selftrain
 
 
 def get_config():
@@ -24,22 +23,6 @@ def get_config():
   config.data.class_agnostic = True
   config.loss.drop_loss = True
 
-  st = ml_collections.ConfigDict()      # config.selftrain (added below)
-  st.rounds = 2
-  st.thresholds = [0.7, 0.65]   # CutLER's round 1, round 2 thresholds
-  st.max_dets = 30
-  st.mode = "union"
-  st.dedup_iou = 0.5
-  st.min_area = 16
-  st.steps = []           # [] total_steps each round, [N], or one value per round
-  st.init = "previous"
-  st.predict_min_score = 0.05
-  st.predict_max_dets = 100
-  st.predict_chunk = 1024
-  st.calibrate = 0.0      # 0: fixed thresholds; q: the q quantile of agreeing predictions' scores
-  st.support_quantile = 0.0   # > 0: drop previous labels no prediction agrees with at that quantile
-  st.rescore = False      # kept previous labels take their best-agreeing prediction's score
-  st.protect = False      # True: labels made by an earlier round are not replaced
   with config.unlocked():               # a loaded config is locked: a group of its own is added so
-    config.selftrain = st
+    config.selftrain = selftrain.config_group(predict_chunk=1024)      # CutLER's recipe
   return config

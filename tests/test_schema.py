@@ -8,6 +8,7 @@ import pytest
 from zipjax import config_check, schema
 from zipjax.commands.segment import load_config_file
 from zipjax.errors import InputError
+from zipjax.jobs import selftrain
 from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
 from zipjax.train.losses import LossConfig
@@ -63,3 +64,15 @@ def test_from_mapping_refuses_unknown_keys_and_takes_floats_as_floats():
   assert loss.cost_class == 3.0 and isinstance(loss.cost_class, float)
   with pytest.raises(InputError, match="mask_points = 1.5: must be an integer"):
     LossConfig.from_config({"mask_points": 1.5})  # an int field is not rounded
+
+
+def test_selftrain_config_group_is_built_from_the_settings():
+  """configs/selftrain_*.py build `config.selftrain` from Settings' declared defaults: the defaults are CutLER's
+  recipe, an override is checked by its rule, an unknown name is refused."""
+  group = selftrain.config_group(predict_chunk=8)
+  assert group.predict_chunk == 8 and group.thresholds == [0.7, 0.65] and group.steps == []
+  assert sorted(group.keys()) == sorted(f.name for f in dataclasses.fields(Settings))
+  with pytest.raises(InputError, match="selftrain.dedup_iou = 0.0: must be"):
+    selftrain.config_group(dedup_iou=0.0)
+  with pytest.raises(InputError, match=r"unknown selftrain settings \['round'\]"):
+    selftrain.config_group(round=3)

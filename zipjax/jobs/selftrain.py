@@ -111,8 +111,9 @@ FIXED_KEYS = ("model", "loss", "text", "data", "optim", "batch_size", "seed", "t
 # -------------------------------------------------------------------------------------------- settings
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """`config.selftrain`, validated: each field's rule (type and range) is declared with it (`zipjax.schema.
-  setting`), and the config check of the `selftrain` group uses the same rules.
+  """`config.selftrain`, validated: each field's default (CutLER's recipe) and rule (type and range) are declared
+  with it (`zipjax.schema.setting`); config files build the group from them (`config_group`) and the config check
+  of the `selftrain` group uses the same rules.
 
   Attributes:
     rounds: self-training rounds R after round 0 (R + 1 detectors are trained).
@@ -138,11 +139,11 @@ class Settings:
       its own labels does not redo them, which drifts (`zipjax.data.self_labels`).
   """
   rounds: int = setting(2, Int(0))
-  thresholds: tuple = setting((), THRESHOLDS)
+  thresholds: tuple = setting((0.7, 0.65), THRESHOLDS)
   max_dets: int = setting(30, Int(1))
   mode: str = setting("union", Choice(*MODES))
   dedup_iou: float = setting(0.5, Float(0.0, 1.0, lo_open=True))
-  min_area: float = setting(0.0, Float(0.0))
+  min_area: float = setting(16.0, Float(0.0))
   steps: tuple = setting((), ROUND_STEPS)
   init: str = setting("previous", Choice(*INITS))
   predict_min_score: float = setting(0.05, PROBABILITY)
@@ -175,6 +176,18 @@ class Settings:
                        f"0..{s.rounds} (selftrain.rounds = {s.rounds})")
     return dataclasses.replace(s, thresholds=tuple(float(t) for t in s.thresholds[:s.rounds]),
                                steps=tuple(int(n) for n in steps))
+
+
+def config_group(**overrides) -> ml_collections.ConfigDict:
+  """`config.selftrain` for a config file: `Settings`' defaults (CutLER's recipe) with `overrides`, checked by
+  their rules; tuples become lists (what `--config.selftrain.KEY=[...]` overrides)."""
+  fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise InputError(f"unknown selftrain settings {unknown}; known: {sorted(fields)}")
+  d = dict(fields, **overrides)
+  from_mapping(Settings, d, "selftrain config")
+  return ml_collections.ConfigDict({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()})
 
 
 def round_dir(workdir: str, r: int) -> str:
