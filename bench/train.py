@@ -59,14 +59,15 @@ def cpu_worker(devices: int, steps: int, data_dir: str) -> dict:
 
   from zipjax.commands.segment import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
   from zipjax.data import coco_train  # pylint: disable=import-outside-toplevel
+  from zipjax.train import task  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   config = apply_overrides(load_config_file(os.path.join(ROOT, "configs", "train_smoke.py")),
                            [f"--config.total_steps={steps + 10}"])
   t0 = time.perf_counter()
   ts = coco_train.load_train_set(os.path.join(data_dir, "annotations.json"), os.path.join(data_dir, "images"))
-  trainer = tr.Trainer(config, tr.detector_task(config))
+  trainer = tr.Trainer(config, task.detector_task(config))
   state = trainer.init_state()
-  queries = tr.class_queries(config, tr.text_encoder(config), ts.names)
+  queries = task.class_queries(config, task.text_encoder(config), ts.names)
   bs = int(config.batch_size)
   q = np.ascontiguousarray(np.broadcast_to(queries[None], (bs,) + queries.shape))
   qv = np.ones(q.shape[:2], bool)
@@ -147,6 +148,7 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
 
   from zipjax.commands.segment import apply_overrides, load_config_file  # pylint: disable=import-outside-toplevel
   from zipjax.models.detector import flops_per_example  # pylint: disable=import-outside-toplevel
+  from zipjax.train import task  # pylint: disable=import-outside-toplevel
   from zipjax.train import trainer as tr  # pylint: disable=import-outside-toplevel
   dev = jax.devices()[0]
   if dev.platform == "cpu" and not allow_cpu:
@@ -158,8 +160,8 @@ def device_section(allow_cpu: bool = False, small: bool = False, steps: int = 20
                            "--config.optim.warmup_steps=0", f"--config.mesh=[('data', {n})]",
                            f"--config.data.max_instances={max_targets}", "--config.init_checkpoint=",
                            *overrides])
-  cfg = tr.detector_config(config)
-  trainer = tr.Trainer(config, tr.detector_task(config))
+  cfg = task.detector_config(config)
+  trainer = tr.Trainer(config, task.detector_task(config))
   t0 = time.perf_counter()
   state = trainer.init_state()
   rng = np.random.default_rng(0)

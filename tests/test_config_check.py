@@ -315,7 +315,7 @@ def test_train_cli_bad_overrides_exit_2_before_training(tmp_path, monkeypatch, c
 def test_detect_cli_bad_override_exit_2_before_loading(tmp_path, monkeypatch, capsys, train_config):
   from zipjax.commands import detect  # pylint: disable=import-outside-toplevel
   from zipjax.io.atomic import atomic_write_json  # pylint: disable=import-outside-toplevel
-  from zipjax.train.trainer import config_to_dict  # pylint: disable=import-outside-toplevel
+  from zipjax.train.task import config_to_dict  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(detect, "checkpoint_step", lambda w: pytest.fail("the workdir's checkpoints were read"))
   (tmp_path / "w").mkdir()
   atomic_write_json(str(tmp_path / "w" / "config.json"), config_to_dict(train_config))

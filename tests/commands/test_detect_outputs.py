@@ -20,7 +20,7 @@ from tests.commands.test_segment_outputs import _images, _no_volatile, _state, r
 from zipjax import cli
 from zipjax.commands.segment import load_config_file
 from zipjax.io.atomic import atomic_write_json
-from zipjax.train.trainer import config_to_dict
+from zipjax.train.task import config_to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = os.path.join(ROOT, "tests", "commands", "detect_runner.py")

@@ -124,11 +124,11 @@ def test_refusals(tmp_path, pseudo, capsys):
 def test_a_workdir_that_lost_selftrain_json_adopts_no_other_inputs(tmp_path, pseudo, capsys):
   """Round 0's labels carry the run's identity: with selftrain.json deleted, other pseudo-labels are refused up
   front (they used to take over the finished rounds silently); the same inputs recreate selftrain.json."""
-  from zipjax.train import trainer as tr
+  from zipjax.train import task
   w = tmp_path / "w"
   state = {"pseudo_json": str(pseudo / "annotations.json"),
            "pseudo_json_sha256": selftrain.sha256_file(str(pseudo / "annotations.json")),
-           "images_root": str(pseudo / "images"), "config": tr.config_to_dict(_config())}
+           "images_root": str(pseudo / "images"), "config": task.config_to_dict(_config())}
   labels = selftrain._initial_labels(str(pseudo / "annotations.json"), str(pseudo / "images"),
                                      selftrain.run_identity(state))
   (w / "round_0").mkdir(parents=True)

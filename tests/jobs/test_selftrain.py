@@ -230,7 +230,7 @@ def test_finetune_from_selftrained_beats_same_init_alone(data, reference, tmp_pa
   for k in ("eval/agnostic/segm_AP50", "eval/agnostic/segm_AR100", "eval/agnostic/segm_AP"):
     assert st[k] > alone[k] + (0.05 if k != "eval/agnostic/segm_AP" else 0.01), (k, st[k], alone[k])
   # both trained on the same 3 images (10% of 32, zipjax/data/coco_train.py's seeded subset)
-  from zipjax.train.trainer import Checkpoints
+  from zipjax.train.checkpoints import Checkpoints
   for name in results:
     ck = Checkpoints(str(tmp_path / name / "checkpoints"), 1, 1, asynchronous=False, read_only=True)
     meta = ck.restore_meta(ck.latest_step())

@@ -9,6 +9,8 @@ from zipjax.commands.segment import apply_overrides, load_config_file
 from zipjax.convert.store import save_converted
 from zipjax.data import coco_train, synthetic
 from zipjax.models.clip_net import CLIPConfig
+from zipjax.train import checkpoints
+from zipjax.train import task
 from zipjax.train import trainer as tr
 
 TINY = ["--config.model.input_size=64", "--config.model.width=64", "--config.model.layers=1",
@@ -25,8 +27,8 @@ def test_init_checkpoint_and_init_workdir(tmp_path):
   save_converted(tmp_path / "clip", "clip", arch.to_dict(), jax.device_get(clip.variables))
   config = apply_overrides(load_config_file("configs/train_smoke.py"),
                            TINY + [f"--config.init_checkpoint={tmp_path / 'clip'}"])
-  trainer = tr.Trainer(config, tr.detector_task(config))
-  loaded = tr.text_encoder(config)  # the checkpoint's CLIP embeds the class names
+  trainer = tr.Trainer(config, task.detector_task(config))
+  loaded = task.text_encoder(config)  # the checkpoint's CLIP embeds the class names
   np.testing.assert_array_equal(np.asarray(loaded.encode_text(["circle"])), np.asarray(clip.encode_text(["circle"])))
   params = jax.device_get(tr.initial_params(config, trainer, loaded, log=lambda m: None))
   visual = jax.device_get(clip.variables["params"]["visual"])
@@ -45,19 +47,19 @@ def test_init_checkpoint_and_init_workdir(tmp_path):
   ts = coco_train.load_train_set(d / "annotations.json", d / "images")
   it = coco_train.make_iterator(coco_train.make_dataset(ts, coco_train.augment_params(config), 8, 0))
   state = trainer.init_state(trainer.place_params(params))
-  ck = tr.Checkpoints(str(tmp_path / "run" / "checkpoints"), every=1, keep=1)
+  ck = checkpoints.Checkpoints(str(tmp_path / "run" / "checkpoints"), every=1, keep=1)
   ck.save(7, state, it, {"step": 7})
   ck.wait()
   ck.close()
   (tmp_path / "run" / "config.json").write_text(config.to_json())
   config2 = apply_overrides(load_config_file("configs/train_smoke.py"),
                             TINY + [f"--config.init_workdir={tmp_path / 'run'}", "--config.seed=3"])
-  trainer2 = tr.Trainer(config2, tr.detector_task(config2))
+  trainer2 = tr.Trainer(config2, task.detector_task(config2))
   restored = tr.initial_params(config2, trainer2, log=lambda m: None)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(jax.device_get(restored))):
     np.testing.assert_array_equal(a, b)
   assert restored["backbone"]["conv1"]["kernel"].sharding == trainer2.state_shardings["params"]["backbone"]["conv1"][
       "kernel"]
   # the text tower is inherited from the run it starts from
-  inherited = tr.text_encoder(config2)
+  inherited = task.text_encoder(config2)
   np.testing.assert_array_equal(np.asarray(inherited.encode_text(["star"])), np.asarray(clip.encode_text(["star"])))

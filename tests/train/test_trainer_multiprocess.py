@@ -32,7 +32,8 @@ import pytest
 
 from zipjax.data import synthetic
 from zipjax import parallel
-from zipjax.train import trainer as tr
+from zipjax.train import checkpoints
+from zipjax.train import task
 from zipjax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,8 +114,8 @@ def _train_args(d, workdir, steps=TRAIN_STEPS, extra=()):
 
 
 def _params(workdir):
-  config = tr.load_run_config(str(workdir))
-  params, step = tr.load_params(str(workdir), config, parallel.create_mesh([("data", 1)]))
+  config = task.load_run_config(str(workdir))
+  params, step = checkpoints.load_params(str(workdir), config, parallel.create_mesh([("data", 1)]))
   return jax.tree_util.tree_map(np.asarray, jax.device_get(params)), step
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from zipjax import parallel
 from zipjax.train import predict
 from zipjax.train.predict import DetectorPredictor
-from zipjax.train.trainer import detector_config
+from zipjax.train.task import detector_config
 from zipjax.commands.segment import apply_overrides, load_config_file
 
 

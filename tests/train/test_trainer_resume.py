@@ -15,7 +15,8 @@ import pytest
 
 from zipjax.data import synthetic
 from zipjax import parallel
-from zipjax.train import trainer as tr
+from zipjax.train import checkpoints
+from zipjax.train import task
 from zipjax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -76,9 +77,9 @@ def _interrupt(d, workdir, sig, after_step):
 
 
 def _final_params(workdir):
-  config = tr.load_run_config(str(workdir))
+  config = task.load_run_config(str(workdir))
   mesh = parallel.create_mesh([("data", 1)])
-  params, step = tr.load_params(str(workdir), config, mesh)
+  params, step = checkpoints.load_params(str(workdir), config, mesh)
   return jax.device_get(params), step
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from zipjax.commands.segment import apply_overrides, load_config_file
 from zipjax.data import coco_train, synthetic
+from zipjax.train import task
 from zipjax.train import trainer as tr
 
 TINY = ["--config.model.input_size=64", "--config.model.width=32", "--config.model.layers=1",
@@ -39,7 +40,7 @@ def batch(tmp_path_factory):
 
 
 def _one_step(config, batch, params=None):
-  trainer = tr.Trainer(config, tr.detector_task(config))
+  trainer = tr.Trainer(config, task.detector_task(config))
   state = trainer.init_state(None if params is None else trainer.place_params(params))
   before = jax.device_get(state["params"])
   gb = trainer.global_batch(batch)

@@ -43,8 +43,8 @@ def add_parser(sub):
 
 def checkpoint_step(workdir: str) -> int:
   """The step of the workdir's latest checkpoint: what `zipjax detect` runs (part of the run's identity)."""
-  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
-  return trainer.latest_checkpoint_step(workdir)
+  from zipjax.train import checkpoints  # pylint: disable=import-outside-toplevel
+  return checkpoints.latest_checkpoint_step(workdir)
 
 
 class _Detector:
@@ -90,8 +90,8 @@ def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dic
   (workdir, checkpoint step, model and text config), the detection settings (all but the batch size), decoding
   limits, classes and inputs."""
   from zipjax.jobs.identity import make_identity  # pylint: disable=import-outside-toplevel
-  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
-  d = trainer.config_to_dict(config)
+  from zipjax.train import task  # pylint: disable=import-outside-toplevel
+  d = task.config_to_dict(config)
   result = {k: d.get(k) for k in ("model", "text", "input", "init_checkpoint", "init_workdir")}
   result["detect"] = {k: v for k, v in d["detect"].items() if k != "batch_size"}
   return make_identity("detect", names, result, inputs, workdir=os.path.abspath(workdir), checkpoint_step=int(step))
@@ -100,9 +100,9 @@ def detect_identity(config, names, workdir: str, step: int, inputs: dict) -> dic
 def run(args) -> int:
   from zipjax.commands.common import apply_overrides, class_names, enable_compilation_cache  # pylint: disable=C0415
   from zipjax.jobs.folder_run import FolderJob, run_folder  # pylint: disable=import-outside-toplevel
-  from zipjax.train import trainer  # pylint: disable=import-outside-toplevel
+  from zipjax.train import task  # pylint: disable=import-outside-toplevel
 
-  config = trainer.load_run_config(args.workdir)
+  config = task.load_run_config(args.workdir)
   apply_overrides(config, getattr(args, "config_overrides", []) or [])
   if args.batch_size is not None:
     if args.batch_size < 1:
@@ -130,7 +130,7 @@ def run(args) -> int:
       command="detect", verb="detected", out=args.out, names=names,
       identity=lambda inputs: detect_identity(config, names, args.workdir, step, inputs),
       info=info,
-      config=trainer.config_to_dict(config), build=build, batch_size=int(config.detect.batch_size),
+      config=task.config_to_dict(config), build=build, batch_size=int(config.detect.batch_size),
       limits=(int(lim.min_side), int(lim.max_side), float(lim.max_aspect)), overlays=bool(config.detect.overlays),
       overlay_max_side=int(config.detect.overlay_max_side))
   return run_folder(job, args.inputs)

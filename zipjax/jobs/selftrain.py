@@ -85,10 +85,11 @@ from zipjax.io.geometry import encode_rle
 from zipjax.io.shards import RunDir
 from zipjax.jobs.comm import Comm
 from zipjax.schema import BOOL, PROBABILITY, Choice, Custom, Float, Int, check, from_mapping, setting
+from zipjax.train import checkpoints
+from zipjax.train import task
 from zipjax.train import trainer as tr
 from zipjax.train.metrics import read_metrics
 from zipjax.train.predict import Inference
-from zipjax.train.trainer import Checkpoints
 
 KILL_ENV = faults.ENV
 EXIT_PREEMPTED = 143
@@ -326,7 +327,7 @@ def _merged_labels(settings: Settings, workdir: str, r: int, images_root: str) -
 # -------------------------------------------------------------------------------------------- predict
 def _train_names(rd: str) -> list:
   """The query names the round's detector was trained with (recorded in its final checkpoint)."""
-  ck = Checkpoints(os.path.join(rd, "checkpoints"), every=1, keep=1, asynchronous=False, read_only=True)
+  ck = checkpoints.Checkpoints(os.path.join(rd, "checkpoints"), every=1, keep=1, asynchronous=False, read_only=True)
   try:
     return list(ck.restore_meta(ck.latest_step())["names"])
   finally:
@@ -337,9 +338,9 @@ def _local_params(rd: str, cfg, mesh):
   """The round's final parameters, replicated over `mesh` (this process's devices)."""
 
   if jax.process_count() == 1:
-    return tr.load_params(rd, cfg, mesh)[0]
+    return checkpoints.load_params(rd, cfg, mesh)[0]
   global_mesh = parallel.create_mesh([("data", -1)])  # orbax restores onto all processes' devices
-  params, _ = tr.load_params(rd, cfg, global_mesh)
+  params, _ = checkpoints.load_params(rd, cfg, global_mesh)
   host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), params)
   return jax.device_put(host, parallel.replicated(mesh))
 
@@ -539,7 +540,7 @@ def self_train(config, pseudo_json: str, images_root: str, workdir: str, gt_json
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   state = {"pseudo_json": os.path.abspath(pseudo_json), "pseudo_json_sha256": sha256_file(pseudo_json),
-           "images_root": os.path.abspath(images_root), "config": tr.config_to_dict(config)}
+           "images_root": os.path.abspath(images_root), "config": task.config_to_dict(config)}
   if pindex == 0:  # refuse other inputs before anything is written; record them once round 0's labels exist
     _check_state(workdir, state, write=False)
   gt_digest = sha256_file(gt_json) if gt_json else None

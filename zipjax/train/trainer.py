@@ -64,8 +64,8 @@ from zipjax.data import coco_train
 from zipjax.errors import CheckpointError, InputError
 from zipjax.io.atomic import atomic_write_json
 from zipjax.models.detector import load_backbone
-from zipjax.train.checkpoints import Checkpoints, latest_checkpoint_step, load_params, restore_latest_params
-from zipjax.train.evaluator import Evaluator, ValSet, load_val_set
+from zipjax.train.checkpoints import Checkpoints, restore_latest_params
+from zipjax.train.evaluator import Evaluator, load_val_set
 from zipjax.train.metrics import MetricsWriter
 from zipjax.train.optim import make_optimizer
 from zipjax.train.task import (Task, class_queries, compiler_options, config_to_dict, detector_config,
@@ -441,7 +441,4 @@ def _train(config, workdir, val_set, progress, log, ck, latest, t0, train_set, t
 
 # the task, checkpoint and evaluation names stay importable from here (`zipjax.train.trainer` is what users
 # and the commands import); each lives in its own module
-__all__ = ["Trainer", "restore_params", "initial_params", "RunResult", "train", "EXIT_PREEMPTED", "FIXED_KEYS",
-           "Task", "detector_task", "detector_config", "text_encoder", "class_queries", "config_to_dict",
-           "load_run_config", "compiler_options", "Checkpoints", "latest_checkpoint_step", "load_params",
-           "Evaluator", "ValSet", "load_val_set"]
+__all__ = ["Trainer", "restore_params", "initial_params", "RunResult", "train", "EXIT_PREEMPTED", "FIXED_KEYS"]
