@@ -1,6 +1,7 @@
 """Typed config groups: the rule of each field (type and range) declared once, beside its default.
 
-A config group that a frozen dataclass describes (the detector's `DetectorConfig`, the loss's `LossConfig`)
+A config group that a frozen dataclass describes (`config.model`: `zipjax.models.detector.DetectorConfig`,
+`config.loss`: `zipjax.train.losses.LossConfig`, `config.selftrain`: `zipjax.jobs.selftrain.Settings`)
 declares each field with `setting(default, rule)`; from that one declaration
 
 - the dataclass validates itself (`check(self, "detector config")` in `__post_init__`: every field's rule, then
