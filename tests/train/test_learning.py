@@ -80,7 +80,7 @@ def test_adam_fits_rectangles_boxes_and_masks(setup):
   state = opt.init(params)
   update = jax.jit(lambda p, g, s: (lambda u, s2: (optax.apply_updates(p, u), s2))(*opt.update(g, s, p)))
   first = None
-  for _ in range(150):
+  for _ in range(300):  # 150 fit every rectangle with 1 host device, not with 8 (another summation order)
     (loss, metrics), grads = grad_fn(params, batch)
     first = float(loss) if first is None else first
     params, state = update(params, grads, state)

@@ -149,12 +149,11 @@ def _check_readable(state_dir: str, names: set, where: str) -> None:
     keys = kv.list().result()
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(f"{where} is corrupt: its array store cannot be opened ({_first_line(e)})") from None
-  wanted = [k for k in keys if k.decode("utf-8", "replace").split("/")[0] in names] or keys
-  for key in wanted:
+  named = [(k, k.decode("utf-8", "replace").split("/")[0]) for k in keys]  # (key, array name)
+  for key, name in [kn for kn in named if kn[1] in names] or named:
     try:
       kv.read(key).result()
     except Exception as e:  # pylint: disable=broad-except
-      name = key.decode("utf-8", "replace").split("/")[0]
       raise CorruptCheckpointError(f"{where} is corrupt: array {name} cannot be read ({_first_line(e)})") from None
 
 
