@@ -11,6 +11,7 @@ zipjax/parallel/ (mesh, sharding_rules: "fsdp" rules).
 """
 import ml_collections
 
+from zipjax import configs
 from zipjax.train import config_parts
 
 
@@ -83,5 +84,5 @@ def get_config():
   config.detect.score_threshold = 0.3
   config.detect.overlays = True
   config.detect.overlay_max_side = 1024
-  config.input = ml_collections.ConfigDict({"min_side": 32, "max_side": 8192, "max_aspect": 16.0})
+  config.input = configs.input_group()  # image decoding limits (zipjax.configs.Limits)
   return config

@@ -9,6 +9,7 @@ The class names are embedded once by the frozen CLIP text tower of init_checkpoi
 """
 import ml_collections
 
+from zipjax import configs
 from zipjax.train import config_parts
 
 
@@ -79,5 +80,5 @@ def get_config():
   config.detect.score_threshold = 0.3
   config.detect.overlays = True
   config.detect.overlay_max_side = 1024
-  config.input = ml_collections.ConfigDict({"min_side": 32, "max_side": 8192, "max_aspect": 16.0})
+  config.input = configs.input_group()  # image decoding limits (zipjax.configs.Limits)
   return config

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from zipjax import config_check, schema
+from zipjax.configs import Limits
 from zipjax.commands.segment import load_config_file
 from zipjax.errors import InputError
 from zipjax.jobs import selftrain
@@ -13,15 +14,16 @@ from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
 from zipjax.train.losses import LossConfig
 
-GROUPS = ((DetectorConfig, "model."), (LossConfig, "loss."), (Settings, "selftrain."))
+GROUPS = ((DetectorConfig, "model."), (LossConfig, "loss."), (Settings, "selftrain."), (Limits, "input."))
 
 
 @pytest.mark.parametrize("cls,prefix", GROUPS)
 def test_every_field_has_a_rule_and_the_check_uses_it(cls, prefix):
   rules = schema.rules_of(cls, prefix)
   assert list(rules) == [prefix + f.name for f in dataclasses.fields(cls)]
-  table = config_check.SELFTRAIN_RULES
-  assert {k: table[k] for k in table if k.startswith(prefix)} == rules  # no second rule for a field
+  for table in (config_check.SELFTRAIN_RULES, config_check.TRAIN_RULES, config_check.RULES):
+    if any(k.startswith(prefix) for k in table):  # no second rule for a field, in any family
+      assert {k: table[k] for k in table if k.startswith(prefix)} == rules
   for f in dataclasses.fields(cls):  # the defaults pass their own rules
     assert f.metadata["rule"].problem(f.default) is None, f.name
 

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from zipjax import weights
+from zipjax.configs import Limits
 from zipjax.errors import InputError
 from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
@@ -115,9 +116,7 @@ RULES: dict[str, Rule] = {
     "models.sam.dtype": Choice("auto", "float32", "bfloat16"),
     "models.seed": Int(0, 2**31 - 1),
     # image decoding limits
-    "input.min_side": Int(1),
-    "input.max_side": Int(1),
-    "input.max_aspect": Float(1.0),
+    **rules_of(Limits, "input."),
     # CLIP Surgery
     "semantic.input_size": Int(1),
     "semantic.prompt_ensemble": BOOL,
@@ -319,9 +318,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "detect.overlays": BOOL,
     "detect.overlay_max_side": Int(1),
     # image decoding limits (as the segment family's)
-    "input.min_side": RULES["input.min_side"],
-    "input.max_side": RULES["input.max_side"],
-    "input.max_aspect": RULES["input.max_aspect"],
+    **rules_of(Limits, "input."),
 }
 
 

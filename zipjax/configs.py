@@ -12,7 +12,7 @@ used by a kernel is a field here:
 
 - `config.models`: which checkpoints (manifest names, files or converted dirs) and, for `--random-init`,
   which architectures (a name of `zipjax.models.clip_net.ARCHITECTURES` / a SAM size, or a dict of config fields);
-- `config.input`: image decoding limits (`zipjax/io/images.py`);
+- `config.input`: image decoding limits (`Limits` below, a typed group: `zipjax/schema.py`; `zipjax/io/images.py`);
 - `config.semantic`: CLIP Surgery similarity maps and image-level class scores (`zipjax/pipeline/semantic.py`);
 - `config.boundary`: the boundary-prior input and trunk stage;
 - `config.discover`: k-means, fragments, instances (`zipjax/pipeline/discover.py`);
@@ -29,9 +29,12 @@ file that adds a group of its own does it inside `with config.unlocked():`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from zipjax.errors import InputError
+from zipjax.schema import Float, Int, check, from_mapping, setting
 
 
 def _discover_reference() -> ml_collections.ConfigDict:
@@ -89,14 +92,32 @@ def _models() -> ml_collections.ConfigDict:
   return c
 
 
-def _input() -> ml_collections.ConfigDict:
-  """Image decoding limits (zipjax/io/images.py); images outside them are reported in errors.json."""
-  c = ml_collections.ConfigDict()
-  c.min_side = 32                 # shorter side below this: refused
-  c.max_side = 8192               # longer side above this: refused (no silent downscaling; outputs are in
-  #                                 the original pixel frame)
-  c.max_aspect = 16.0             # long / short side above this: refused (the 2048 short-side resize explodes)
-  return c
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """Image decoding limits, `config.input` of every family (zipjax/io/images.py); images outside them are
+  refused, one line each in errors.json. Each field's rule is declared with it (`zipjax.schema.setting`).
+
+  Attributes:
+    min_side: shorter side below this: refused.
+    max_side: longer side above this: refused (no silent downscaling; outputs are in the original pixel frame).
+    max_aspect: long / short side above this: refused (the 2048 short-side resize of such an image explodes).
+  """
+  min_side: int = setting(32, Int(1))
+  max_side: int = setting(8192, Int(1))
+  max_aspect: float = setting(16.0, Float(1.0))
+
+  def __post_init__(self):
+    check(self, "input.")
+
+  @classmethod
+  def from_config(cls, config) -> "Limits":
+    """From a config with an `input` group."""
+    return from_mapping(cls, config.input, "input config")
+
+
+def input_group() -> ml_collections.ConfigDict:
+  """`config.input` with the default `Limits` (every preset and configs/train_*.py)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(Limits()))
 
 
 def _semantic_reference() -> ml_collections.ConfigDict:
@@ -192,7 +213,7 @@ def _reference() -> ml_collections.ConfigDict:
   # 0: the whole device batch vmapped at once (more parallel work per kernel, memory grows with the batch)
   config.micro_batch = 1
   config.models = _models()
-  config.input = _input()
+  config.input = input_group()
   config.semantic = _semantic_reference()
   config.boundary = _boundary_reference()
   config.discover = _discover_reference()

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zipjax.configs import Limits
 from zipjax.data import loader, sources
 from zipjax.errors import InputError
 from zipjax.io import images as images_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LIM = sources.Limits()
+LIM = Limits()
 
 
 def _img(path, h=40, w=50, seed=0):
@@ -64,7 +65,7 @@ def test_decoding_matches_load_image_and_odd_entries_are_errors(tmp_path):
   assert got["fifo.png"].reason == "not a regular file (a FIFO)"  # refused without blocking on open()
   assert got["empty.png"].reason
   with pytest.raises(InputError, match="too small"):
-    sources.decode_image_bytes((d / "ok.png").read_bytes(), sources.Limits(min_side=100))
+    sources.decode_image_bytes((d / "ok.png").read_bytes(), Limits(min_side=100))
   with pytest.raises(InputError, match="empty file"):
     sources.decode_image_bytes(b"", LIM)
   with pytest.raises(InputError, match="not an image"):

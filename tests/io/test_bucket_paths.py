@@ -10,6 +10,7 @@ import pytest
 from etils.epath import testing as epath_testing
 from PIL import Image
 
+from zipjax.configs import Limits
 from zipjax.data import sources
 from zipjax.io import fs
 from zipjax.io.lock import DirLock, LockedError
@@ -90,11 +91,11 @@ def test_inputs_in_a_bucket(tmp_path):
   with fake_bucket(tmp_path):
     wl = sources.open_inputs(["gs://b/imgs"])
     assert [wl.key(i) for i in range(len(wl))] == ["a.png", "bad.png", "sub/b.png"]
-    got = [wl.load(i, sources.Limits()) for i in range(len(wl))]
+    got = [wl.load(i, Limits()) for i in range(len(wl))]
     np.testing.assert_array_equal(got[0].image, np.asarray(Image.open(tmp_path / "b/imgs/a.png")))
     assert "not an image" in got[1].reason
     coco = sources.open_inputs([], coco_json="gs://b/c.json", images_root="gs://b/imgs")
-    x, y = coco.load(0, sources.Limits()), coco.load(1, sources.Limits())
+    x, y = coco.load(0, Limits()), coco.load(1, Limits())
     assert (x.key, x.image_id, x.reason) == ("nope.png", 6, "file not found")
     assert (y.key, y.image_id, y.image.shape) == ("sub/b.png", 5, (40, 50, 3))
 

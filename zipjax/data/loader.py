@@ -20,7 +20,8 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from zipjax.data.sources import Limits, Loaded, WorkList
+from zipjax.configs import Limits
+from zipjax.data.sources import Loaded, WorkList
 from zipjax.errors import InputError
 
 

@@ -36,6 +36,7 @@ import stat
 import numpy as np
 from etils import epath
 
+from zipjax.configs import Limits
 from zipjax.errors import InputError
 from zipjax.io import fs
 from zipjax.io import images as images_io
@@ -43,19 +44,6 @@ from zipjax.io.coco import load_json
 
 
 MAX_IMAGE_ID = 1 << 53  # COCO image ids: positive integers that every JSON reader holds exactly
-
-
-@dataclasses.dataclass
-class Limits:
-  """Decoding limits (config.input)."""
-  min_side: int = 32
-  max_side: int = 8192
-  max_aspect: float = 16.0
-
-  @classmethod
-  def from_config(cls, config) -> "Limits":
-    c = config.input
-    return cls(int(c.min_side), int(c.max_side), float(c.max_aspect))
 
 
 @dataclasses.dataclass
@@ -438,5 +426,5 @@ def open_inputs(inputs, coco_json: str | None = None, images_root: str | None = 
   return FileList(inputs, exclude)
 
 
-__all__ = ["Limits", "Loaded", "WorkList", "FileList", "CocoList", "TfdsList", "open_inputs", "parse_tfds",
+__all__ = ["Loaded", "WorkList", "FileList", "CocoList", "TfdsList", "open_inputs", "parse_tfds",
            "decode_image_bytes", "load_path"]

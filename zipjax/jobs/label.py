@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from zipjax import engine as engine_lib
 from zipjax.data.loader import process_stream
-from zipjax.data.sources import Limits, open_inputs
+from zipjax.configs import Limits
+from zipjax.data.sources import open_inputs
 from zipjax.errors import InputError
 from zipjax.gallery import gallery_hint
 from zipjax.io import fs
