@@ -13,7 +13,8 @@ The checks are tables, one per config family:
   hold plain train configs (no `selftrain` group), which `zipjax detect` checks as the train family.
 
 A rule table maps each field's dotted path to a `Rule` (type and range; `zipjax.schema`); the groups that a typed
-dataclass describes (`model`: DetectorConfig, `loss`: LossConfig) take their rules from it, where each field's
+dataclass describes (`model`: DetectorConfig, `loss`: LossConfig, `selftrain`: Settings, `input`: Limits) take
+their rules from it, where each field's
 rule is declared beside its default and also checks a group built in Python. The relations are the checks that
 involve several fields (e.g. `input.max_side >= input.min_side`; for the detector, the model and loss configs'
 own consistency checks). `check_config(config, family=...)` walks every leaf of the config and
@@ -323,11 +324,11 @@ TRAIN_RULES: dict[str, Rule] = {
 
 
 def _from_dataclass(group: str, build) -> Callable[[Any], str | None]:
-  """A relation that runs a config dataclass's own consistency checks (`build(config[group])` raising
-  InputError), so they are reported with the other problems before anything is built."""
+  """A relation that runs a config dataclass's own consistency checks (`build(config)` raising InputError), so
+  they are reported with the other problems before anything is built."""
   def check(config) -> str | None:
     try:
-      build(config[group])
+      build(config)
     except InputError as e:
       return f"config.{group}: {e}"
     return None
@@ -357,24 +358,17 @@ def _text_heads(config) -> str | None:
 
 
 TRAIN_RELATIONS: list[Callable[[Any], str | None]] = [
-    _input_sides, _scales, _warmup, _text_heads, _from_dataclass("model", DetectorConfig.from_config),
-    _from_dataclass("loss", LossConfig.from_config)]
-
-
-def _selftrain_consistent(config) -> str | None:
-  """The self-training settings' own relations (thresholds per round, steps per round)."""
-  try:
-    Settings.from_config(config)
-  except InputError as e:
-    return str(e)
-  return None
+    _input_sides, _scales, _warmup, _text_heads,
+    _from_dataclass("model", lambda config: DetectorConfig.from_config(config.model)),
+    _from_dataclass("loss", lambda config: LossConfig.from_config(config.loss))]
 
 
 # The `selftrain` group of configs/selftrain_*.py over the train rules: the rules declared with the fields of
 # zipjax/jobs/selftrain.py `Settings`.
 SELFTRAIN_GROUP_RULES: dict[str, Rule] = rules_of(Settings, "selftrain.")
 SELFTRAIN_RULES: dict[str, Rule] = {**TRAIN_RULES, **SELFTRAIN_GROUP_RULES}
-SELFTRAIN_RELATIONS: list[Callable[[Any], str | None]] = TRAIN_RELATIONS + [_selftrain_consistent]
+SELFTRAIN_RELATIONS: list[Callable[[Any], str | None]] = TRAIN_RELATIONS + [
+    _from_dataclass("selftrain", Settings.from_config)]
 
 # family name -> (name of its rule table global, name of its relations global, hint for a missing field);
 # tables are looked up by name at call time, so a test may swap a table for a copy

@@ -145,12 +145,17 @@ def check(obj, what: str) -> None:
     raise InputError(("" if what.endswith(".") else f"{what}: ") + "; ".join(bad))
 
 
+def unknown_keys(cls, keys) -> list[str]:
+  """The `keys` that are not fields of the dataclass `cls`, sorted."""
+  return sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
+
+
 def from_mapping(cls, group: Mapping[str, Any] | Any, what: str):
   """`cls(**group)` of a dict or ml_collections ConfigDict (an integer given for a `float` field becomes a float;
   missing keys take their defaults); keys that are not fields of `cls` are an error."""
   d = dict(group.to_dict() if hasattr(group, "to_dict") else group)
   fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - set(fields))
+  unknown = unknown_keys(cls, d)
   if unknown:
     raise InputError(f"unknown {what} keys: {unknown}; known: {sorted(fields)}")
   for k, v in d.items():
@@ -160,4 +165,4 @@ def from_mapping(cls, group: Mapping[str, Any] | Any, what: str):
 
 
 __all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "PROBABILITY", "setting", "rules_of", "check",
-           "from_mapping"]
+           "unknown_keys", "from_mapping"]

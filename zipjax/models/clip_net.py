@@ -6,7 +6,7 @@ Submodule and parameter names mirror the PyTorch state dict (`visual.transformer
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -16,6 +16,7 @@ from zipjax.models.clip_layers import Transformer, layer_norm
 from zipjax.models.clip_resnet import ModifiedResNet
 from zipjax.models.clip_vit import VisionTransformer
 from zipjax.models.tree import flatten
+from zipjax.schema import unknown_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +59,9 @@ class CLIPConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "CLIPConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    unknown = unknown_keys(cls, d)
     if unknown:
-      raise ValueError(f"unknown CLIP config fields: {sorted(unknown)}")
+      raise ValueError(f"unknown CLIP config fields: {unknown}")
     return cls(**d)
 
   def replace(self, **kw) -> "CLIPConfig":

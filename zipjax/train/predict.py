@@ -62,11 +62,12 @@ def refine(box, logits: np.ndarray, box_source: str, mask_threshold: float = 0.0
   """
   if box_source == "mask":
     y0, y1, x0, x1 = _window(box, *logits.shape)
+    win = logits[y0:y1, x0:x1]                                                # [h, w] the window
+    inner = win > mask_threshold
     mask = np.zeros(logits.shape, bool)
-    win = logits[y0:y1, x0:x1]
-    mask[y0:y1, x0:x1] = win > mask_threshold
-    if mask.any():
-      pieces, _ = ndimage.label(mask[y0:y1, x0:x1])                           # [h, w] 0 = background
+    mask[y0:y1, x0:x1] = inner
+    if inner.any():
+      pieces, _ = ndimage.label(inner)                                        # [h, w] 0 = background
       main = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))   # the mask's largest piece
       regions, _ = ndimage.label(win > min(BOX_CONTOUR_LOGIT, mask_threshold))  # each holds whole pieces
       region = np.isin(regions, np.unique(regions[main]))

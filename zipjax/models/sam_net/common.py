@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipjax.schema import unknown_keys
+
 LN_EPS_ENCODER = 1e-6
 LN_EPS_DEFAULT = 1e-5
 
@@ -55,10 +57,9 @@ class SamConfigBase:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any], **overrides):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    unknown = unknown_keys(cls, d)
     if unknown:
-      raise ValueError(f"unknown {cls._TITLE} config fields {sorted(unknown)}")
+      raise ValueError(f"unknown {cls._TITLE} config fields {unknown}")
     return cls(**{**d, **overrides})
 
   def replace(self, **changes):
