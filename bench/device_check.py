@@ -272,8 +272,8 @@ def model_rows(args, eng, deadline: float) -> list[Row]:
          lambda p, x: sam.apply(p, x, method=sam_cls.embed_images), eng.params["sam"],
          jnp.zeros((b, t, t, 3), jnp.float32)),
         (f"{label} {args.sam_name} box decoder, {m} prompts ({eng.sam_cfg.dtype})",
-         lambda p, x: jax.vmap(lambda em, bx: sam.apply(p, em, boxes=bx, multimask_output=eng.step_spec.multimask,
-                                                        method=sam_cls.decode))(x, boxes),
+         lambda p, x: jax.vmap(lambda em, bx: sam.apply(
+             p, em, boxes=bx, multimask_output=eng.step_spec.sam.multimask, method=sam_cls.decode))(x, boxes),
          eng.params["sam"], emb0)]
   rows = []
   for name, fn, params, x in cases:

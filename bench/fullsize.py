@@ -257,7 +257,7 @@ def child_zipjax(args) -> dict:
       "sam_encoder": (lambda p, x: sam.apply(p, x, method=sam_cls.embed_images), eng.params["sam"],
                       jnp.zeros((1, t, t, 3), jnp.float32)),
       "sam_decoder": (lambda p, x: sam.apply(p, jax.tree_util.tree_map(lambda a: a[0], x), boxes=boxes,
-                                             multimask_output=eng.step_spec.multimask, method=sam_cls.decode),
+                                             multimask_output=eng.step_spec.sam.multimask, method=sam_cls.decode),
                       eng.params["sam"], emb0),
   }
   stages, cpu = {}, {}

@@ -5,8 +5,7 @@ import dataclasses
 
 import pytest
 
-from zipjax import config_check, schema
-from zipjax.configs import Limits
+from zipjax import config_check, configs, schema
 from zipjax.commands.segment import load_config_file
 from zipjax.errors import InputError
 from zipjax.jobs import selftrain
@@ -14,18 +13,73 @@ from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
 from zipjax.train.losses import LossConfig
 
-GROUPS = ((DetectorConfig, "model."), (LossConfig, "loss."), (Settings, "selftrain."), (Limits, "input."))
+GROUPS = ((DetectorConfig, "model."), (LossConfig, "loss."), (Settings, "selftrain."),
+          *((cls, name + ".") for name, cls in configs.GROUPS.items()))  # the segment family's, input included
+
+
+def _leaves(obj, prefix):
+  """{dotted path: value} of a typed group's fields, nested groups flattened."""
+  out = {}
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    out.update(_leaves(value, f"{prefix}{f.name}.") if "group" in f.metadata else {prefix + f.name: value})
+  return out
 
 
 @pytest.mark.parametrize("cls,prefix", GROUPS)
 def test_every_field_has_a_rule_and_the_check_uses_it(cls, prefix):
   rules = schema.rules_of(cls, prefix)
-  assert list(rules) == [prefix + f.name for f in dataclasses.fields(cls)]
+  defaults = _leaves(cls(), prefix)
+  assert list(rules) == list(defaults)
   for table in (config_check.SELFTRAIN_RULES, config_check.TRAIN_RULES, config_check.RULES):
     if any(k.startswith(prefix) for k in table):  # no second rule for a field, in any family
       assert {k: table[k] for k in table if k.startswith(prefix)} == rules
-  for f in dataclasses.fields(cls):  # the defaults pass their own rules
-    assert f.metadata["rule"].problem(f.default) is None, f.name
+  for path, value in defaults.items():  # the defaults pass their own rules
+    assert rules[path].problem(value) is None, path
+
+
+@pytest.mark.parametrize("name", sorted(configs.GROUPS))
+def test_the_presets_are_built_from_the_typed_groups(name):
+  """The reference preset's groups are the typed groups' defaults; the zip preset's read back as valid groups
+  equal to the presets' values."""
+  cls = configs.GROUPS[name]
+  assert configs.reference()[name].to_dict() == dataclasses.asdict(cls())
+  z = configs.zip()
+  assert dataclasses.asdict(cls.from_config(z)) == z[name].to_dict()
+
+
+@pytest.mark.parametrize("group,field,value,why", [
+    ("discover", "max_bbox_ratio", 1.0, "discover.max_bbox_ratio = 1.0: must be a finite number > 1"),
+    ("discover", "connectivity", 6, "discover.connectivity = 6: must be one of 4, 8"),
+    ("scoring", "nms_threshold", 1.5, "scoring.nms_threshold = 1.5: must be a finite number in [0, 1]"),
+    ("semantic", "feature_norm", "rows", "semantic.feature_norm = 'rows': must be one of 'tokens', 'channels'"),
+    ("boundary", "bucket_ratios", (2.0, 1.0), "boundary.bucket_ratios = (2.0, 1.0): must be a non-empty increasing"),
+    ("label", "workers", 0, "label.workers = 0: must be an integer >= 1"),
+])
+def test_segment_groups_refuse_alike_from_python_and_from_a_config(group, field, value, why):
+  with pytest.raises(InputError, match=why.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    configs.GROUPS[group](**{field: value})
+  config = configs.zip()
+  config[group][field] = value
+  with pytest.raises(InputError) as e:
+    config_check.check_config(config)
+  assert f"config.{why}" in str(e.value)
+
+
+def test_nested_group_and_group_relations():
+  with pytest.raises(InputError, match="discover.semantic.cells_per_cluster = 0: must be an integer >= 1"):
+    configs.Discover.from_config({"semantic": {"cells_per_cluster": 0}})
+  with pytest.raises(InputError, match=r"unknown discover config semantic keys: \['cells'\]"):
+    configs.Discover.from_config({"semantic": {"cells": 3}})
+  with pytest.raises(InputError, match="must be smaller than discover.num_clusters = 6"):
+    configs.Discover(init="semantic", num_clusters=6)  # 6 background seeds leave no foreground one
+  config = configs.zip()
+  config.discover.num_clusters = 6
+  with pytest.raises(InputError, match="config.discover: discover.semantic.background_clusters = 6 must be smaller"):
+    config_check.check_config(config)
+  with pytest.raises(InputError, match="input.max_side = 40 must be >= input.min_side = 64"):
+    configs.Limits(min_side=64, max_side=40)
+  assert configs.Boundary.from_config({"bucket_ratios": [1.0, 2.0]}).bucket_ratios == (1.0, 2.0)  # hashable
 
 
 @pytest.mark.parametrize("field,value,why", [

@@ -12,12 +12,14 @@ The checks are tables, one per config family:
   plus the `selftrain` group; `zipjax self-train`), checked by `check_selftrain_config`. The rounds' workdirs
   hold plain train configs (no `selftrain` group), which `zipjax detect` checks as the train family.
 
-A rule table maps each field's dotted path to a `Rule` (type and range; `zipjax.schema`); the groups that a typed
-dataclass describes (`model`: DetectorConfig, `loss`: LossConfig, `selftrain`: Settings, `input`: Limits) take
-their rules from it, where each field's
-rule is declared beside its default and also checks a group built in Python. The relations are the checks that
-involve several fields (e.g. `input.max_side >= input.min_side`; for the detector, the model and loss configs'
-own consistency checks). `check_config(config, family=...)` walks every leaf of the config and
+A rule table maps each field's dotted path to a `Rule` (type and range; `zipjax.schema`). Every group that a
+typed dataclass describes takes its rules from it, where each field's rule is declared beside its default (and
+also checks a group built in Python): in the segment family every group (`zipjax.configs.GROUPS`: models,
+input, semantic, boundary, discover, sam, scoring, output, label), in the train family `model`
+(DetectorConfig), `loss` (LossConfig) and `input` (Limits), and `selftrain` (Settings). The relations are the
+checks that involve several fields; a group's own relations are its dataclass's (e.g. `input.max_side >=
+input.min_side`), run here through the dataclass so they are reported with the other problems.
+`check_config(config, family=...)` walks every leaf of the config and
 
 - refuses a field that has no rule (a typo in a config file, or a new field whose author forgot its rule:
   tests/test_config_check.py runs every preset and configs/*.py through here, so that is a test failure);
@@ -38,23 +40,18 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from zipjax import weights
-from zipjax.configs import Limits
+from zipjax.configs import GROUPS, Discover, Limits
 from zipjax.errors import InputError
 from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
 from zipjax.models.sam2.sam2 import SAM2_SIZES, size_key
 from zipjax.models.sam_net.model import SAM_SIZES
-from zipjax.schema import BOOL, PROBABILITY, Choice, Custom, Float, Int, Rule, rules_of
+from zipjax.schema import ARCH, BOOL, PROBABILITY, TEXT, Choice, Custom, Float, Int, Rule, rules_of
 from zipjax.train.losses import LossConfig
 
 
 def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _ratios(v) -> bool:
-  return (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_number(r) and r >= 1.0 for r in v)
-          and list(v) == sorted(set(v)))
 
 
 def _mesh(v) -> bool:
@@ -97,89 +94,18 @@ def _sharding_rules(v) -> bool:
 MESH = Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh)
 SHARDING_RULES = Custom("a list of (regex, action) pairs; action: a PartitionSpec tuple of axis names / None, "
                         "'fsdp', 'fsdp:AXIS' or 'replicate' (zipjax/parallel)", _sharding_rules)
-TEXT = Rule("str")
-ARCH = Rule("arch")
 
-# Every field of the presets in zipjax/configs.py (see the comments there for what each one does).
+# Every field of the presets in zipjax/configs.py: the top-level fields here, each group's rules declared with the
+# fields of its typed group (`zipjax.configs.GROUPS`: Models, Limits, Semantic, Boundary, Discover, Sam,
+# Scoring, Output, Label)
 RULES: dict[str, Rule] = {
     "preset": TEXT,
     "batch_size": Int(1),
     "micro_batch": Int(0),
-    # models
-    "models.semantic.checkpoint": TEXT,
-    "models.semantic.arch": ARCH,
-    "models.boundary.checkpoint": TEXT,
-    "models.boundary.arch": ARCH,
-    "models.sam.checkpoint": TEXT,
-    "models.sam.arch": ARCH,
-    "models.semantic.dtype": Choice("auto", "float32", "bfloat16"),
-    "models.boundary.dtype": Choice("auto", "float32", "bfloat16"),
-    "models.sam.dtype": Choice("auto", "float32", "bfloat16"),
-    "models.seed": Int(0, 2**31 - 1),
-    # image decoding limits
-    **rules_of(Limits, "input."),
-    # CLIP Surgery
-    "semantic.input_size": Int(1),
-    "semantic.prompt_ensemble": BOOL,
-    "semantic.feature_norm": Choice("tokens", "channels"),
-    "semantic.logit_scale": Float(0.0, lo_open=True),
-    "semantic.text_batch_size": Int(1),
-    # boundary prior
-    "boundary.input_size": Int(1),
-    "boundary.stage": Int(0, 4),
-    "boundary.size_multiple": Int(0),
-    "boundary.bucket_ratios": Custom("a non-empty increasing list of long/short side ratios >= 1",
-                                     _ratios),
-    # discovery
-    "discover.num_clusters": Int(1),
-    "discover.max_iters": Int(1),
-    "discover.rtol": Float(0.0),
-    "discover.atol": Float(0.0),
-    "discover.init": Choice("linspace", "semantic"),
-    "discover.center_features": BOOL,
-    "discover.semantic.min_foreground_clusters": Int(0),
-    "discover.semantic.cells_per_cluster": Int(1),
-    "discover.semantic.background_clusters": Int(0),
-    "discover.activation_factor": Float(0.0),
-    "discover.top_k_clusters": Int(1),
-    "discover.count_background_in_top_k": BOOL,
-    # a fragment is kept when activated cells / cells > min_activated_fraction (a fraction <= 1) and bbox area /
-    # cells < max_bbox_ratio (>= 1: the box covers every cell): 1 or more, resp. 1 or less, keeps nothing ever
-    "discover.min_activated_fraction": Float(0.0, 1.0, hi_open=True),
-    "discover.max_bbox_ratio": Float(1.0, lo_open=True),
-    "discover.min_instance_cells": Int(0),
-    "discover.connectivity": Choice(4, 8),
-    "discover.max_instances": Int(1),
-    "discover.max_fragments": Int(1),
-    "discover.max_cc_iters": Int(0),
-    "discover.pad_classes": BOOL,
-    "discover.swap_box_scale": BOOL,
-    # SAM refinement
-    "sam.enabled": BOOL,
-    "sam.family": Choice("sam", "sam2"),
-    "sam.multimask": BOOL,
-    "sam.mask_threshold": Float(),
-    "sam.max_boxes": Int(1),
-    # scores, NMS, top-k
-    "scoring.classification_first": BOOL,
-    "scoring.presence_threshold": PROBABILITY,
-    "scoring.nms": BOOL,
-    "scoring.nms_threshold": PROBABILITY,
-    "scoring.min_score": PROBABILITY,
-    "scoring.max_per_image": Int(1),
-    "scoring.max_present_classes": Int(0),
-    # outputs
-    "output.overlays": BOOL,
-    "output.overlay_max_side": Int(1),
+    **{path: rule for name, cls in GROUPS.items() for path, rule in rules_of(cls, f"{name}.").items()},
     # device mesh and parameter sharding (zipjax/parallel)
     "mesh": MESH,
     "sharding_rules": SHARDING_RULES,
-    # zipjax label (zipjax/jobs/label.py)
-    "label.shard_size": Int(1),
-    "label.workers": Int(1),
-    "label.prefetch": Int(1),
-    "label.max_pending": Int(0),
-    "label.tfds_image_feature": TEXT,
 }
 
 
@@ -188,23 +114,6 @@ def _get(config, path: str):
   for part in path.split("."):
     node = node[part]
   return node
-
-
-def _discover_semantic_k(config) -> str | None:
-  if _get(config, "discover.init") != "semantic":
-    return None
-  k, bg = _get(config, "discover.num_clusters"), _get(config, "discover.semantic.background_clusters")
-  if bg >= k:
-    return (f"discover.semantic.background_clusters = {bg} must be smaller than discover.num_clusters = {k} "
-            "(the semantic initialisation needs at least one foreground seed)")
-  return None
-
-
-def _input_sides(config) -> str | None:
-  lo, hi = _get(config, "input.min_side"), _get(config, "input.max_side")
-  if hi < lo:
-    return f"input.max_side = {hi} must be >= input.min_side = {lo}"
-  return None
 
 
 def _micro_batch(config) -> str | None:
@@ -238,8 +147,25 @@ def _sam_family(config) -> str | None:
   return None
 
 
-# Checks that involve several fields: config -> problem or None (run only when every field passed its rule).
-RELATIONS: list[Callable[[Any], str | None]] = [_input_sides, _discover_semantic_k, _micro_batch, _sam_family]
+def _from_dataclass(group: str, build) -> Callable[[Any], str | None]:
+  """A relation that runs a config dataclass's own consistency checks (`build(config)` raising InputError), so
+  they are reported with the other problems before anything is built."""
+  def check(config) -> str | None:
+    try:
+      build(config)
+    except InputError as e:
+      return f"config.{group}: {e}"
+    return None
+  check.__name__ = f"_{group}_consistent"
+  return check
+
+
+# Checks that involve several fields: config -> problem or None (run only when every field passed its rule). A
+# group's own relations are its dataclass's (`__post_init__`): those of input (max_side >= min_side) and discover
+# (the semantic initialisation's seeds).
+RELATIONS: list[Callable[[Any], str | None]] = [
+    _from_dataclass("input", Limits.from_config), _from_dataclass("discover", Discover.from_config), _micro_batch,
+    _sam_family]
 
 
 def _optional_text(v) -> bool:
@@ -323,19 +249,6 @@ TRAIN_RULES: dict[str, Rule] = {
 }
 
 
-def _from_dataclass(group: str, build) -> Callable[[Any], str | None]:
-  """A relation that runs a config dataclass's own consistency checks (`build(config)` raising InputError), so
-  they are reported with the other problems before anything is built."""
-  def check(config) -> str | None:
-    try:
-      build(config)
-    except InputError as e:
-      return f"config.{group}: {e}"
-    return None
-  check.__name__ = f"_{group}_consistent"
-  return check
-
-
 def _scales(config) -> str | None:
   lo, hi = _get(config, "data.min_scale"), _get(config, "data.max_scale")
   if hi < lo:
@@ -358,7 +271,7 @@ def _text_heads(config) -> str | None:
 
 
 TRAIN_RELATIONS: list[Callable[[Any], str | None]] = [
-    _input_sides, _scales, _warmup, _text_heads,
+    _from_dataclass("input", Limits.from_config), _scales, _warmup, _text_heads,
     _from_dataclass("model", lambda config: DetectorConfig.from_config(config.model)),
     _from_dataclass("loss", lambda config: LossConfig.from_config(config.loss))]
 

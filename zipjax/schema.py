@@ -1,8 +1,9 @@
 """Typed config groups: the rule of each field (type and range) declared once, beside its default.
 
-A config group that a frozen dataclass describes (`config.model`: `zipjax.models.detector.DetectorConfig`,
-`config.loss`: `zipjax.train.losses.LossConfig`, `config.selftrain`: `zipjax.jobs.selftrain.Settings`)
-declares each field with `setting(default, rule)`; from that one declaration
+A config group that a frozen dataclass describes (the segment family's groups in `zipjax.configs.GROUPS`,
+`config.model`: `zipjax.models.detector.DetectorConfig`, `config.loss`: `zipjax.train.losses.LossConfig`,
+`config.selftrain`: `zipjax.jobs.selftrain.Settings`) declares each field with `setting(default, rule)` (a
+nested group with `group(cls)`); from that one declaration
 
 - the dataclass validates itself (`check(self, "detector config")` in `__post_init__`: every field's rule, then
   its own relations between fields), so a group built in Python is checked like one read from a config file;
@@ -11,7 +12,8 @@ declares each field with `setting(default, rule)`; from that one declaration
 - `from_mapping(cls, group, what)` builds the dataclass from a config group (a dict or ConfigDict), refusing
   unknown keys.
 
-`Rule` (and the shorthands `Int`, `Float`, `Choice`, `Custom`, `BOOL`, `PROBABILITY`) is what one field may hold.
+`Rule` (and the shorthands `Int`, `Float`, `Choice`, `Custom`, `BOOL`, `TEXT`, `ARCH`, `PROBABILITY`) is what one
+field may hold.
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ def Custom(text: str, check: Callable[[Any], bool]) -> Rule:  # pylint: disable=
 
 
 BOOL = Rule("bool")
+TEXT = Rule("str")
+ARCH = Rule("arch")
 PROBABILITY = Float(0.0, 1.0)
 
 
@@ -126,9 +130,22 @@ def setting(default: Any, rule: Rule):
   return dataclasses.field(default=default, metadata={"rule": rule})
 
 
+def group(cls, default: Callable[[], Any] | None = None):
+  """A dataclass field holding a nested typed group `cls` (its fields' rules are the group's; `default` makes
+  the default instance, `cls()` if None)."""
+  return dataclasses.field(default_factory=default or cls, metadata={"group": cls})
+
+
 def rules_of(cls, prefix: str = "") -> dict[str, Rule]:
-  """{prefix + field name: rule} of a dataclass's `setting` fields, in declaration order."""
-  return {prefix + f.name: f.metadata["rule"] for f in dataclasses.fields(cls) if "rule" in f.metadata}
+  """{prefix + dotted field name: rule} of a dataclass's `setting` fields (and its nested groups'), in
+  declaration order."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if "group" in f.metadata:
+      out.update(rules_of(f.metadata["group"], f"{prefix}{f.name}."))
+    elif "rule" in f.metadata:
+      out[prefix + f.name] = f.metadata["rule"]
+  return out
 
 
 def check(obj, what: str) -> None:
@@ -150,19 +167,26 @@ def unknown_keys(cls, keys) -> list[str]:
   return sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
 
 
-def from_mapping(cls, group: Mapping[str, Any] | Any, what: str):
-  """`cls(**group)` of a dict or ml_collections ConfigDict (an integer given for a `float` field becomes a float;
-  missing keys take their defaults); keys that are not fields of `cls` are an error."""
-  d = dict(group.to_dict() if hasattr(group, "to_dict") else group)
+def from_mapping(cls, values: Mapping[str, Any] | Any, what: str):
+  """`cls(**values)` of a dict or ml_collections ConfigDict (an integer given for a `float` field becomes a
+  float, a list given for a `tuple` field a tuple, a mapping given for a nested group that group; missing keys
+  take their defaults); keys that are not fields of `cls` are an error."""
+  d = dict(values.to_dict() if hasattr(values, "to_dict") else values)
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = unknown_keys(cls, d)
   if unknown:
     raise InputError(f"unknown {what} keys: {unknown}; known: {sorted(fields)}")
   for k, v in d.items():
-    if fields[k].type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+    kind = str(fields[k].type)
+    if "group" in fields[k].metadata and not isinstance(v, fields[k].metadata["group"]):
+      d[k] = from_mapping(fields[k].metadata["group"], v, f"{what} {k}")
+    elif kind == "float" and isinstance(v, int) and not isinstance(v, bool):
       d[k] = float(v)
+    elif kind.startswith("tuple") and isinstance(v, list):
+      d[k] = tuple(v)
   return cls(**d)
 
 
-__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "PROBABILITY", "setting", "rules_of", "check",
+__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "ARCH", "PROBABILITY", "setting", "group",
+           "rules_of", "check",
            "unknown_keys", "from_mapping"]

@@ -1,4 +1,6 @@
 """`discover` vs the NumPy/skimage reference of the released algorithm; batched + sharded form; presets."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,12 +129,12 @@ def test_zip_preset_is_the_reference_algorithm_from_semantic_seeds(scene):
 def test_candidate_clusters_follow_counter_most_common():
   from collections import Counter
   rng = np.random.default_rng(0)
-  p = disc.params_from_config(configs.reference())
+  p = configs.Discover.from_config(configs.reference())
   for trial in range(30):
     ids = rng.integers(1, 21, (12, 15))
     act = rng.random((12, 15)) < rng.random()
     for count_bg, top_k in ((True, 20), (True, 5), (False, 20), (False, 3)):
-      q = disc.DiscoverParams(**{**p.__dict__, "count_background_in_top_k": count_bg, "top_k_clusters": top_k})
+      q = dataclasses.replace(p, count_background_in_top_k=count_bg, top_k_clusters=top_k)
       got = np.nonzero(np.asarray(disc.candidate_clusters(jnp.asarray(ids), jnp.asarray(act), q)))[0]
       counter = Counter((ids * act).flatten().tolist())
       if not count_bg:
@@ -197,15 +199,19 @@ def test_config_forms_and_files():
   from configs import reference as ref_file, zip as zip_file
   assert ref_file.get_config() == configs.reference()
   assert zip_file.get_config() == configs.zip()
-  full = disc.params_from_config(configs.reference())
-  assert disc.params_from_config(configs.reference().discover) == full == disc.params_from_config(None)
-  assert full == disc.DiscoverParams()  # the dataclass defaults are the reference preset
-  z = disc.params_from_config(configs.zip())
-  assert z.init == "semantic" and not z.count_background_in_top_k
+  full = configs.Discover.from_config(configs.reference())
+  assert configs.Discover.from_config(configs.reference().discover) == full == configs.Discover.from_config(None)
+  assert full == configs.Discover()  # the typed group's defaults are the reference preset's
+  z = configs.Discover.from_config(configs.zip())
+  assert z.init == "semantic" and not z.count_background_in_top_k and z.semantic.background_clusters == 6
   bad = configs.reference()
   bad.discover.init = "random"
-  with pytest.raises(InputError):
-    disc.params_from_config(bad)
+  with pytest.raises(InputError, match="discover.init = 'random': must be one of 'linspace', 'semantic'"):
+    configs.Discover.from_config(bad)
+  bad = configs.zip()
+  bad.discover.semantic.background_clusters = 24
+  with pytest.raises(InputError, match="background_clusters = 24 must be smaller than discover.num_clusters = 24"):
+    disc.discover(np.zeros((8, 8, 4), np.float32), np.zeros((8, 8), bool), bad)
 
 
 def test_input_errors():

@@ -14,9 +14,11 @@ from zipjax import configs
 from zipjax.pipeline import step
 
 
-def _spec(**kw):
+def _spec(max_present=None, **groups):
+  """The zip preset's spec with fields of its groups changed: `_spec(scoring={"nms": False})`."""
   spec = step.StepSpec.from_config(configs.zip(), (32, 32), 5)
-  return dataclasses.replace(spec, **kw)
+  changes = {g: dataclasses.replace(getattr(spec, g), **kw) for g, kw in groups.items()}
+  return dataclasses.replace(spec, **changes, **({} if max_present is None else {"max_present": max_present}))
 
 
 def test_select_candidates_matches_numpy():
@@ -35,7 +37,8 @@ def test_select_candidates_matches_numpy():
     area = flat.sum(1)
     iou = inter / np.maximum(area[:, None] + area[None] - inter, 1)
     for nms in (False, True):
-      spec = _spec(min_score=0.2, nms=nms, nms_threshold=0.3, max_per_image=5, sam=True, max_boxes=m)
+      spec = _spec(scoring=dict(min_score=0.2, nms=nms, nms_threshold=0.3, max_per_image=5),
+                   sam=dict(enabled=True, max_boxes=m))
       idx, ok = jax.jit(lambda c, s, v, u: step.select_candidates(c, s, v, u, spec))(
           jnp.asarray(cats), jnp.asarray(scores), jnp.asarray(valid), jnp.asarray(iou, jnp.float32))
       got = np.asarray(idx)[np.asarray(ok)].tolist()
@@ -61,9 +64,9 @@ def test_select_classes():
   assert np.asarray(cls)[np.asarray(ok)].tolist() == [1, 3, 4]  # present, in class order
   cls, ok = step._select_classes(probs, dataclasses.replace(spec, max_present=2))
   assert np.asarray(cls)[np.asarray(ok)].tolist() == [1, 3]  # the two most probable, in class order
-  cls, ok = step._select_classes(probs, dataclasses.replace(spec, max_present=5, classification_first=False))
+  cls, ok = step._select_classes(probs, _spec(5, scoring=dict(classification_first=False)))
   assert np.asarray(cls).tolist() == [0, 1, 2, 3, 4] and np.asarray(ok).all()
-  cls, ok = step._select_classes(probs, dataclasses.replace(spec, presence_threshold=0.5))
+  cls, ok = step._select_classes(probs, _spec(scoring=dict(presence_threshold=0.5)))
   assert not np.asarray(ok).any()
 
 

@@ -126,7 +126,7 @@ def _one(cfg, boundary_clip, sam, image: np.ndarray, sim_grid, probs: np.ndarray
   h, w = feats.shape[1:3]
   act = discover.activation_from_similarity(jnp.moveaxis(sim, -1, 0), (h, w), cfg)  # [k_pad, h, w]
   labels = discover.discover_batch(feats, act[None], cfg)[0]  # [k_pad, h, w]
-  max_inst = discover.params_from_config(cfg).max_instances
+  max_inst = int(cfg.discover.max_instances)
   props = jax.vmap(lambda lab: components.regionprops(lab, max_inst))(labels)
   k = len(present)
   labels, bbox, valid = np.asarray(labels)[:k], np.asarray(props["bbox"])[:k], np.asarray(props["valid"])[:k]

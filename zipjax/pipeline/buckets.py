@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from zipjax import preprocess
+from zipjax import configs, preprocess
 from zipjax.errors import InputError
 from zipjax.ops.resize import bilinear_rows, bilinear_taps, nearest_indices
 
@@ -109,19 +109,14 @@ class PrepSpec:
 
   @classmethod
   def from_config(cls, config, token_grid: tuple[int, int], sam_size: int) -> "PrepSpec":
-    b = config.boundary
-    multiple = int(b.size_multiple)
-    ratios = tuple(float(r) for r in b.get("bucket_ratios", ())) if multiple > 0 else ()
-    if multiple > 0 and not ratios:
-      raise InputError("boundary.bucket_ratios is empty (needed when boundary.size_multiple > 0)")
-    if any(not r >= 1.0 for r in ratios):
-      raise InputError(f"boundary.bucket_ratios must be long / short ratios >= 1, got {ratios}")
-    shapes = bucket_table(int(b.input_size), multiple, ratios) if multiple > 0 else ()
-    return cls(semantic_size=int(config.semantic.input_size), token_grid=tuple(token_grid),
-               boundary_short=int(b.input_size), size_multiple=multiple, bucket_ratios=ratios,
-               bucket_shapes=shapes, stage=int(b.stage), sam_size=int(sam_size),
-               swap_box_scale=bool(config.discover.swap_box_scale),
-               sam_family=str(config.sam.get("family", "sam")))
+    b = configs.Boundary.from_config(config)
+    ratios = tuple(float(r) for r in b.bucket_ratios) if b.size_multiple > 0 else ()
+    shapes = bucket_table(b.input_size, b.size_multiple, ratios) if b.size_multiple > 0 else ()
+    return cls(semantic_size=configs.Semantic.from_config(config).input_size, token_grid=tuple(token_grid),
+               boundary_short=b.input_size, size_multiple=b.size_multiple, bucket_ratios=ratios,
+               bucket_shapes=shapes, stage=b.stage, sam_size=int(sam_size),
+               swap_box_scale=configs.Discover.from_config(config).swap_box_scale,
+               sam_family=configs.Sam.from_config(config).family)
 
   @property
   def exact(self) -> bool:

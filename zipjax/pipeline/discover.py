@@ -16,15 +16,14 @@ threshold p/q with a small denominator (0.3, 3) the two decide identically: a/n 
 |a/n - p/q| >= 1/(q n), far above float32 rounding for any feature map below 2^20 cells, and a/n == p/q rounds
 to the same float as the threshold in both precisions.
 
-Everything is jitted with static shapes; the config becomes a hashable `DiscoverParams` (a static argument).
+Everything is jitted with static shapes; the config becomes the hashable typed group `zipjax.configs.Discover`
+(a static argument).
 `discover_batch` maps over images and classes with `vmap`; with the `linspace` initialisation the k-means
 clustering does not depend on the class and runs once per image.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,79 +35,8 @@ from zipjax.ops import kmeans as kmeans_ops
 from zipjax.ops import resize
 
 
-@dataclasses.dataclass(frozen=True)
-class DiscoverParams:
-  """Hashable copy of `config.discover` (a static argument of the jitted functions).
-
-  Attributes:
-    num_clusters: K (maximum K for the semantic initialisation).
-    max_iters: Lloyd iterations at most.
-    rtol: relative tolerance of the allclose stop.
-    atol: absolute tolerance of the allclose stop.
-    init: 'linspace' or 'semantic'.
-    semantic_min_foreground_clusters: see `ops.kmeans.semantic_init`.
-    semantic_cells_per_cluster: see `ops.kmeans.semantic_init`.
-    semantic_background_clusters: see `ops.kmeans.semantic_init`.
-    top_k_clusters: candidate clusters examined (most common activated ids).
-    count_background_in_top_k: value 0 competes for the top_k places (released quirk).
-    min_activated_fraction: keep fragments with activated fraction above this.
-    max_bbox_ratio: keep fragments with bbox area / area below this.
-    min_instance_cells: drop instances with fewer cells.
-    connectivity: 4 or 8.
-    max_instances: length of padded instance lists.
-    max_fragments: length of padded fragment lists.
-    max_cc_iters: cap on connected-component rounds (0 = until converged).
-    center_features: k-means distances on mean-shifted features (see `ops.kmeans.kmeans`).
-  """
-  num_clusters: int = 20
-  max_iters: int = 100
-  rtol: float = 1e-5
-  atol: float = 1e-8
-  init: str = "linspace"
-  semantic_min_foreground_clusters: int = 2
-  semantic_cells_per_cluster: int = 256
-  semantic_background_clusters: int = 6
-  top_k_clusters: int = 20
-  count_background_in_top_k: bool = True
-  min_activated_fraction: float = 0.3
-  max_bbox_ratio: float = 3.0
-  min_instance_cells: int = 100
-  connectivity: int = 4
-  max_instances: int = 64
-  max_fragments: int = 512
-  max_cc_iters: int = 0
-  center_features: bool = False
-
-
-def params_from_config(config: Any = None) -> DiscoverParams:
-  """`DiscoverParams` from a full preset (with `.discover`), its `discover` sub-config, or None (reference)."""
-  if isinstance(config, DiscoverParams):
-    return config
-  if config is None:
-    config = configs.reference()
-  d = config.discover if "discover" in config else config
-  p = DiscoverParams(
-      num_clusters=int(d.num_clusters), max_iters=int(d.max_iters), rtol=float(d.rtol), atol=float(d.atol),
-      init=str(d.init),
-      semantic_min_foreground_clusters=int(d.semantic.min_foreground_clusters),
-      semantic_cells_per_cluster=int(d.semantic.cells_per_cluster),
-      semantic_background_clusters=int(d.semantic.background_clusters),
-      top_k_clusters=int(d.top_k_clusters), count_background_in_top_k=bool(d.count_background_in_top_k),
-      min_activated_fraction=float(d.min_activated_fraction), max_bbox_ratio=float(d.max_bbox_ratio),
-      min_instance_cells=int(d.min_instance_cells), connectivity=int(d.connectivity),
-      max_instances=int(d.max_instances), max_fragments=int(d.max_fragments),
-      max_cc_iters=int(d.max_cc_iters), center_features=bool(d.center_features))
-  if p.init not in ("linspace", "semantic"):
-    raise InputError(f"discover.init must be 'linspace' or 'semantic', got {p.init!r}")
-  if p.connectivity not in (4, 8):
-    raise InputError(f"discover.connectivity must be 4 or 8, got {p.connectivity}")
-  if p.num_clusters < 1 or p.max_iters < 1 or p.top_k_clusters < 1:
-    raise InputError("discover.num_clusters, max_iters and top_k_clusters must be >= 1")
-  return p
-
-
 # --------------------------------------------------------------------------------------------- building blocks
-def cluster(features: jax.Array, activation: jax.Array, p: DiscoverParams) -> tuple[jax.Array, jax.Array]:
+def cluster(features: jax.Array, activation: jax.Array, p: configs.Discover) -> tuple[jax.Array, jax.Array]:
   """k-means cluster ids of the feature cells.
 
   Args:
@@ -127,15 +55,15 @@ def cluster(features: jax.Array, activation: jax.Array, p: DiscoverParams) -> tu
   else:
     init, valid = kmeans_ops.semantic_init(
         x, activation.reshape(-1), p.num_clusters,  # activation [h*w]
-        min_foreground_clusters=p.semantic_min_foreground_clusters,
-        cells_per_cluster=p.semantic_cells_per_cluster,
-        background_clusters=p.semantic_background_clusters)
+        min_foreground_clusters=p.semantic.min_foreground_clusters,
+        cells_per_cluster=p.semantic.cells_per_cluster,
+        background_clusters=p.semantic.background_clusters)
   labels, _, iters = kmeans_ops.kmeans(x, init, valid, max_iters=p.max_iters, rtol=p.rtol, atol=p.atol,
                                          center=p.center_features)
   return (labels + 1).reshape(h, w), iters  # [h, w]
 
 
-def candidate_clusters(ids: jax.Array, activation: jax.Array, p: DiscoverParams) -> jax.Array:
+def candidate_clusters(ids: jax.Array, activation: jax.Array, p: configs.Discover) -> jax.Array:
   """bool [K + 1] indexed by cluster id: the cluster is examined for fragments (index 0 is never)."""
   k = p.num_clusters
   n = ids.size
@@ -153,7 +81,7 @@ def candidate_clusters(ids: jax.Array, activation: jax.Array, p: DiscoverParams)
 
 
 def select_fragments(ids: jax.Array, activation: jax.Array, candidates: jax.Array,
-                     p: DiscoverParams) -> dict[str, jax.Array]:
+                     p: configs.Discover) -> dict[str, jax.Array]:
   """Fragments (components of whole clusters) and the selection rule.
 
   Returns:
@@ -178,7 +106,7 @@ def select_fragments(ids: jax.Array, activation: jax.Array, candidates: jax.Arra
   return {"mask": mask, "roots": roots, "keep": keep}
 
 
-def build_instances(mask: jax.Array, p: DiscoverParams) -> tuple[jax.Array, jax.Array]:
+def build_instances(mask: jax.Array, p: configs.Discover) -> tuple[jax.Array, jax.Array]:
   """Instances = components of `mask` with at least `min_instance_cells` cells -> (labels [h, w], n)."""
   mask = mask.astype(bool)
   roots = components.component_roots(mask, mask, connectivity=p.connectivity, max_iters=p.max_cc_iters)
@@ -198,7 +126,7 @@ def fragments_list(roots: jax.Array, keep: jax.Array, max_fragments: int) -> dic
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
-def _select_and_build(ids, activation, p: DiscoverParams):
+def _select_and_build(ids, activation, p: configs.Discover):
   """Steps 2-4 for one class given cluster ids."""
   activation = activation.astype(bool)
   cand = candidate_clusters(ids, activation, p)
@@ -208,7 +136,7 @@ def _select_and_build(ids, activation, p: DiscoverParams):
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
-def _discover_one(features, activation, p: DiscoverParams) -> dict[str, jax.Array]:
+def _discover_one(features, activation, p: configs.Discover) -> dict[str, jax.Array]:
   """Steps 1-4 for one image and one class; padded instance list from `regionprops`."""
   ids, iters = cluster(features, activation, p)
   labels, n, frag = _select_and_build(ids, activation, p)
@@ -219,7 +147,7 @@ def _discover_one(features, activation, p: DiscoverParams) -> dict[str, jax.Arra
 
 
 # ------------------------------------------------------------------------------------------------- public API
-def _check(features, activation, p: DiscoverParams, batched: bool):
+def _check(features, activation, p: configs.Discover, batched: bool):
   features = jnp.asarray(features)
   activation = jnp.asarray(activation)
   want_f = 4 if batched else 3
@@ -254,7 +182,7 @@ def discover(features, activation, config=None) -> jax.Array:
   Returns:
     int32 [h, w] label map: 0 = background, 1..n = instances in raster order of their first cell.
   """
-  p = params_from_config(config)
+  p = configs.Discover.from_config(config)
   features, activation = _check(features, activation, p, batched=False)
   return _discover_one(features, activation, p)["labels"]
 
@@ -268,13 +196,13 @@ def discover_instances(features, activation, config=None) -> dict[str, jax.Array
     [max_instances]; cluster_ids int32 [h, w] (1..K); fragment_mask bool [h, w]; fragments: the kept
     fragments padded to max_fragments (`fragments_list`); kmeans_iters int32 [].
   """
-  p = params_from_config(config)
+  p = configs.Discover.from_config(config)
   features, activation = _check(features, activation, p, batched=False)
   return _discover_one(features, activation, p)
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
-def _discover_batch(features, activation, p: DiscoverParams) -> jax.Array:
+def _discover_batch(features, activation, p: configs.Discover) -> jax.Array:
   if p.init == "linspace":  # clusters do not depend on the class: once per image
     ids, _ = jax.vmap(lambda f: cluster(f, None, p))(features)  # [B, h, w]
     per_class = jax.vmap(lambda i, a: _select_and_build(i, a, p)[0], in_axes=(None, 0))  # over classes
@@ -294,13 +222,13 @@ def discover_batch(features, activation, config=None) -> jax.Array:
   Returns:
     int32 [B, n_cls, h, w] label maps.
   """
-  p = params_from_config(config)
+  p = configs.Discover.from_config(config)
   features, activation = _check(features, activation, p, batched=True)
   return _discover_batch(features, activation, p)
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
-def _discover_slots(features, activation, count, p: DiscoverParams) -> jax.Array:
+def _discover_slots(features, activation, count, p: configs.Discover) -> jax.Array:
   b, n_slots, h, w = activation.shape
   if p.init == "linspace":  # clusters do not depend on the class: once per image
     ids, _ = jax.vmap(lambda f: cluster(f, None, p))(features)  # [B, h, w]
@@ -329,14 +257,14 @@ def discover_slots_fn(config=None):
   The slots run in a loop of max(count) iterations, each vmapped over the images, so the cost follows the
   number of present classes instead of the static P; an image's labels do not depend on the other images.
   """
-  p = params_from_config(config)
+  p = configs.Discover.from_config(config)
   return functools.partial(_discover_slots, p=p)
 
 
 def discover_batch_fn(config=None):
   """The jittable batched function `(features [B,h,w,C], activation [B,n_cls,h,w]) -> labels` for `config`,
   for callers that wrap it in their own `jax.jit` (e.g. with explicit in/out shardings)."""
-  p = params_from_config(config)
+  p = configs.Discover.from_config(config)
   return functools.partial(_discover_batch, p=p)
 
 
@@ -354,19 +282,17 @@ def activation_from_similarity(similarity, grid_size: tuple[int, int], config=No
   Returns:
     bool [..., h, w].
   """
-  if config is None:
-    config = configs.reference()
-  d = config.discover if "discover" in config else config
+  factor = configs.Discover.from_config(config).activation_factor
   a = jnp.asarray(similarity, jnp.float32)
   if a.ndim < 2:
     raise InputError(f"similarity must be [..., H, W], got shape {a.shape}")
-  t = jnp.mean(a, axis=(-2, -1), keepdims=True) * jnp.float32(d.activation_factor)
+  t = jnp.mean(a, axis=(-2, -1), keepdims=True) * jnp.float32(factor)
   iy = resize.nearest_indices(a.shape[-2], grid_size[0])
   ix = resize.nearest_indices(a.shape[-1], grid_size[1])
   small = jnp.take(jnp.take(a, iy, axis=-2), ix, axis=-1)  # [..., h, w]
   return small > t
 
 
-__all__ = ["DiscoverParams", "params_from_config", "discover", "discover_instances", "discover_batch",
+__all__ = ["discover", "discover_instances", "discover_batch",
            "discover_batch_fn", "discover_slots_fn", "activation_from_similarity", "cluster",
            "candidate_clusters", "select_fragments", "build_instances", "fragments_list"]

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zipjax import weights
+from zipjax import configs, weights
 from zipjax.clip import ClipModel, load_clip
 from zipjax.convert.clip import NO_HF_RESNET
 from zipjax.errors import InputError
@@ -27,7 +27,7 @@ BOUNDARY_NOT_RESNET = f"models.boundary must be a CLIP ModifiedResNet, got a ViT
 
 def check_models(config, semantic_clip, boundary_clip, sam) -> tuple[int, int]:
   """Refuses models the pipeline cannot run (InputError); -> the semantic token grid (gh, gw)."""
-  semantic.check_feature_norm(config.semantic.feature_norm)
+  size = configs.Semantic.from_config(config).input_size  # every field checked by its rule
   if not semantic_clip.config.is_vit:
     raise InputError("models.semantic must be a CLIP ViT (CLIP Surgery)")
   if boundary_clip.config.is_vit:
@@ -35,9 +35,9 @@ def check_models(config, semantic_clip, boundary_clip, sam) -> tuple[int, int]:
   if config.sam.enabled and sam is None:
     raise InputError("config.sam.enabled is set but no SAM model was given")
   patch = semantic_clip.config.vision_patch_size
-  if config.semantic.input_size % patch:
-    raise InputError(f"semantic.input_size {config.semantic.input_size} is not a multiple of the patch {patch}")
-  return (config.semantic.input_size // patch,) * 2
+  if size % patch:
+    raise InputError(f"semantic.input_size {size} is not a multiple of the patch {patch}")
+  return (size // patch,) * 2
 
 
 def templates(config) -> list[str]:

@@ -143,11 +143,4 @@ def text_queries(clip_model, names: Sequence[str], templates: Sequence[str] | No
   return np.asarray(feats, np.float32)
 
 
-def check_feature_norm(value: str) -> str:
-  if value not in ("tokens", "channels"):
-    raise InputError(f"semantic.feature_norm must be 'tokens' or 'channels', got {value!r}")
-  return value
-
-
-__all__ = ["prompts", "ensemble_text_features", "text_queries", "surgery_similarity", "class_scores",
-           "check_feature_norm"]
+__all__ = ["prompts", "ensemble_text_features", "text_queries", "surgery_similarity", "class_scores"]

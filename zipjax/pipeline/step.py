@@ -46,6 +46,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from zipjax import configs
 from zipjax.errors import InputError
 from zipjax.models.clip_net import CLIPConfig, image_tower
 from zipjax.models.clip_resnet import ModifiedResNet
@@ -67,80 +68,49 @@ class StepSpec:
 
   Attributes:
     token_grid: (gh, gw) CLIP Surgery token grid.
-    feature_norm: 'tokens' or 'channels' (`pipeline.semantic`).
-    logit_scale: class-score softmax temperature's inverse.
-    classification_first: discovery only for classes with probability >= presence_threshold.
-    presence_threshold: see above.
-    max_present: P, the static number of class slots per image.
-    stage: ModifiedResNet stage of the boundary features.
-    discover: `DiscoverParams`.
-    activation_factor: act = A > factor * mean(A).
-    sam: SAM refinement on.
-    multimask: three masks per box, the best by predicted IoU.
-    mask_threshold: SAM logit threshold.
-    max_boxes: SAM prompts per image (static).
-    nms: per-class mask NMS.
-    nms_threshold: suppress IoU above this.
-    min_score: drop candidates below this.
-    max_per_image: top-k.
+    max_present: P, the static number of class slots per image (`max_present_classes`).
+    stage: ModifiedResNet stage of the boundary features (`config.boundary.stage`).
+    semantic: `config.semantic` (feature_norm, logit_scale).
+    discover: `config.discover` (activation_factor, and everything discovery needs).
+    sam: `config.sam` (enabled, multimask, mask_threshold, max_boxes).
+    scoring: `config.scoring` (classification first, presence_threshold, NMS, min_score, max_per_image).
     micro_batch: images computed together (vmapped) inside a device batch; the device batch runs as a loop
       over micro-batches (`lax.map`), so the step's temporaries are those of one micro-batch whatever the
       batch, and an all-padding micro-batch skips the work (`lax.cond`). 0: the whole device batch at once.
   """
   token_grid: tuple[int, int]
-  feature_norm: str
-  logit_scale: float
-  classification_first: bool
-  presence_threshold: float
   max_present: int
   stage: int
-  discover: discover_lib.DiscoverParams
-  activation_factor: float
-  sam: bool
-  multimask: bool
-  mask_threshold: float
-  max_boxes: int
-  nms: bool
-  nms_threshold: float
-  min_score: float
-  max_per_image: int
+  semantic: configs.Semantic
+  discover: configs.Discover
+  sam: configs.Sam
+  scoring: configs.Scoring
   micro_batch: int = 1
 
   @classmethod
   def from_config(cls, config, token_grid: tuple[int, int], num_classes: int) -> "StepSpec":
-    sc = config.scoring
-    return cls(
-        token_grid=tuple(token_grid), feature_norm=semantic.check_feature_norm(config.semantic.feature_norm),
-        logit_scale=float(config.semantic.logit_scale), classification_first=bool(sc.classification_first),
-        presence_threshold=float(sc.presence_threshold),
-        max_present=max_present_classes(config, num_classes), stage=int(config.boundary.stage),
-        discover=discover_lib.params_from_config(config),
-        activation_factor=float(config.discover.activation_factor), sam=bool(config.sam.enabled),
-        multimask=bool(config.sam.multimask), mask_threshold=float(config.sam.mask_threshold),
-        max_boxes=int(config.sam.max_boxes), nms=bool(sc.nms), nms_threshold=float(sc.nms_threshold),
-        min_score=float(sc.min_score), max_per_image=int(sc.max_per_image),
-        micro_batch=int(config.get("micro_batch", 1)))
+    return cls(token_grid=tuple(token_grid), max_present=max_present_classes(config, num_classes),
+               stage=configs.Boundary.from_config(config).stage, semantic=configs.Semantic.from_config(config),
+               discover=configs.Discover.from_config(config), sam=configs.Sam.from_config(config),
+               scoring=configs.Scoring.from_config(config), micro_batch=int(config.get("micro_batch", 1)))
 
   def num_candidates(self) -> int:
     every = self.max_present * self.discover.max_instances
-    return min(self.max_boxes, every) if self.sam else every
+    return min(self.sam.max_boxes, every) if self.sam.enabled else every
 
   def num_outputs(self) -> int:
-    return max(1, min(self.num_candidates(), self.max_per_image))
+    return max(1, min(self.num_candidates(), self.scoring.max_per_image))
 
 
 def max_present_classes(config, num_classes: int) -> int:
-  """P for a vocabulary of `num_classes` (see `scoring.max_present_classes` in zipjax/configs.py)."""
-  sc = config.scoring
-  want = int(sc.get("max_present_classes", 0))
-  if want < 0:
-    raise InputError(f"scoring.max_present_classes must be >= 0, got {want}")
+  """P for a vocabulary of `num_classes` (see `zipjax.configs.Scoring.max_present_classes`)."""
+  sc = configs.Scoring.from_config(config)
   if not sc.classification_first:
     bound = num_classes
   else:
-    thr = float(sc.presence_threshold)
+    thr = sc.presence_threshold
     bound = num_classes if thr <= 0 else min(num_classes, max(1, math.floor(1.0 / thr)))
-  return max(1, min(bound, want) if want else bound)
+  return max(1, min(bound, sc.max_present_classes) if sc.max_present_classes else bound)
 
 
 def visual_variables(variables: dict, is_vit: bool, stage: int = 4) -> dict:
@@ -169,7 +139,7 @@ def _normalise(pixels, table):
 def _select_classes(probs, spec: StepSpec):
   """[n] probabilities -> (class index int32 [P], valid [P]) in class-index order."""
   n = probs.shape[-1]
-  present = probs >= spec.presence_threshold if spec.classification_first else jnp.ones((n,), bool)
+  present = probs >= spec.scoring.presence_threshold if spec.scoring.classification_first else jnp.ones((n,), bool)
   key = jnp.where(present, probs, -1.0)
   _, top = jax.lax.top_k(key, spec.max_present)  # [P], most probable first (ties: lower index)
   valid = present[top]
@@ -213,11 +183,11 @@ def select_candidates(category, score, valid, iou, spec: StepSpec):
   Returns:
     (int32 [Mout] candidate indices by decreasing score (ties: lower index), bool [Mout] valid).
   """
-  ok = valid & (score >= spec.min_score)
-  if not spec.nms or iou is None:
+  ok = valid & (score >= spec.scoring.min_score)
+  if not spec.scoring.nms or iou is None:
     iou = jnp.zeros((score.shape[0], score.shape[0]), jnp.float32)
   iou = jnp.where(category[:, None] == category[None, :], iou, 0.0)  # NMS within a class only
-  return nms_ops.nms(iou, score, ok, threshold=spec.nms_threshold, max_output=spec.num_outputs())
+  return nms_ops.nms(iou, score, ok, threshold=spec.scoring.nms_threshold, max_output=spec.num_outputs())
 
 
 def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig, sam_cfg=None):
@@ -230,11 +200,11 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
   """
   vit = vision_module(semantic_cfg)
   resnet = vision_module(boundary_cfg)
-  if spec.sam != (sam_cfg is not None):
+  if spec.sam.enabled != (sam_cfg is not None):
     raise InputError("StepSpec.sam and the SAM config disagree")
   sam_cls = Sam2 if isinstance(sam_cfg, Sam2Config) else Sam  # the two families share embed_images / decode
   sam_module = sam_cls(sam_cfg) if sam_cfg is not None else None
-  if spec.classification_first:  # slots can be empty: loop over the present ones only
+  if spec.scoring.classification_first:  # slots can be empty: loop over the present ones only
     slots_fn = discover_lib.discover_slots_fn(spec.discover)
     discover_fn = lambda f, a, valid: slots_fn(f, a, jnp.sum(valid.astype(jnp.int32), -1))  # noqa: E731
   else:  # every slot is a class: vmap over all of them
@@ -281,18 +251,19 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
     x = jnp.einsum("xw,myw->myx", up, x, precision=HIGHEST)  # [Mc, T, T]
     r = jnp.arange(t)
     inside = (r[:, None] < arrays["sam_size"][0]) & (r[None, :] < arrays["sam_size"][1])  # [T, T]
-    return (x > spec.mask_threshold) & inside[None]
+    return (x > spec.sam.mask_threshold) & inside[None]
 
   def batch_step(params, text, batch):
     tables = {"clip": text["clip_table"], "sam": text["sam_table"]}
     pix = _normalise(batch["semantic"], tables["clip"])  # [B, S, S, 3]
     tokens = vit.apply(params["semantic"], pix, semantic_cfg.surgery_depth,
                        method=VisionTransformer.surgery).astype(jnp.float32)  # [B, 1 + N, D]
-    probs = semantic.class_scores(tokens[:, 0], text["text"], jnp.float32(spec.logit_scale))  # [B, n]
-    sim = semantic.surgery_similarity(tokens, text["text"], text["redundant"], feature_norm=spec.feature_norm,
-                                      grid=spec.token_grid)  # [B, gh, gw, n]
+    probs = semantic.class_scores(tokens[:, 0], text["text"], jnp.float32(spec.semantic.logit_scale))  # [B, n]
+    sim = semantic.surgery_similarity(tokens, text["text"], text["redundant"],
+                                      feature_norm=spec.semantic.feature_norm, grid=spec.token_grid)  # [B, gh, gw, n]
     cls, cls_valid = jax.vmap(lambda p: _select_classes(p, spec))(probs)  # [B, P]
-    act = jax.vmap(lambda s, c, a: _activation(s, c, a, spec.activation_factor))(sim, cls, batch)  # [B, P, h, w]
+    factor = spec.discover.activation_factor
+    act = jax.vmap(lambda s, c, a: _activation(s, c, a, factor))(sim, cls, batch)  # [B, P, h, w]
     bpix = _normalise(batch["boundary"], tables["clip"])  # [B, Hb, Wb, 3]
     feats = resnet.apply(params["boundary"], bpix, spec.stage, method=ModifiedResNet.trunk)  # [B, h, w, C]
     feats = feats.astype(jnp.float32)
@@ -303,7 +274,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
       finite = finite & jnp.all(jnp.isfinite(batch[k]).reshape(batch[k].shape[0], -1), -1)
     out = {"probs": probs, "present": cls, "present_valid": cls_valid, "labels": labels,
            "dropped": cand["dropped"]}
-    if spec.sam:
+    if spec.sam.enabled:
       t = sam_cfg.img_size
       r = jnp.arange(t)
       ih, iw = batch["sam_size"][:, 0], batch["sam_size"][:, 1]
@@ -314,7 +285,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
       frame = jnp.clip(frame, 0.0, float(t))
 
       def decode(e, bx):
-        return sam_module.apply(params["sam"], e, boxes=bx, multimask_output=spec.multimask,
+        return sam_module.apply(params["sam"], e, boxes=bx, multimask_output=spec.sam.multimask,
                                 method=sam_cls.decode)
 
       logits, ious = jax.vmap(decode)(emb, frame)  # [B, Mc, K, 4e, 4e], [B, Mc, K]
@@ -325,7 +296,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
 
       def nms_one(low_i, a, c, s):
         iou = None
-        if spec.nms:
+        if spec.scoring.nms:
           m = sam_frame_masks(low_i, a).reshape(low_i.shape[0], -1).astype(jnp.float32)  # [Mc, T*T]
           iou = _iou(jnp.dot(m, m.T, precision=HIGHEST), jnp.sum(m, -1))  # [Mc, Mc]
         return select_candidates(c["category"], s, c["valid"], iou, spec)
@@ -337,7 +308,7 @@ def make_step(spec: StepSpec, semantic_cfg: CLIPConfig, boundary_cfg: CLIPConfig
       score = cand["prob"]
 
       def nms_one(lab, a, c, s):
-        return select_candidates(c["category"], s, c["valid"], grid_iou(lab, c, a) if spec.nms else None, spec)
+        return select_candidates(c["category"], s, c["valid"], grid_iou(lab, c, a) if spec.scoring.nms else None, spec)
 
       keep, keep_valid = jax.vmap(nms_one)(labels, batch, cand, score)  # [B, Mout]
     finite = finite & jnp.all(jnp.isfinite(score), -1)
