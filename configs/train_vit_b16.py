@@ -27,58 +27,17 @@ def get_config():
   config.distributed = False
   config.xla_opt_level = -1
 
-  config.text = ml_collections.ConfigDict()  # only used without init_checkpoint (random text tower)
-  config.text.arch = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
-                          transformer_layers=12)
-  config.text.seed = 0
-  config.text.templates = "ensemble"
-
-  config.data = ml_collections.ConfigDict()
-  config.data.seed = 0
-  config.data.workers = 8
-  config.data.threads = 4
-  config.data.max_instances = 100
-  config.data.min_scale = 0.1           # detectron2's large-scale jitter range
-  config.data.max_scale = 2.0
-  config.data.hflip = 0.5
-  config.data.min_area = 16
-  config.data.fraction = 1.0
-  config.data.fraction_seed = 0
-  config.data.class_agnostic = False
-  config.data.min_score = 0.0
-  config.data.keep_empty = False
-  config.data.soft_masks = False
-
-  config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 2e-4                # heads; the backbone gets lr * 0.25 = 5e-5 (OWL-ViT)
-  config.optim.end_factor = 0.0
-  config.optim.warmup_steps = 1000
-  config.optim.weight_decay = 0.05
-  config.optim.b1 = 0.9
-  config.optim.b2 = 0.999
-  config.optim.eps = 1e-8
-  config.optim.clip_norm = 1.0
-  config.optim.lr_multipliers = [("^backbone/", 0.25)]
+  # the typed groups of zipjax/train/config_parts.py: their defaults are this recipe (every field documented there)
+  config.text = config_parts.group("text")    # the random tower: only used without init_checkpoint
+  config.data = config_parts.group("data")
+  config.optim = config_parts.group("optim")  # heads at 2e-4, the backbone at lr * 0.25 = 5e-5 (OWL-ViT)
 
   config.mesh = [("data", -1)]
   config.sharding_rules = [(".*", "fsdp")]
   config.fsdp_min_size = 1 << 20        # 4 MB of float32, as big_vision's default
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every = 1000
-  config.checkpoint.keep = 3
-  config.checkpoint.asynchronous = True
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.every = 5000
-  config.eval.at_start = True           # baseline: the initial parameters, as step 0
-  config.eval.batch_size = 16
-  config.eval.score_threshold = 0.0
-
-  config.detect = ml_collections.ConfigDict()
-  config.detect.batch_size = 16
-  config.detect.score_threshold = 0.3
-  config.detect.overlays = True
-  config.detect.overlay_max_side = 1024
+  config.checkpoint = config_parts.group("checkpoint")
+  config.eval = config_parts.group("eval")
+  config.detect = config_parts.group("detect")
   config.input = configs.input_group()  # image decoding limits (zipjax.configs.Limits)
   return config

@@ -11,10 +11,12 @@ from zipjax.errors import InputError
 from zipjax.jobs import selftrain
 from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
+from zipjax.train import config_parts
 from zipjax.train.losses import LossConfig
 
 GROUPS = ((DetectorConfig, "model."), (LossConfig, "loss."), (Settings, "selftrain."),
-          *((cls, name + ".") for name, cls in configs.GROUPS.items()))  # the segment family's, input included
+          *((cls, name + ".") for name, cls in configs.GROUPS.items()),  # the segment family's, input included
+          *((cls, name + ".") for name, cls in config_parts.TRAIN_GROUPS.items()))  # text, data, optim, ...
 
 
 def _leaves(obj, prefix):
@@ -132,3 +134,29 @@ def test_selftrain_config_group_is_built_from_the_settings():
     selftrain.config_group(dedup_iou=0.0)
   with pytest.raises(InputError, match=r"unknown selftrain settings \['round'\]"):
     selftrain.config_group(round=3)
+
+
+def test_train_groups_for_config_files():
+  """configs/train_*.py build text / data / optim / checkpoint / eval / detect from the typed groups: the
+  defaults are the real recipe (configs/train_vit_b16.py), a change is checked by its rule, a nested group takes
+  a partial dict, an unknown name is refused."""
+  vit = load_config_file("configs/train_vit_b16.py")
+  for name, cls in config_parts.TRAIN_GROUPS.items():
+    assert vit[name].to_dict() == config_parts.group(name).to_dict()
+    assert dataclasses.asdict(cls.from_config(vit)) == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in vit[name].to_dict().items()}
+  text = config_parts.group("text", arch=dict(transformer_width=64, transformer_heads=1))
+  assert text.arch.to_dict() == dict(context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                                     transformer_layers=12)
+  with pytest.raises(InputError, match="text.arch.transformer_width = 60 must be a multiple of"):
+    config_parts.group("text", arch=dict(transformer_width=60))
+  with pytest.raises(InputError, match=r"optim.b1 = 1.0: must be a finite number in \[0, 1\)"):
+    config_parts.group("optim", b1=1.0)
+  with pytest.raises(InputError, match="must be a list of \\(regex, multiplier >= 0\\) pairs"):
+    config_parts.group("optim", lr_multipliers=[("(", 1.0)])
+  with pytest.raises(InputError, match="data.max_scale = 0.5 must be >= data.min_scale = 0.6"):
+    config_parts.group("data", min_scale=0.6, max_scale=0.5)
+  with pytest.raises(InputError, match=r"unknown eval settings \['evry'\]"):
+    config_parts.group("eval", evry=3)
+  with pytest.raises(InputError, match="unknown train config group 'opt'"):
+    config_parts.group("opt")

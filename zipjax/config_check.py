@@ -34,8 +34,6 @@ and reports every problem at once in one `InputError`. Rules whose kind is `arch
 """
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -46,12 +44,10 @@ from zipjax.jobs.selftrain import Settings
 from zipjax.models.detector import DetectorConfig
 from zipjax.models.sam2.sam2 import SAM2_SIZES, size_key
 from zipjax.models.sam_net.model import SAM_SIZES
-from zipjax.schema import ARCH, BOOL, PROBABILITY, TEXT, Choice, Custom, Float, Int, Rule, rules_of
+from zipjax.schema import (ARCH, BOOL, OPTIONAL_TEXT, PROBABILITY, SEED, TEXT, Choice, Custom, Float, Int, Rule,
+                           regex_pairs, rules_of)
+from zipjax.train.config_parts import TRAIN_GROUPS, Data, Text
 from zipjax.train.losses import LossConfig
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _mesh(v) -> bool:
@@ -72,23 +68,8 @@ def _sharding_action(a) -> bool:
       for d in a)
 
 
-def _regex_pairs(v, second: Callable[[Any], bool]) -> bool:
-  """A list of (regex, x) pairs whose regexes compile and whose x pass `second`."""
-  if not isinstance(v, (list, tuple)):
-    return False
-  for rule in v:
-    pattern, x = rule
-    try:
-      re.compile(pattern)
-    except re.error:
-      return False
-    if not second(x):
-      return False
-  return True
-
-
 def _sharding_rules(v) -> bool:
-  return _regex_pairs(v, _sharding_action)
+  return regex_pairs(v, _sharding_action)
 
 
 MESH = Custom("a list of distinct (axis name, size >= 1 or -1) pairs, at most one -1", _mesh)
@@ -168,19 +149,9 @@ RELATIONS: list[Callable[[Any], str | None]] = [
     _sam_family]
 
 
-def _optional_text(v) -> bool:
-  return isinstance(v, str)
-
-
-def _lr_multipliers(v) -> bool:
-  return _regex_pairs(v, lambda m: _is_number(m) and m >= 0)
-
-
-OPTIONAL_TEXT = Custom("a string (may be empty)", _optional_text)
-SEED = Int(0, 2**31 - 1)
-
-# Every field of configs/train_*.py (see zipjax/train/trainer.py, zipjax/models/detector.py `DetectorConfig`,
-# zipjax/train/losses.py `LossConfig`, zipjax/data/coco_train.py, zipjax/train/optim.py, zipjax/parallel/).
+# Every field of configs/train_*.py: the top-level fields here (zipjax/train/trainer.py, zipjax/parallel/), the
+# groups' from their typed definitions (zipjax/models/detector.py `DetectorConfig`, zipjax/train/losses.py
+# `LossConfig`, zipjax/train/config_parts.py `TRAIN_GROUPS`, zipjax.configs `Limits`).
 TRAIN_RULES: dict[str, Rule] = {
     "seed": SEED,
     "total_steps": Int(1),
@@ -193,67 +164,15 @@ TRAIN_RULES: dict[str, Rule] = {
     # the detector and the set loss: the rules declared with DetectorConfig's and LossConfig's fields
     **rules_of(DetectorConfig, "model."),
     **rules_of(LossConfig, "loss."),
-    # the frozen text tower (used without init_checkpoint)
-    "text.arch.context_length": Int(1),
-    "text.arch.vocab_size": Int(1),
-    "text.arch.transformer_width": Int(1),
-    "text.arch.transformer_heads": Int(1),
-    "text.arch.transformer_layers": Int(1),
-    "text.seed": SEED,
-    "text.templates": Choice("bare", "ensemble"),
-    # training input (zipjax/data/coco_train.py)
-    "data.seed": SEED,
-    "data.workers": Int(0),
-    "data.threads": Int(0),
-    "data.max_instances": Int(1),
-    "data.min_scale": Float(0.0, lo_open=True),
-    "data.max_scale": Float(0.0, lo_open=True),
-    "data.hflip": PROBABILITY,
-    "data.min_area": Float(0.0),
-    "data.fraction": Float(0.0, 1.0, lo_open=True),
-    "data.fraction_seed": SEED,
-    "data.class_agnostic": BOOL,
-    "data.min_score": PROBABILITY,
-    "data.keep_empty": BOOL,
-    "data.soft_masks": BOOL,
-    # optimizer (zipjax/train/optim.py)
-    "optim.lr": Float(0.0, lo_open=True),
-    "optim.end_factor": Float(0.0),
-    "optim.warmup_steps": Int(0),
-    "optim.weight_decay": Float(0.0),
-    # Adam's bias corrections divide by 1 - b**step: b = 1 gives 0 / 0 (NaN parameters after the first step)
-    "optim.b1": Float(0.0, 1.0, hi_open=True),
-    "optim.b2": Float(0.0, 1.0, hi_open=True),
-    "optim.eps": Float(0.0, lo_open=True),
-    "optim.clip_norm": Float(0.0),      # 0: no clipping
-    "optim.lr_multipliers": Custom("a list of (regex, multiplier >= 0) pairs", _lr_multipliers),
+    # text, data, optim, checkpoint, eval, detect: the rules declared with the typed groups' fields
+    **{path: rule for name, cls in TRAIN_GROUPS.items() for path, rule in rules_of(cls, f"{name}.").items()},
     # mesh and FSDP (zipjax/parallel)
     "mesh": MESH,
     "sharding_rules": SHARDING_RULES,
     "fsdp_min_size": Int(0),
-    # checkpoints, evaluation
-    "checkpoint.every": Int(1),
-    "checkpoint.keep": Int(1),
-    "checkpoint.asynchronous": BOOL,
-    "eval.every": Int(0),               # 0: only at the end
-    "eval.at_start": BOOL,
-    "eval.batch_size": Int(1),
-    "eval.score_threshold": PROBABILITY,
-    # zipjax detect
-    "detect.batch_size": Int(1),
-    "detect.score_threshold": PROBABILITY,
-    "detect.overlays": BOOL,
-    "detect.overlay_max_side": Int(1),
     # image decoding limits (as the segment family's)
     **rules_of(Limits, "input."),
 }
-
-
-def _scales(config) -> str | None:
-  lo, hi = _get(config, "data.min_scale"), _get(config, "data.max_scale")
-  if hi < lo:
-    return f"data.max_scale = {hi} must be >= data.min_scale = {lo}"
-  return None
 
 
 def _warmup(config) -> str | None:
@@ -263,15 +182,9 @@ def _warmup(config) -> str | None:
   return None
 
 
-def _text_heads(config) -> str | None:
-  w, h = _get(config, "text.arch.transformer_width"), _get(config, "text.arch.transformer_heads")
-  if w % h:
-    return f"text.arch.transformer_width = {w} must be a multiple of text.arch.transformer_heads = {h}"
-  return None
-
-
 TRAIN_RELATIONS: list[Callable[[Any], str | None]] = [
-    _from_dataclass("input", Limits.from_config), _scales, _warmup, _text_heads,
+    _from_dataclass("input", Limits.from_config), _from_dataclass("data", Data.from_config), _warmup,
+    _from_dataclass("text", Text.from_config),
     _from_dataclass("model", lambda config: DetectorConfig.from_config(config.model)),
     _from_dataclass("loss", lambda config: LossConfig.from_config(config.loss))]
 

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import ml_collections
 
 from zipjax.errors import InputError
-from zipjax.schema import (ARCH, BOOL, PROBABILITY, TEXT, Choice, Custom, Float, Int, check, from_mapping, group,
+from zipjax.schema import (ARCH, BOOL, PROBABILITY, SEED, TEXT, Choice, Custom, Float, Group, Int, group,
                            setting)
 
 
@@ -52,25 +52,8 @@ def _ratios(v) -> bool:
 DTYPE = Choice("auto", "float32", "bfloat16")
 
 
-class Group:
-  """A typed config group: a frozen dataclass whose fields are declared with `zipjax.schema.setting` (default,
-  rule, and the doc in the class's `Attributes:`); `NAME` is its place in a config (`config.discover`)."""
-  NAME: ClassVar[str] = ""
-
-  @classmethod
-  def from_config(cls, config=None):
-    """From a config holding the group (`config.<NAME>`), the group itself, an instance, or None (defaults)."""
-    if isinstance(config, cls):
-      return config
-    if config is None:
-      return cls()
-    if cls.NAME in config and hasattr(config[cls.NAME], "keys"):
-      config = config[cls.NAME]
-    return from_mapping(cls, config, f"{cls.NAME} config")
-
-
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Model(Group):
   """One image model of `config.models` (resolved by `zipjax.weights`).
 
   Attributes:
@@ -82,12 +65,10 @@ class Model:
       holds the model's Dense / Conv kernels in this dtype (no float32 copy); the CLIP text tower, k-means and
       every kernel after the models run in float32.
   """
+  NAME: ClassVar[str] = "models"
   checkpoint: str = setting(dataclasses.MISSING, TEXT)
   arch: Any = setting(dataclasses.MISSING, ARCH)
   dtype: str = setting("float32", DTYPE)
-
-  def __post_init__(self):
-    check(self, "models.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +85,7 @@ class Models(Group):
   semantic: Model = group(Model, lambda: Model("ViT-B/16", "ViT-B/16"))
   boundary: Model = group(Model, lambda: Model("RN50x64", "RN50x64"))
   sam: Model = group(Model, lambda: Model("sam_vit_h", "vit_h"))
-  seed: int = setting(0, Int(0, 2**31 - 1))
+  seed: int = setting(0, SEED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +104,7 @@ class Limits(Group):
   max_aspect: float = setting(16.0, Float(1.0))
 
   def __post_init__(self):
-    check(self, "input.")
+    super().__post_init__()
     if self.max_side < self.min_side:
       raise InputError(f"input.max_side = {self.max_side} must be >= input.min_side = {self.min_side}")
 
@@ -147,9 +128,6 @@ class Semantic(Group):
   logit_scale: float = setting(100.0, Float(0.0, lo_open=True))
   text_batch_size: int = setting(256, Int(1))
 
-  def __post_init__(self):
-    check(self, "semantic.")
-
 
 @dataclasses.dataclass(frozen=True)
 class Boundary(Group):
@@ -172,12 +150,9 @@ class Boundary(Group):
   bucket_ratios: tuple = setting((1.0, 1.125, 1.25, 1.3333, 1.5, 1.6667, 1.7778, 2.0, 2.5, 3.0, 4.0, 6.0, 9.0, 16.0),
                                  Custom("a non-empty increasing list of long / short side ratios >= 1", _ratios))
 
-  def __post_init__(self):
-    check(self, "boundary.")
-
 
 @dataclasses.dataclass(frozen=True)
-class Seeds:
+class Seeds(Group):
   """`config.discover.semantic`: the semantic-aware k-means initialisation (discover.init == 'semantic';
   zipjax/ops/kmeans.py `semantic_init`).
 
@@ -186,12 +161,10 @@ class Seeds:
     cells_per_cluster: one more foreground seed per this many activated cells.
     background_clusters: seeds drawn from non-activated cells (all cells if none).
   """
+  NAME: ClassVar[str] = "discover.semantic"
   min_foreground_clusters: int = setting(2, Int(0))
   cells_per_cluster: int = setting(256, Int(1))
   background_clusters: int = setting(6, Int(0))
-
-  def __post_init__(self):
-    check(self, "discover.semantic.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +218,7 @@ class Discover(Group):
   swap_box_scale: bool = setting(True, BOOL)
 
   def __post_init__(self):
-    check(self, "discover.")
+    super().__post_init__()
     if self.init == "semantic" and self.semantic.background_clusters >= self.num_clusters:
       raise InputError(f"discover.semantic.background_clusters = {self.semantic.background_clusters} must be "
                        f"smaller than discover.num_clusters = {self.num_clusters} (the semantic initialisation "
@@ -271,9 +244,6 @@ class Sam(Group):
   multimask: bool = setting(False, BOOL)
   mask_threshold: float = setting(0.0, Float())
   max_boxes: int = setting(64, Int(1))
-
-  def __post_init__(self):
-    check(self, "sam.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,9 +271,6 @@ class Scoring(Group):
   max_per_image: int = setting(100, Int(1))
   max_present_classes: int = setting(0, Int(0))
 
-  def __post_init__(self):
-    check(self, "scoring.")
-
 
 @dataclasses.dataclass(frozen=True)
 class Output(Group):
@@ -316,9 +283,6 @@ class Output(Group):
   NAME: ClassVar[str] = "output"
   overlays: bool = setting(True, BOOL)
   overlay_max_side: int = setting(1024, Int(1))
-
-  def __post_init__(self):
-    check(self, "output.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,9 +303,6 @@ class Label(Group):
   prefetch: int = setting(16, Int(1))
   max_pending: int = setting(0, Int(0))
   tfds_image_feature: str = setting("image", TEXT)
-
-  def __post_init__(self):
-    check(self, "label.")
 
 
 # the typed groups of the segment family: config.<name> is described by the class

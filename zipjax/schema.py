@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
+
+import ml_collections
 
 from zipjax.errors import InputError
 
@@ -121,8 +124,24 @@ def Custom(text: str, check: Callable[[Any], bool]) -> Rule:  # pylint: disable=
 
 BOOL = Rule("bool")
 TEXT = Rule("str")
+OPTIONAL_TEXT = Custom("a string (may be empty)", lambda v: isinstance(v, str))
 ARCH = Rule("arch")
 PROBABILITY = Float(0.0, 1.0)
+SEED = Int(0, 2**31 - 1)
+
+
+def regex_pairs(v, second: Callable[[Any], bool]) -> bool:
+  """Whether `v` is a list of (regex, x) pairs whose regexes compile and whose x pass `second` (for `Custom`)."""
+  if not isinstance(v, (list, tuple)):
+    return False
+  for pattern, x in v:
+    try:
+      re.compile(pattern)
+    except re.error:
+      return False
+    if not second(x):
+      return False
+  return True
 
 
 def setting(default: Any, rule: Rule):
@@ -162,6 +181,26 @@ def check(obj, what: str) -> None:
     raise InputError(("" if what.endswith(".") else f"{what}: ") + "; ".join(bad))
 
 
+class Group:
+  """A typed config group: a frozen dataclass whose fields are declared with `setting` (default and rule; the doc
+  in the class's `Attributes:`) or `group` (a nested group); `NAME` is its place in a config (`config.discover`)."""
+  NAME: ClassVar[str] = ""
+
+  def __post_init__(self):
+    check(self, f"{self.NAME}.")  # every field's rule; a group with relations checks them after this
+
+  @classmethod
+  def from_config(cls, config=None):
+    """From a config holding the group (`config.<NAME>`), the group itself, an instance, or None (defaults)."""
+    if isinstance(config, cls):
+      return config
+    if config is None:
+      return cls()
+    if cls.NAME in config and hasattr(config[cls.NAME], "keys"):
+      config = config[cls.NAME]
+    return from_mapping(cls, config, f"{cls.NAME} config")
+
+
 def unknown_keys(cls, keys) -> list[str]:
   """The `keys` that are not fields of the dataclass `cls`, sorted."""
   return sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
@@ -169,7 +208,7 @@ def unknown_keys(cls, keys) -> list[str]:
 
 def from_mapping(cls, values: Mapping[str, Any] | Any, what: str):
   """`cls(**values)` of a dict or ml_collections ConfigDict (an integer given for a `float` field becomes a
-  float, a list given for a `tuple` field a tuple, a mapping given for a nested group that group; missing keys
+  float, a list given for a `tuple` field of a `Group` a tuple, a mapping given for a nested group that group; missing keys
   take their defaults); keys that are not fields of `cls` are an error."""
   d = dict(values.to_dict() if hasattr(values, "to_dict") else values)
   fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -182,11 +221,22 @@ def from_mapping(cls, values: Mapping[str, Any] | Any, what: str):
       d[k] = from_mapping(fields[k].metadata["group"], v, f"{what} {k}")
     elif kind == "float" and isinstance(v, int) and not isinstance(v, bool):
       d[k] = float(v)
-    elif kind.startswith("tuple") and isinstance(v, list):
+    elif kind.startswith("tuple") and isinstance(v, list) and issubclass(cls, Group):  # hashable
       d[k] = tuple(v)
   return cls(**d)
 
 
-__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "ARCH", "PROBABILITY", "setting", "group",
-           "rules_of", "check",
-           "unknown_keys", "from_mapping"]
+def config_group(cls, what: str, **changes):
+  """A config group (an ml_collections ConfigDict) for a config file: the typed group `cls`' defaults with
+  `changes`, checked by the rules; an unknown name is refused; tuples become lists (what `--config.KEY=[...]`
+  overrides)."""
+  unknown = unknown_keys(cls, changes)
+  if unknown:
+    raise InputError(f"unknown {what} settings {unknown}; known: {sorted(f.name for f in dataclasses.fields(cls))}")
+  values = dataclasses.asdict(from_mapping(cls, dataclasses.asdict(cls()) | changes, f"{what} config"))
+  return ml_collections.ConfigDict({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+
+
+__all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "OPTIONAL_TEXT", "ARCH", "PROBABILITY",
+           "SEED", "regex_pairs", "setting", "group", "rules_of", "check", "Group",
+           "unknown_keys", "from_mapping", "config_group"]

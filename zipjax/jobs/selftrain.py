@@ -84,7 +84,8 @@ from zipjax.io.coco import normalize_name
 from zipjax.io.geometry import encode_rle
 from zipjax.io.shards import RunDir
 from zipjax.jobs.comm import Comm
-from zipjax.schema import BOOL, PROBABILITY, Choice, Custom, Float, Int, check, from_mapping, setting, unknown_keys
+from zipjax.schema import BOOL, PROBABILITY, Choice, Custom, Float, Int, check, from_mapping, setting
+from zipjax.schema import config_group as _config_group
 from zipjax.train import checkpoints
 from zipjax.train import task
 from zipjax.train import trainer as tr
@@ -182,13 +183,7 @@ class Settings:
 def config_group(**overrides) -> ml_collections.ConfigDict:
   """`config.selftrain` for a config file: `Settings`' defaults (CutLER's recipe) with `overrides`, checked by
   their rules; tuples become lists (what `--config.selftrain.KEY=[...]` overrides)."""
-  fields = {f.name: f.default for f in dataclasses.fields(Settings)}
-  unknown = unknown_keys(Settings, overrides)
-  if unknown:
-    raise InputError(f"unknown selftrain settings {unknown}; known: {sorted(fields)}")
-  d = dict(fields, **overrides)
-  from_mapping(Settings, d, "selftrain config")
-  return ml_collections.ConfigDict({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()})
+  return _config_group(Settings, "selftrain", **overrides)
 
 
 def round_dir(workdir: str, r: int) -> str:
