@@ -45,7 +45,7 @@ from zipjax.models.detector import DetectorConfig
 from zipjax.models.sam2.sam2 import SAM2_SIZES, size_key
 from zipjax.models.sam_net.model import SAM_SIZES
 from zipjax.schema import (ARCH, BOOL, OPTIONAL_TEXT, PROBABILITY, SEED, TEXT, Choice, Custom, Float, Int, Rule,
-                           regex_pairs, rules_of)
+                           regex_pairs, rules_of, rules_of_groups)
 from zipjax.train.config_parts import TRAIN_GROUPS, Data, Text
 from zipjax.train.losses import LossConfig
 
@@ -83,7 +83,7 @@ RULES: dict[str, Rule] = {
     "preset": TEXT,
     "batch_size": Int(1),
     "micro_batch": Int(0),
-    **{path: rule for name, cls in GROUPS.items() for path, rule in rules_of(cls, f"{name}.").items()},
+    **rules_of_groups(GROUPS),
     # device mesh and parameter sharding (zipjax/parallel)
     "mesh": MESH,
     "sharding_rules": SHARDING_RULES,
@@ -165,7 +165,7 @@ TRAIN_RULES: dict[str, Rule] = {
     **rules_of(DetectorConfig, "model."),
     **rules_of(LossConfig, "loss."),
     # text, data, optim, checkpoint, eval, detect: the rules declared with the typed groups' fields
-    **{path: rule for name, cls in TRAIN_GROUPS.items() for path, rule in rules_of(cls, f"{name}.").items()},
+    **rules_of_groups(TRAIN_GROUPS),
     # mesh and FSDP (zipjax/parallel)
     "mesh": MESH,
     "sharding_rules": SHARDING_RULES,

@@ -167,6 +167,11 @@ def rules_of(cls, prefix: str = "") -> dict[str, Rule]:
   return out
 
 
+def rules_of_groups(groups: Mapping[str, Any]) -> dict[str, Rule]:
+  """{'<name>.<field>': rule} of every group of `groups` ({config name: typed group}), in their order."""
+  return {path: rule for name, cls in groups.items() for path, rule in rules_of(cls, f"{name}.").items()}
+
+
 def check(obj, what: str) -> None:
   """Raises InputError naming every field of `obj` (a dataclass instance) that breaks its rule; `what` names the
   group: 'detector config' ("detector config: width = 0: ...") or a dotted prefix ('selftrain.': "selftrain.mode
@@ -238,5 +243,5 @@ def config_group(cls, what: str, **changes):
 
 
 __all__ = ["Rule", "Int", "Float", "Choice", "Custom", "BOOL", "TEXT", "OPTIONAL_TEXT", "ARCH", "PROBABILITY",
-           "SEED", "regex_pairs", "setting", "group", "rules_of", "check", "Group",
+           "SEED", "regex_pairs", "setting", "group", "rules_of", "rules_of_groups", "check", "Group",
            "unknown_keys", "from_mapping", "config_group"]
