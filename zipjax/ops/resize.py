@@ -100,11 +100,3 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
   scale = np.float32(in_size) / np.float32(out_size)
   idx = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
   return np.minimum(idx, in_size - 1)
-
-
-def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Nearest resize of [..., H, W, C] as torch `F.interpolate(mode='nearest')`."""
-  h, w = x.shape[-3], x.shape[-2]
-  iy = nearest_indices(h, size[0])
-  ix = nearest_indices(w, size[1])
-  return jnp.take(jnp.take(x, iy, axis=-3), ix, axis=-2)

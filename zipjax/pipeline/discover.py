@@ -271,8 +271,8 @@ def discover_batch_fn(config=None):
 def activation_from_similarity(similarity, grid_size: tuple[int, int], config=None) -> jax.Array:
   """Class activation at feature resolution from a full-resolution similarity map.
 
-  `act = resize_nearest(A) > activation_factor * mean(A)` with the mean over the full-resolution map and
-  PyTorch's legacy nearest resize (`src = floor(dst * in / out)`).
+  `act = nearest(A) > activation_factor * mean(A)` with the mean over the full-resolution map and PyTorch's
+  legacy nearest resize (`src = floor(dst * in / out)`, `zipjax.ops.resize.nearest_indices`).
 
   Args:
     similarity: float [..., H, W] similarity maps (e.g. [n_cls, H, W]).
