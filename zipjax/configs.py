@@ -192,8 +192,6 @@ class Discover(Group):
     max_instances: instance boxes / areas are padded to this with a `valid` mask.
     max_fragments: fragment lists (debug outputs) are padded to this.
     max_cc_iters: cap on the connected-components kernel's label propagation rounds (0: until converged).
-    pad_classes: pad the number of classes sent to discovery to a power of two (padded rows are dropped), so a
-      varying number of present classes compiles a handful of programs instead of one per count.
     swap_box_scale: box coordinates in image space swap the x / y scale factors (a released quirk).
   """
   NAME: ClassVar[str] = "discover"
@@ -214,7 +212,6 @@ class Discover(Group):
   max_instances: int = setting(64, Int(1))
   max_fragments: int = setting(512, Int(1))
   max_cc_iters: int = setting(0, Int(0))
-  pad_classes: bool = setting(False, BOOL)
   swap_box_scale: bool = setting(True, BOOL)
 
   def __post_init__(self):
@@ -363,7 +360,7 @@ def zip() -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
   config.boundary.size_multiple = 128  # 8 feature cells; shape buckets by aspect ratio (bucket_ratios)
   for m in (config.models.semantic, config.models.boundary, config.models.sam):
     m.dtype = "auto"              # bf16 on GPU / TPU, the faster dtype on CPU (k-means and kernels stay float32)
-  config.discover.update(init="semantic", center_features=True, pad_classes=True, num_clusters=24,
+  config.discover.update(init="semantic", center_features=True, num_clusters=24,
                          count_background_in_top_k=False,  # every activated cluster can be a candidate
                          top_k_clusters=24, swap_box_scale=False)
   return config.lock()

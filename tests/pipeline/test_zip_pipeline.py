@@ -113,18 +113,24 @@ def test_reference_preset_matches_torch_numpy_pipeline(models, seed):
     assert g["score"] == pytest.approx(float(ref["probs"][c]), rel=1e-4)
 
 
-def test_padding_classes_changes_nothing(models):
-  """`discover.pad_classes` (3 classes run as 4) returns exactly the unpadded result."""
+def test_empty_class_slots_change_nothing(models):
+  """With classification first, the engine runs P static class slots per image and masks the empty ones: the
+  automatic P (every class a slot, some empty) gives exactly the result of P = the number of present classes
+  (no empty slot)."""
   _, _, jvit, jrn = models
   image = scene(0)
   outs = []
-  for pad in (False, True):
+  for slots in (0, None):
     config = _config()
-    config.discover.pad_classes = pad
+    config.scoring.update(classification_first=True, presence_threshold=0.2)
+    if slots is None:  # as many slots as the first run found present classes
+      slots = len(outs[0]["present"])
+      assert 0 < slots < len(NAMES), "the scene must leave a class absent, or no slot is empty"
+    config.scoring.max_present_classes = slots
     eng = Engine(config, models=(jvit, jrn, None), text_cache=None)
     eng.set_classes(NAMES)
     outs.append(eng.segment([image], masks="bool")[0])
-  assert len(NAMES) == 3 and outs[0]["labels"].shape[0] == 3
+  np.testing.assert_array_equal(outs[0]["present"], outs[1]["present"])
   np.testing.assert_array_equal(outs[0]["labels"], outs[1]["labels"])
   assert len(outs[0]["instances"]) == len(outs[1]["instances"]) > 0
   for a, b in zip(outs[0]["instances"], outs[1]["instances"]):

@@ -7,9 +7,9 @@ Per batch of images:
   1. CLIP Surgery token features -> image-level class probabilities and min-max normalised similarity maps on
      the token grid (`pipeline.semantic`);
   2. per image: classes kept (all, or those with probability >= `scoring.presence_threshold` when
-     `scoring.classification_first`), padded to a power of two (`discover.pad_classes`), bilinear upsampling to
-     H x W, boundary features (ModifiedResNet `boundary.stage` on `preprocess.boundary_input`), activation
-     and discovery of all kept classes in one `discover_batch` call;
+     `scoring.classification_first`), bilinear upsampling to H x W, boundary features (ModifiedResNet
+     `boundary.stage` on `preprocess.boundary_input`), activation and discovery of all kept classes in one
+     `discover_batch` call;
   3. instances -> boxes in the image (`grid_boxes_to_image`) and masks: the instance cells upsampled with
      torch legacy nearest (no SAM), or SAM's mask for the instance box (`sam_masks`);
   4. scores (`geometric_score` with SAM), per-class mask NMS, top-k (`select`).
@@ -116,20 +116,15 @@ def _one(cfg, boundary_clip, sam, image: np.ndarray, sim_grid, probs: np.ndarray
   out = {"instances": [], "probs": probs, "present": present, "labels": None, "grid": None}
   if present.size == 0:
     return out
-  rows = present
-  if cfg.discover.pad_classes:  # repeat the first class up to a power of two; padded rows are dropped
-    k_pad = 1 << (len(present) - 1).bit_length()
-    rows = np.concatenate([present, np.full(k_pad - len(present), present[0])])
-  sim = _upsample(sim_grid[..., jnp.asarray(rows)], (hh, ww))  # [H, W, k_pad]
+  sim = _upsample(sim_grid[..., jnp.asarray(present)], (hh, ww))  # [H, W, k]
   bpix = preprocess.boundary_input(image, cfg.boundary.input_size, int(cfg.boundary.size_multiple))[None]
   feats = boundary_clip.trunk_features(bpix, int(cfg.boundary.stage))  # [1, h, w, C]
   h, w = feats.shape[1:3]
-  act = discover.activation_from_similarity(jnp.moveaxis(sim, -1, 0), (h, w), cfg)  # [k_pad, h, w]
-  labels = discover.discover_batch(feats, act[None], cfg)[0]  # [k_pad, h, w]
+  act = discover.activation_from_similarity(jnp.moveaxis(sim, -1, 0), (h, w), cfg)  # [k, h, w]
+  labels = discover.discover_batch(feats, act[None], cfg)[0]  # [k, h, w]
   max_inst = int(cfg.discover.max_instances)
   props = jax.vmap(lambda lab: components.regionprops(lab, max_inst))(labels)
-  k = len(present)
-  labels, bbox, valid = np.asarray(labels)[:k], np.asarray(props["bbox"])[:k], np.asarray(props["valid"])[:k]
+  labels, bbox, valid = np.asarray(labels), np.asarray(props["bbox"]), np.asarray(props["valid"])
   out["labels"], out["grid"] = labels, (h, w)
   boxes = grid_boxes_to_image(bbox, (h, w), (hh, ww), bool(cfg.discover.swap_box_scale))  # [k, M, 4]
   boxes = np.clip(boxes, 0, [ww, hh, ww, hh]).astype(np.float32)
