@@ -57,6 +57,22 @@ def test_max_present_classes():
   assert step.max_present_classes(ref, 80) == 80
 
 
+def test_spec_holds_only_what_the_step_reads():
+  """Fields the step does not read leave the spec (the compile key) unchanged; a field it reads changes it."""
+  base = step.StepSpec.from_config(configs.zip(), (32, 32), 5)
+  for group, fields in step.UNREAD.items():
+    for name in fields:
+      config = configs.zip().unlock()
+      value = config[group][name]  # + 16: max_present_classes 16 still bounds P at the 5 classes
+      config[group][name] = {bool: lambda v: not v, int: lambda v: v + 16, str: lambda v: "sam2"}[type(value)](value)
+      assert step.StepSpec.from_config(config, (32, 32), 5) == base, f"{group}.{name}"
+  config = configs.zip().unlock()
+  config.sam.multimask = not config.sam.multimask
+  assert step.StepSpec.from_config(config, (32, 32), 5) != base
+  known = {f.name for f in dataclasses.fields(step.StepSpec)}
+  assert set(step.UNREAD) <= known
+
+
 def test_select_classes():
   spec = _spec(max_present=3)
   probs = jnp.asarray([0.05, 0.3, 0.02, 0.4, 0.23], jnp.float32)

@@ -74,6 +74,8 @@ class StepSpec:
     discover: `config.discover` (activation_factor, and everything discovery needs).
     sam: `config.sam` (enabled, multimask, mask_threshold, max_boxes).
     scoring: `config.scoring` (classification first, presence_threshold, NMS, min_score, max_per_image).
+    The fields of these groups the step does not read (`UNREAD`) hold their defaults here, so that a change to
+    one of them compiles no new program.
     micro_batch: images computed together (vmapped) inside a device batch; the device batch runs as a loop
       over micro-batches (`lax.map`), so the step's temporaries are those of one micro-batch whatever the
       batch, and an all-padding micro-batch skips the work (`lax.cond`). 0: the whole device batch at once.
@@ -89,10 +91,10 @@ class StepSpec:
 
   @classmethod
   def from_config(cls, config, token_grid: tuple[int, int], num_classes: int) -> "StepSpec":
+    read = {g.NAME: _read_part(g.from_config(config)) for g in (configs.Semantic, configs.Sam, configs.Scoring)}
     return cls(token_grid=tuple(token_grid), max_present=max_present_classes(config, num_classes),
-               stage=configs.Boundary.from_config(config).stage, semantic=configs.Semantic.from_config(config),
-               discover=configs.Discover.from_config(config), sam=configs.Sam.from_config(config),
-               scoring=configs.Scoring.from_config(config), micro_batch=int(config.get("micro_batch", 1)))
+               stage=configs.Boundary.from_config(config).stage, discover=configs.Discover.from_config(config),
+               micro_batch=int(config.get("micro_batch", 1)), **read)
 
   def num_candidates(self) -> int:
     every = self.max_present * self.discover.max_instances
@@ -100,6 +102,18 @@ class StepSpec:
 
   def num_outputs(self) -> int:
     return max(1, min(self.num_candidates(), self.scoring.max_per_image))
+
+
+# Group fields the step does not read: their effect reaches it through `token_grid` (semantic.input_size),
+# `max_present` (scoring.max_present_classes) or the model configs (sam.family), or not at all (the text side).
+UNREAD = {"semantic": ("input_size", "prompt_ensemble", "text_batch_size"), "sam": ("family",),
+          "scoring": ("max_present_classes",)}
+
+
+def _read_part(group):
+  """`group` with its `UNREAD` fields at their defaults."""
+  default = type(group)()
+  return dataclasses.replace(group, **{f: getattr(default, f) for f in UNREAD[group.NAME]})
 
 
 def max_present_classes(config, num_classes: int) -> int:
