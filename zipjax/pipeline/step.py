@@ -74,11 +74,12 @@ class StepSpec:
     discover: `config.discover` (activation_factor, and everything discovery needs).
     sam: `config.sam` (enabled, multimask, mask_threshold, max_boxes).
     scoring: `config.scoring` (classification first, presence_threshold, NMS, min_score, max_per_image).
-    The fields of these groups the step does not read (`UNREAD`) hold their defaults here, so that a change to
-    one of them compiles no new program.
     micro_batch: images computed together (vmapped) inside a device batch; the device batch runs as a loop
       over micro-batches (`lax.map`), so the step's temporaries are those of one micro-batch whatever the
       batch, and an all-padding micro-batch skips the work (`lax.cond`). 0: the whole device batch at once.
+
+  The group fields the step does not read (`UNREAD`) hold their defaults here, so that a change to one of them
+  compiles no new program.
   """
   token_grid: tuple[int, int]
   max_present: int
